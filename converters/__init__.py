@@ -1,0 +1,1 @@
+"""Export Keras CNNs to LiteRT with an in-graph explanation head (needs TensorFlow)."""

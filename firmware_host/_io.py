@@ -1,0 +1,112 @@
+"""Atomic file output: temp file in the same directory, fsync, rename.
+
+A process killed at any point leaves either the old file or the complete new one under the
+final name, never a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator, Union
+
+from .errors import OutputError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it onto ``path``.
+
+    Args:
+        path: final file name.
+        mode: ``"wb"`` or ``"w"``.
+
+    Raises:
+        OutputError: the directory is missing or not writable.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open supports mode 'wb' or 'w'. Got: {mode!r}")
+    final = Path(path)
+    directory = final.parent if str(final.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=directory)
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot write '{final}': {exc.strerror}. Choose a writable output directory."
+        ) from exc
+    kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
+    try:
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(directory)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path."""
+    try:
+        with atomic_open(path, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        raise OutputError(f"Writing '{path}' failed: {exc}. Check free space and permissions.") from exc
+    return Path(path)
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_copy(src: PathLike, dst: PathLike) -> Path:
+    """Copy ``src`` to ``dst`` atomically."""
+    with open(src, "rb") as fin, atomic_open(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+    return Path(dst)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is only durable once the directory entry is on disk.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def ensure_writable_dir(path: PathLike, min_free_bytes: int = 16 << 20) -> Path:
+    """Create ``path`` if needed and check, before any work starts, that it can take output.
+
+    Raises:
+        OutputError: naming the directory, what was found, and how to fix it.
+    """
+    directory = Path(path)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot create output directory '{directory}': {exc.strerror}. "
+            "Pass --out with a writable location."
+        ) from exc
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"Output directory '{directory}' is not writable. Pass --out with a writable location."
+        )
+    free = shutil.disk_usage(directory).free
+    if free < min_free_bytes:
+        raise OutputError(
+            f"Output directory '{directory}' has {free / 2**20:.1f} MiB free; at least "
+            f"{min_free_bytes / 2**20:.0f} MiB is needed. Free some space or choose another --out."
+        )
+    return directory

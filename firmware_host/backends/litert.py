@@ -1,0 +1,92 @@
+"""LiteRT backend: ``ai-edge-litert`` first, ``tflite-runtime`` as the fallback.
+
+Inputs and outputs are read by name through the model's signature (LiteRT does not keep the
+order of list outputs), never by position.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Mapping, Union
+
+import numpy as np
+
+from ..errors import InputError, MissingDependencyError, ModelFileError
+from ._base import Backend, TensorInfo
+
+SIGNATURE = "serving_default"
+
+
+def load_interpreter_class():
+    """Return ``(Interpreter, backend_name, version)``, preferring ai-edge-litert."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            from importlib.metadata import version
+
+            ver = version("ai-edge-litert")
+        except Exception:  # pragma: no cover
+            ver = "?"
+        return Interpreter, "ai-edge-litert", ver
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter  # type: ignore
+
+        try:
+            from importlib.metadata import version
+
+            ver = version("tflite-runtime")
+        except Exception:  # pragma: no cover
+            ver = "?"
+        return Interpreter, "tflite-runtime", ver
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "No LiteRT interpreter is installed. Install one with: pip install ai-edge-litert "
+            "(or, where it has no wheel: pip install tflite-runtime 'numpy<2')."
+        ) from exc
+
+
+def _info(detail: dict, name: str) -> TensorInfo:
+    q = detail.get("quantization", (0.0, 0))
+    quant = (float(q[0]), int(q[1])) if q and float(q[0]) != 0.0 else None
+    shape = tuple(int(v) for v in detail.get("shape_signature", detail["shape"]))
+    return TensorInfo(name=name, shape=shape, dtype=np.dtype(detail["dtype"]), quantization=quant)
+
+
+class LiteRTBackend(Backend):
+    """A LiteRT interpreter bound to the model's ``serving_default`` signature."""
+
+    def __init__(self, path: Union[str, Path], num_threads=None) -> None:
+        Interpreter, self.name, self.version = load_interpreter_class()
+        self.path = Path(path)
+        try:
+            self._interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
+        except ValueError as exc:
+            raise ModelFileError(
+                f"LiteRT cannot load '{self.path}': {str(exc).splitlines()[0]}. The file is "
+                "corrupt or uses ops this interpreter lacks; convert it again."
+            ) from exc
+        signatures = self._interpreter.get_signature_list()
+        if SIGNATURE not in signatures:
+            raise ModelFileError(
+                f"'{self.path}' has no '{SIGNATURE}' signature (found: {sorted(signatures) or 'none'}). "
+                "Convert the model with `edgecam convert`, which names every input and output."
+            )
+        self._runner = self._interpreter.get_signature_runner(SIGNATURE)
+        self.inputs: Dict[str, TensorInfo] = {
+            n: _info(d, n) for n, d in self._runner.get_input_details().items()
+        }
+        self.outputs: Dict[str, TensorInfo] = {
+            n: _info(d, n) for n, d in self._runner.get_output_details().items()
+        }
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        unknown = set(feed) - set(self.inputs)
+        if unknown:
+            raise InputError(
+                f"'{self.path}' has no input(s) {sorted(unknown)}; its inputs are {sorted(self.inputs)}."
+            )
+        # The runner resizes inputs to the fed shape (dynamic batch) and returns fresh arrays.
+        return self._runner(**feed)

@@ -1,0 +1,255 @@
+"""ExplainableModel: load an edgecam model, preprocess, invoke, dequantize, pick the class, CAM.
+
+One inference call returns the class probabilities and the class activation map. No
+TensorFlow: only the interpreter, numpy and OpenCV.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import cam as _cam
+from .backends import open_backend
+from .errors import InputError, MetadataError
+from .metadata import EdgecamMetadata, read_tflite_metadata
+from .preprocess import check_image, preprocess
+
+__all__ = ["ExplainableModel", "Explanation"]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One image's prediction and class activation map.
+
+    Attributes:
+        probabilities: ``(K,)`` float32 class probabilities.
+        class_index: the class explained by ``cam`` (the prediction unless one was asked for).
+        predicted_index: argmax of ``probabilities``.
+        label: name of ``class_index``.
+        cam: ``(h, w)`` float32 at feature-map resolution for ``class_index``; ReLU applied, not
+            normalised.
+        latency_ms: wall time of the interpreter call (shared by a batch).
+        approximate: True when the model's CAM head is approximate (``--approximate``).
+    """
+
+    probabilities: np.ndarray
+    class_index: int
+    predicted_index: int
+    label: str
+    cam: np.ndarray
+    latency_ms: float = 0.0
+    approximate: bool = False
+    classes: Tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def confidence(self) -> float:
+        """Probability of ``class_index``."""
+        return float(self.probabilities[self.class_index])
+
+    def heatmap(self, size=None) -> np.ndarray:
+        """``cam`` normalised to [0, 1] and resized to ``size`` ``(height, width)`` (or kept)."""
+        return _cam.heatmap(self.cam, size)
+
+    def overlay(self, image: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+        """RGB uint8 ``image`` (any size) with the heatmap blended over it."""
+        img = check_image(image)
+        return _cam.overlay(img, self.heatmap(img.shape[:2]), alpha=alpha)
+
+    def peak(self) -> Tuple[int, int]:
+        """``(row, col)`` of the CAM maximum in feature-map cells."""
+        return _cam.peak(self.cam)
+
+
+def _dequantize(value: np.ndarray, quant) -> np.ndarray:
+    if quant is None:
+        return np.asarray(value, dtype=np.float32)
+    scale, zero = quant
+    return (np.asarray(value, dtype=np.float32) - np.float32(zero)) * np.float32(scale)
+
+
+class ExplainableModel:
+    """A converted edgecam model (.tflite) that explains every prediction.
+
+    Args:
+        path: the ``.tflite`` written by ``edgecam convert``.
+        num_threads: interpreter threads (``None``: the interpreter's default).
+
+    Raises:
+        ModelFileError: missing, corrupt or unloadable file.
+        MetadataError: no (valid) edgecam metadata in the file.
+
+    Example:
+        >>> model = ExplainableModel("fog.tflite")
+        >>> exp = model.explain(rgb_uint8)
+        >>> exp.label, exp.confidence, exp.heatmap((224, 224)).shape
+    """
+
+    def __init__(self, path: Union[str, Path], num_threads: Optional[int] = None) -> None:
+        self.path = Path(path)
+        self.metadata: EdgecamMetadata = read_tflite_metadata(self.path)
+        self.backend = open_backend(self.path, num_threads=num_threads)
+        meta = self.metadata
+        self._image_name = meta.inputs.get("image", "image")
+        self._class_name = meta.inputs.get("class_index")
+        self._out = dict(meta.outputs)
+        missing = [
+            f"{role}→{name}" for role, name in self._out.items() if name not in self.backend.outputs
+        ]
+        if self._image_name not in self.backend.inputs or missing:
+            raise MetadataError(
+                f"'{self.path}': the metadata names tensors the model lacks (image input "
+                f"{self._image_name!r}, outputs {missing or 'ok'}); model inputs are "
+                f"{sorted(self.backend.inputs)}, outputs {sorted(self.backend.outputs)}. "
+                "Convert the model again."
+            )
+        self._image_info = self.backend.inputs[self._image_name]
+
+    # -- properties --------------------------------------------------------------------
+    @property
+    def classes(self) -> Tuple[str, ...]:
+        return self.metadata.classes
+
+    @property
+    def input_size(self) -> Tuple[int, int]:
+        """``(height, width)`` the model takes."""
+        return self.metadata.preprocessing.height, self.metadata.preprocessing.width
+
+    @property
+    def feature_map_size(self) -> Tuple[int, int]:
+        return tuple(self.metadata.feature_map_shape[:2])  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (
+            f"ExplainableModel('{self.path}', classes={len(m.classes)}, mode={m.cam_mode}/"
+            f"{m.cam_output}, quantization={m.quantization}, backend={self.backend.name})"
+        )
+
+    # -- inference ---------------------------------------------------------------------
+    def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Checked uint8 images → the input tensor ``(N, H, W, C)`` in the model's dtype."""
+        batch = np.stack(
+            [preprocess(check_image(img, f"image {i}"), self.metadata.preprocessing) for i, img in enumerate(images)]
+        )
+        info = self._image_info
+        if info.quantization is not None:
+            scale, zero = info.quantization
+            limits = np.iinfo(info.dtype)
+            q = np.round(batch / np.float32(scale)) + zero
+            return np.clip(q, limits.min, limits.max).astype(info.dtype)
+        return batch.astype(info.dtype, copy=False)
+
+    def _class_indices(self, class_index, n: int) -> Optional[np.ndarray]:
+        if class_index is None:
+            return None
+        idx = np.atleast_1d(np.asarray(class_index))
+        if idx.dtype.kind not in "iu":
+            raise InputError(f"class_index must be an int or ints. Got {class_index!r}.")
+        if idx.size == 1 and n > 1:
+            idx = np.repeat(idx, n)
+        if idx.size != n:
+            raise InputError(f"class_index has {idx.size} entries for {n} images.")
+        k = self.metadata.num_classes
+        bad = idx[(idx < 0) | (idx >= k)]
+        if bad.size:
+            raise InputError(
+                f"class_index {int(bad[0])} is out of range: the model has {k} classes "
+                f"({', '.join(self.classes[:8])}{'…' if k > 8 else ''})."
+            )
+        return idx.astype(np.int64)
+
+    def run(self, images: Sequence[np.ndarray], class_index=None) -> dict:
+        """Invoke once on a batch; return dequantized outputs by role plus ``latency_ms``."""
+        x = self.preprocess(images)
+        n = len(x)
+        selected = self._class_indices(class_index, n)
+        feed = {self._image_name: x}
+        if self._class_name is not None:
+            feed[self._class_name] = (
+                np.full((n,), -1, np.int32) if selected is None else selected.astype(np.int32)
+            )
+        start = time.perf_counter()
+        raw = self.backend.run(feed)
+        latency = (time.perf_counter() - start) * 1000.0
+        outputs = {
+            role: _dequantize(raw[name], self.backend.outputs[name].quantization)
+            for role, name in self._out.items()
+        }
+        outputs["latency_ms"] = latency
+        outputs["selected"] = selected
+        return outputs
+
+    def explain_batch(self, images: Sequence[np.ndarray], class_index=None) -> List[Explanation]:
+        """Explain a batch of uint8 images (each gray ``H×W`` or RGB ``H×W×3``, any size).
+
+        Args:
+            images: a sequence of images or an ``(N, H, W[, 3])`` uint8 array.
+            class_index: ``None`` (explain the prediction), an int, or one int per image.
+        """
+        if isinstance(images, np.ndarray) and images.ndim in (3, 4) and images.dtype == np.uint8:
+            if images.ndim == 3 and self.metadata.preprocessing.color != "gray" and images.shape[-1] == 3:
+                raise InputError(
+                    f"explain_batch got one (H, W, 3) image of shape {images.shape}; pass a list "
+                    "or a (N, H, W, 3) array, or call explain()."
+                )
+            images = list(images)
+        if len(images) == 0:
+            raise InputError("explain_batch got an empty batch.")
+        out = self.run(images, class_index)
+        meta = self.metadata
+        probs = out["probabilities"]
+        predicted = np.argmax(probs, axis=-1)
+        chosen = predicted if out["selected"] is None else out["selected"]
+        cams = self._cams(out, predicted, chosen)
+        return [
+            Explanation(
+                probabilities=probs[i],
+                class_index=int(chosen[i]),
+                predicted_index=int(predicted[i]),
+                label=meta.classes[int(chosen[i])],
+                cam=cams[i],
+                latency_ms=out["latency_ms"],
+                approximate=meta.approximate,
+                classes=meta.classes,
+            )
+            for i in range(len(probs))
+        ]
+
+    def explain(self, image: np.ndarray, class_index: Optional[int] = None) -> Explanation:
+        """Explain one uint8 image: gray ``H×W`` or RGB ``H×W×3`` of any size.
+
+        Args:
+            image: the image (OpenCV frames are BGR: convert them with ``frame[..., ::-1]``).
+            class_index: class to explain; ``None`` explains the predicted class.
+
+        Returns:
+            An :class:`Explanation`.
+        """
+        return self.explain_batch([check_image(image)], class_index)[0]
+
+    def _cams(self, out: dict, predicted: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+        """Raw maps of the chosen classes → ReLU'd ``(N, h, w)`` float32."""
+        meta = self.metadata
+        if meta.cam_output == "all":
+            cams = out["cams"]  # (N, h, w, K)
+            raw = np.take_along_axis(cams, chosen[:, None, None, None], axis=-1)[..., 0]
+        elif meta.cam_output == "selected":
+            raw = out["cam"]
+        else:  # "predicted": the graph's map is right unless another class was asked for
+            raw = np.array(out["cam"], dtype=np.float32, copy=True)
+            other = np.nonzero(chosen != predicted)[0]
+            if other.size:
+                if meta.class_weights is None:
+                    raise MetadataError(
+                        f"'{self.path}' stores no class weights, so only the predicted class can "
+                        "be explained. Convert again with this edgecam version."
+                    )
+                fmaps = out["feature_maps"]
+                for i in other:
+                    raw[i] = _cam.combine(fmaps[i], meta.class_weights[..., int(chosen[i])])
+        return _cam.relu(raw)

@@ -1,0 +1,58 @@
+"""The ``edgecam`` command line: a thin, lazily loaded layer over the Python API.
+
+Each command lives in its own module and is imported only when it runs, so ``edgecam --help``
+is instant and device commands (``run``, ``bench``, ``doctor``) never import TensorFlow.
+Adding a command = one module + one entry in ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from firmware_host import __version__
+
+# name → ("module:function", one-line help shown by `edgecam --help` without importing it)
+COMMANDS = {
+    "convert": ("toolkit.cli.convert:convert", "Export a Keras CNN to LiteRT with an explanation head."),
+    "inspect": ("toolkit.cli.inspect:inspect_cmd", "Show a converted model's edgecam metadata."),
+    "predict": ("toolkit.cli.predict:predict", "Explain images with a converted model (device path)."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        target, _ = COMMANDS[name]
+        module_name, attr = target.split(":")
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgecam")
+def cli():
+    """edgecam — explainable embedded inference for Keras CNNs on LiteRT devices."""
+
+
+def main(argv=None):
+    """Console entry point."""
+    return cli.main(args=argv, prog_name="edgecam")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
