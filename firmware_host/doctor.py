@@ -99,7 +99,7 @@ def _interpreter() -> Check:
 
 def _tensorflow() -> Check:
     # The device runtime must never pull TensorFlow in; if something did, say so loudly.
-    if "tensorflow" in sys.modules:
+    if sys.modules.get("tensorflow") is not None:
         return Check("tensorflow", False, "imported by this process: the device runtime must not need it")
     return Check("tensorflow", True, "not needed, not imported")
 

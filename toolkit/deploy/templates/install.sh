@@ -3,6 +3,8 @@
 #
 #   sh install.sh [--prefix DIR] [--python PY] [--system-site-packages] [--no-systemd]
 #                 [--user NAME] [--no-start] [--no-deps] [--extra-site DIR]
+#   (--no-deps skips requirements.txt; --extra-site DIR adds DIR to the venv's path: for CI,
+#    where the host's packages stand in for the device's)
 #   sh install.sh --prefix DIR --rollback | --status [--wait S] | --start | --stop | --verify
 #
 # Layout under --prefix (default: $HOME/edgecam):
@@ -49,7 +51,7 @@ while [ $# -gt 0 ]; do
         --start) ACTION=start ;;
         --stop) ACTION=stop ;;
         --verify) ACTION=verify ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '/^set -eu/q;2,$p' "$0"; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
     shift
@@ -260,6 +262,8 @@ do_install() {
         verify_bundle "$rel"
         venv_flags=""
         [ "$SYSTEM_SITE" = 1 ] && venv_flags=--system-site-packages
+        # An --extra-site that has pip lends it to the venv (CI: no 3 s ensurepip per release).
+        [ -n "$EXTRA_SITE" ] && [ -d "$EXTRA_SITE/pip" ] && venv_flags="$venv_flags --without-pip"
         say "creating the virtual environment ($PYTHON $venv_flags)"
         "$PYTHON" -m venv $venv_flags "$rel/venv" || die "'$PYTHON -m venv' failed: install python3-venv (apt) or pass --python"
         if [ -n "$EXTRA_SITE" ]; then
