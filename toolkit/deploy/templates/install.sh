@@ -164,7 +164,7 @@ process_start() {
     if pid=$(running_pid); then say "runner already running (pid $pid)"; return 0; fi
     cd "$PREFIX/data"
     # Detached from this (possibly SSH) session, all descriptors redirected so ssh returns.
-    if command -v setsid >/dev/null 2>&1; then DETACH=setsid; else DETACH=nohup; fi
+    if command -v setsid >/dev/null 2>&1; then DETACH="setsid"; else DETACH="nohup"; fi
     $DETACH "$PREFIX/current/venv/bin/edgecam" run --config "$PREFIX/current/run.toml" \
         </dev/null >>"$PREFIX/data/edgecam.log" 2>&1 &
     echo $! >"$PREFIX/$PIDFILE_REL"
@@ -265,6 +265,7 @@ do_install() {
         # An --extra-site that has pip lends it to the venv (CI: no 3 s ensurepip per release).
         [ -n "$EXTRA_SITE" ] && [ -d "$EXTRA_SITE/pip" ] && venv_flags="$venv_flags --without-pip"
         say "creating the virtual environment ($PYTHON $venv_flags)"
+        # shellcheck disable=SC2086  # flags split on purpose; paths are checked to be plain above
         "$PYTHON" -m venv $venv_flags "$rel/venv" || die "'$PYTHON -m venv' failed: install python3-venv (apt) or pass --python"
         if [ -n "$EXTRA_SITE" ]; then
             site=$("$rel/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
@@ -275,6 +276,7 @@ do_install() {
         [ -d "$rel/wheels" ] && offline="--no-index --find-links $rel/wheels"
         if [ "$NO_DEPS" != 1 ]; then
             say "installing requirements.txt${offline:+ offline from wheels/}"
+            # shellcheck disable=SC2086
             $pip install $offline -r "$rel/requirements.txt" || die "installing the requirements failed (see pip's message above)"
         fi
         # The wheel's own dependency list is not used: requirements.txt is the pinned device set.
