@@ -79,6 +79,18 @@ def load_keras_model(path: Union[str, Path], safe_mode: bool = True):
             f"'{path}' is not a Keras model file: expected a .keras or .h5 file or a SavedModel "
             f"directory, got suffix {suffix or '(none)'!r}."
         )
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise ModelFileError(
+            f"'{path}' is not a readable Keras .keras model (not a zip archive; starts with "
+            f"{head!r}). Save the model again with model.save('model.keras')."
+        )
+    if suffix in (".h5", ".hdf5") and head != b"\x89HDF\r\n\x1a\n":
+        raise ModelFileError(
+            f"'{path}' is not a readable Keras .h5 model (no HDF5 signature; starts with "
+            f"{head!r}). Save the model again with model.save('model.keras')."
+        )
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=safe_mode)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
