@@ -1,15 +1,16 @@
 """``run.toml``: the options of ``edgecam run`` as a TOML table, as shipped in a deploy bundle.
 
-The file holds one table, ``[run]``, whose keys are the *parameter names* of ``edgecam run``
-(the long option with dashes turned into underscores: ``--out-video`` → ``out_video``), so
-``edgecam run --config run.toml`` can hand the table to click as its ``default_map`` and flags
-given on the command line still win::
+The file holds one table, ``[run]``, whose keys are the long options of ``edgecam run`` with
+dashes turned into underscores (``--out-video`` → ``out_video``). :func:`to_click_defaults` maps
+them to click parameter names, so ``edgecam run --config run.toml`` hands the table to click as
+its ``default_map`` and flags given on the command line still win; :func:`to_run_kwargs` maps
+them to ``firmware_host.runner.run`` keyword arguments::
 
     [run]
     model = "fog.tflite"          # relative to this file's directory
     source = "0"                  # camera index, video file, folder or stream URL
     log = "telemetry.jsonl"       # relative to the working directory (the service's data dir)
-    max_frames = 0
+    smooth = 0.5
 
 Only ``model`` is resolved against the directory of ``run.toml`` (it ships beside it in the
 bundle); every other path is used as written, i.e. relative to the process's working directory,
@@ -27,19 +28,44 @@ from typing import Any, Dict, Mapping, Union
 
 from .errors import InputError, MissingDependencyError
 
-__all__ = ["RUN_KEYS", "load_run_config", "parse_run_config", "dumps_run_config"]
+__all__ = [
+    "RUN_KEYS",
+    "load_run_config",
+    "parse_run_config",
+    "dumps_run_config",
+    "to_run_kwargs",
+    "to_click_defaults",
+]
 
-# key → accepted TOML value types. `edgecam run` parameter names (click's `name`).
+_NUMBER = (int, float)
+# TOML key → accepted value types. The keys are `edgecam run`'s long options with dashes turned
+# into underscores; --json, --show and the config itself are left out (not for a service).
 RUN_KEYS: Dict[str, tuple] = {
     "model": (str,),
     "source": (str, int),
-    "log": (str,),
     "out_video": (str,),
+    "video_fps": _NUMBER,
+    "log": (str,),
     "save_frames": (int,),
-    "smooth": (int, float),
+    "frame_format": (str,),
+    "fsync_every": (int,),
+    "log_max_mb": _NUMBER,
+    "snapshots": (str,),
+    "snapshot_every": _NUMBER,
+    "snapshot_max_mb": _NUMBER,
     "preview": (str,),
+    "smooth": _NUMBER,
+    "hysteresis": (str,),
+    "realtime": (bool,),
+    "loop": (bool,),
+    "reconnect_attempts": (int,),
+    "threads": (int,),
     "max_frames": (int,),
 }
+
+# Where a TOML key is not the name used downstream.
+_RUN_KWARG = {"threads": "num_threads"}  # firmware_host.runner.run(...)
+_CLICK_PARAM = {"log": "log_path"}  # toolkit/cli/run.py parameter names
 
 
 def _toml():
@@ -87,11 +113,11 @@ def parse_run_config(text: str, origin: str = "run.toml") -> Dict[str, Any]:
                 f"'{origin}': unknown [run] key {key!r}{hint}. Known keys: {', '.join(RUN_KEYS)}."
             )
         types = RUN_KEYS[key]
-        # bool is an int subclass in Python; TOML true/false is never a valid count or path.
-        if isinstance(value, bool) or not isinstance(value, types):
+        # bool is an int subclass in Python; TOML true/false is only valid for the flags.
+        if isinstance(value, bool) != (types == (bool,)) or not isinstance(value, types):
             names = " or ".join(t.__name__ for t in types)
             raise InputError(
-                f"'{origin}': [run] {key} must be a {names}. Got {value!r} ({type(value).__name__})."
+                f"'{origin}': [run] {key} must be of type {names}. Got {value!r} ({type(value).__name__})."
             )
     return dict(table)
 
@@ -117,11 +143,24 @@ def load_run_config(path: Union[str, Path]) -> Dict[str, Any]:
     return options
 
 
+def to_run_kwargs(options: Mapping[str, Any]) -> Dict[str, Any]:
+    """run.toml options → keyword arguments of ``firmware_host.runner.run`` (``model``, ``source``
+    included: pass them positionally or by name)."""
+    return {_RUN_KWARG.get(key, key): value for key, value in options.items()}
+
+
+def to_click_defaults(options: Mapping[str, Any]) -> Dict[str, Any]:
+    """run.toml options → ``edgecam run`` click parameter names, for ``ctx.default_map``."""
+    return {_CLICK_PARAM.get(key, key): value for key, value in options.items()}
+
+
 def _toml_value(key: str, value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise InputError(f"run option {key!r} must be a string or a number. Got {value!r}.")
+    if not isinstance(value, (str, int, float)):
+        raise InputError(f"run option {key!r} must be a string, number or boolean. Got {value!r}.")
     if isinstance(value, float) and not math.isfinite(value):
         raise InputError(f"run option {key!r} must be finite. Got {value!r}.")
+    if isinstance(value, bool):
+        return "true" if value else "false"
     # A JSON string literal is a valid TOML basic string (same escapes, \uXXXX for controls).
     return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
 

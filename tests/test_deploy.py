@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import time
 import tomllib
@@ -25,7 +26,14 @@ import pytest
 
 from firmware_host.errors import DeployError, InputError
 from firmware_host.manifest import bundle_id, verify_manifest
-from firmware_host.runconfig import RUN_KEYS, dumps_run_config, load_run_config, parse_run_config
+from firmware_host.runconfig import (
+    RUN_KEYS,
+    dumps_run_config,
+    load_run_config,
+    parse_run_config,
+    to_click_defaults,
+    to_run_kwargs,
+)
 from toolkit.deploy.bundle import build_bundle, build_wheel, check_wheel
 from toolkit.deploy.deploy import SshOptions, deploy, parse_remote, plan_deploy, Remote
 from toolkit.deploy.requirements import DEVICE_PINS, pins_for, render_requirements
@@ -33,7 +41,7 @@ from toolkit.deploy.safetar import safe_extract
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = REPO / "tests" / "data" / "tiny_fog.tflite"
-SITE_PACKAGES = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
+SITE_PACKAGES = sysconfig.get_paths()["purelib"]
 # install.sh reuses this interpreter's packages (no downloads): --no-deps + --extra-site.
 FAST_INSTALL = ["--python", sys.executable, "--no-deps", "--extra-site", SITE_PACKAGES, "--no-systemd"]
 
@@ -55,12 +63,39 @@ def model(tmp_path):
     return path
 
 
+def _run_command():
+    """``edgecam run``'s click command when it has landed, else None."""
+    from toolkit.cli import COMMANDS, LazyGroup
+
+    return LazyGroup(name="edgecam").get_command(None, "run") if "run" in COMMANDS else None
+
+
+RUN = _run_command()
+RUN_HAS_CONFIG = RUN is not None and any(p.name == "config" or "--config" in getattr(p, "opts", ()) for p in RUN.params)
+
+
 @pytest.fixture
-def two_bundles(model, wheel, tmp_path):
-    """Bundle A (default run.toml) and bundle B (same model, run.toml with max_frames = 3)."""
-    config = tmp_path / "b.toml"
-    config.write_text("[run]\nmax_frames = 3\n")
-    return make_bundle(model, wheel, tmp_path / "a.tar.gz"), make_bundle(model, wheel, tmp_path / "b.tar.gz", config=config)
+def test_video(tmp_path):
+    """A 12-frame 48×32 Motion-JPEG .avi written by OpenCV."""
+    import cv2
+    import numpy as np
+
+    path = tmp_path / "road.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (48, 32))
+    for i in range(12):
+        frame = np.zeros((32, 48, 3), np.uint8)
+        frame[:, : 4 * i] = 200  # a bright band growing left to right
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def two_bundles(model, wheel, test_video, tmp_path):
+    """Bundle A (runs the test video, 5 frames) and bundle B (the same with max_frames = 3)."""
+    for name, frames in (("a", 5), ("b", 3)):
+        (tmp_path / f"{name}.toml").write_text(f'[run]\nsource = "{test_video}"\nmax_frames = {frames}\n')
+    return tuple(make_bundle(model, wheel, tmp_path / f"{n}.tar.gz", config=tmp_path / f"{n}.toml") for n in "ab")
 
 
 def make_bundle(model, wheel, out, **kwargs):
@@ -355,19 +390,73 @@ def test_unit_file_passes_systemd_analyze(model, wheel, tmp_path):
 
 # ----------------------------------------------------------------------------- run.toml
 def test_run_config_round_trip_and_errors(tmp_path):
-    options = {"model": "m.tflite", "source": 0, "log": 'a "quoted" path.jsonl', "out_video": "o.mp4",
-               "save_frames": 3, "smooth": 0.25, "preview": "0.0.0.0:8080", "max_frames": 10}
+    options = {"model": "m.tflite", "source": 0, "out_video": "o.mp4", "video_fps": 12.5,
+               "log": 'a "quoted" päth.jsonl', "save_frames": 3, "frame_format": "png", "fsync_every": 2,
+               "log_max_mb": 50, "snapshots": "snaps", "snapshot_every": 30.0, "snapshot_max_mb": 20,
+               "preview": "0.0.0.0:8080", "smooth": 0.25, "hysteresis": "0.1:3", "realtime": True,
+               "loop": False, "reconnect_attempts": 4, "threads": 2, "max_frames": 10}
     assert set(options) == set(RUN_KEYS)
     text = dumps_run_config(options, "header")
     assert tomllib.loads(text)["run"] == options
     (tmp_path / "run.toml").write_text(text)
-    assert load_run_config(tmp_path / "run.toml")["model"] == str(tmp_path / "m.tflite")
+    loaded = load_run_config(tmp_path / "run.toml")
+    assert loaded["model"] == str(tmp_path / "m.tflite")
+    assert to_run_kwargs(loaded)["num_threads"] == 2 and to_click_defaults(loaded)["log_path"] == options["log"]
     with pytest.raises(InputError, match=r"must hold exactly one table, \[run\]"):
         parse_run_config('source = "0"\n')
-    with pytest.raises(InputError, match=r"\[run\] max_frames must be a int. Got True"):
+    with pytest.raises(InputError, match=r"\[run\] max_frames must be of type int. Got True"):
         parse_run_config("[run]\nmax_frames = true\n")
+    with pytest.raises(InputError, match=r"\[run\] loop must be of type bool. Got 1"):
+        parse_run_config("[run]\nloop = 1\n")
     with pytest.raises(InputError, match="is not valid TOML"):
         parse_run_config("[run\n")
+
+
+def _config_probe():
+    """A stand-in with edgecam run's parameter names, decorated like edgecam run."""
+    import click
+
+    from toolkit.cli._runconfig import config_option
+
+    @click.command()
+    @config_option
+    @click.argument("model", type=click.Path(exists=True, dir_okay=False))
+    @click.option("--source", required=True)
+    @click.option("--log", "log_path")
+    @click.option("--threads", type=int)
+    @click.option("--loop", is_flag=True)
+    def probe(model, source, log_path, threads, loop):
+        click.echo(json.dumps([model, source, log_path, threads, loop]))
+
+    return probe
+
+
+def test_config_option_makes_run_toml_the_defaults(tmp_path):
+    from click.testing import CliRunner
+
+    (tmp_path / "m.tflite").write_bytes(b"x")
+    (tmp_path / "run.toml").write_text('[run]\nmodel = "m.tflite"\nsource = 0\nlog = "t.jsonl"\nloop = true\n')
+    runner = CliRunner()
+    result = runner.invoke(_config_probe(), ["--config", str(tmp_path / "run.toml")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == [str(tmp_path / "m.tflite"), "0", "t.jsonl", None, True]
+    result = runner.invoke(_config_probe(), ["--config", str(tmp_path / "run.toml"), "--source", "v.mp4", "--threads", "2"])
+    assert json.loads(result.output)[1:4] == ["v.mp4", "t.jsonl", 2]
+    (tmp_path / "bad.toml").write_text("[run]\nthreads = 'two'\n")
+    result = runner.invoke(_config_probe(), ["--config", str(tmp_path / "bad.toml")])
+    assert result.exit_code == 2 and "threads must be of type int" in result.output
+
+
+def test_run_config_keys_match_edgecam_run():
+    """Every run.toml key reaches a real parameter of edgecam run and of runner.run()."""
+    import inspect
+
+    runner = pytest.importorskip("firmware_host.runner", reason="edgecam run has not landed")
+    from toolkit.cli.run import run_cmd
+
+    params = set(inspect.signature(runner.run).parameters)
+    assert set(to_run_kwargs(dict.fromkeys(RUN_KEYS))) <= params
+    assert set(to_click_defaults(dict.fromkeys(RUN_KEYS))) <= {p.name for p in run_cmd.params}
 
 
 # ----------------------------------------------------------------------------- doctor
@@ -504,7 +593,7 @@ def _cli(*args) -> subprocess.CompletedProcess:
 
 
 def _deploy_args(bundle, login, prefix, options, *extra):
-    args = ["deploy", str(bundle), f"{login}:{prefix}", "-i", options.identity, "-p", str(options.port), "--wait", "2"]
+    args = ["deploy", str(bundle), f"{login}:{prefix}", "-i", options.identity, "-p", str(options.port)]
     for option in options.options:
         args += ["--ssh-option", option]
     for arg in FAST_INSTALL:
@@ -512,28 +601,45 @@ def _deploy_args(bundle, login, prefix, options, *extra):
     return args + list(extra)
 
 
-def test_deploy_over_ssh_second_deploy_and_rollback(sshd, two_bundles, wheel, tmp_path):
+def test_deploy_over_ssh_runs_second_deploy_and_rollback(sshd, two_bundles, wheel, test_video, tmp_path):
     options, login, _ = sshd
     prefix = tmp_path / "vehicle"
     a, b = two_bundles
+    wait = "20" if RUN_HAS_CONFIG else "0"
     try:
-        first = _cli(*_deploy_args(a.path, login, prefix, options))
+        first = _cli(*_deploy_args(a.path, login, prefix, options, "--wait", wait))
         assert first.returncode == 0, first.stdout + first.stderr
         assert "==> upload the bundle" in first.stdout and f"current  -> releases/{a.bundle_id}" in first.stdout
         assert os.readlink(prefix / "current") == f"releases/{a.bundle_id}"
         assert not any((prefix / "incoming").iterdir())  # the upload was cleaned up
         installed = prefix / "current" / "venv" / "bin" / "edgecam"
+        telemetry = prefix / "data" / "telemetry.jsonl"
 
-        # The installed copy runs on the "device" (through ssh) without TensorFlow.
+        # The installed copy runs on the "device" (through ssh), without TensorFlow.
+        if RUN_HAS_CONFIG:
+            # install.sh started `edgecam run --config current/run.toml`: 5 frames of the video.
+            assert "first telemetry lines" in first.stdout
+            for _ in range(100):
+                if (prefix / "data" / "edgecam.log").exists() and "frames 5" in (prefix / "data" / "edgecam.log").read_text():
+                    break
+                time.sleep(0.2)
+            records = [json.loads(line) for line in telemetry.read_text().splitlines()]
+            assert [r["frame"] for r in records] == list(range(5))
+        elif RUN is not None:
+            ran = _ssh(options, login, "sh", "-c", 'cd "$1" && "$2" run "$3" --source "$4" --log t.jsonl --max-frames 5',
+                       "sh", str(prefix / "data"), str(installed), str(prefix / "current" / model_name(a)), str(test_video))
+            assert ran.returncode == 0, ran.stdout + ran.stderr
+            records = [json.loads(line) for line in (prefix / "data" / "t.jsonl").read_text().splitlines()]
+            assert [r["frame"] for r in records] == list(range(5))
         if TINY_MODEL.is_file():
             doctor = _ssh(options, login, str(installed), "doctor", "--bundle", str(prefix / "current"))
             assert doctor.returncode == 0, doctor.stdout + doctor.stderr
-            assert "explains a" in doctor.stdout
+            assert "explains a 32×32 test frame" in doctor.stdout
         else:
             version = _ssh(options, login, str(installed), "--version")
             assert version.returncode == 0 and check_wheel(wheel) in version.stdout
 
-        second = _cli(*_deploy_args(b.path, login, prefix, options))
+        second = _cli(*_deploy_args(b.path, login, prefix, options, "--wait", "0"))
         assert second.returncode == 0, second.stdout + second.stderr
         assert os.readlink(prefix / "current") == f"releases/{b.bundle_id}"
         assert os.readlink(prefix / "previous") == f"releases/{a.bundle_id}"
@@ -542,11 +648,16 @@ def test_deploy_over_ssh_second_deploy_and_rollback(sshd, two_bundles, wheel, tm
         rollback = _cli("deploy", "--rollback", f"{login}:{prefix}", "-i", options.identity, "-p",
                         str(options.port), "--wait", "0", *sum((["--ssh-option", o] for o in options.options), []))
         assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+        assert f"rolled back: current -> releases/{a.bundle_id}" in rollback.stdout
         assert os.readlink(prefix / "current") == f"releases/{a.bundle_id}"
         assert os.readlink(prefix / "previous") == f"releases/{b.bundle_id}"
-        assert "max_frames" not in load_run_config(prefix / "current" / "run.toml")
+        assert load_run_config(prefix / "current" / "run.toml")["max_frames"] == 5
     finally:
         stop_runner(prefix)
+
+
+def model_name(bundle) -> str:
+    return next(name for name in bundle.files if name.endswith(".tflite"))
 
 
 def test_deploy_refuses_tampered_bundle_and_unknown_host_key(sshd, model, wheel, tmp_path):
@@ -554,7 +665,7 @@ def test_deploy_refuses_tampered_bundle_and_unknown_host_key(sshd, model, wheel,
     prefix = tmp_path / "vehicle"
     good = make_bundle(model, wheel, tmp_path / "good.tar.gz")
     try:
-        assert _cli(*_deploy_args(good.path, login, prefix, options)).returncode == 0
+        assert _cli(*_deploy_args(good.path, login, prefix, options, "--wait", "0")).returncode == 0
         before = snapshot(prefix)
 
         # Rewrite the archive with one model byte flipped (manifest unchanged).
@@ -565,7 +676,7 @@ def test_deploy_refuses_tampered_bundle_and_unknown_host_key(sshd, model, wheel,
                 if member.name.endswith("fog.tflite"):
                     data = data[:50] + bytes([data[50] ^ 1]) + data[51:]
                 dst.addfile(member, io.BytesIO(data) if data is not None else None)
-        refused = _cli(*_deploy_args(tampered, login, prefix, options))
+        refused = _cli(*_deploy_args(tampered, login, prefix, options, "--wait", "0"))
         assert refused.returncode == 1 and "Checksum mismatch" in refused.stderr and "fog.tflite" in refused.stderr
         assert snapshot(prefix) == before
 

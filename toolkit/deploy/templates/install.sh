@@ -234,7 +234,7 @@ show_status() {
         while [ ! -s "$tel" ] && [ $i -lt $((WAIT * 5)) ]; do sleep 0.2; i=$((i + 1)); done
         if [ -s "$tel" ]; then
             say "first telemetry lines ($tel):"
-            head -n 5 "$tel"
+            head -n 3 "$tel" | cut -c1-240
         else
             say "no telemetry yet in $tel"
         fi
