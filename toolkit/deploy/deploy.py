@@ -249,7 +249,10 @@ def deploy(
         return steps
     with tempfile.TemporaryDirectory(prefix="edgecam-deploy-") as tmp:
         local = safe_extract(bundle, tmp)
-        verify_manifest(local, strict=True)
+        try:
+            verify_manifest(local, strict=True)
+        except DeployError as exc:
+            raise DeployError(f"Refusing '{bundle}', nothing was uploaded: {exc}") from exc
         steps = plan_deploy(str(local), local.name, remote, ssh, install_args, wait)
         run_plan(steps, dry_run, echo)
     return steps
