@@ -30,9 +30,8 @@ def sha256_file(path: Union[str, Path]) -> str:
 
 
 def _files(root: Path) -> List[str]:
-    return sorted(
-        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != MANIFEST
-    )
+    names = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    return sorted(name for name in names if name != MANIFEST)
 
 
 def write_manifest(root: Union[str, Path]) -> Dict[str, str]:

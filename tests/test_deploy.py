@@ -197,6 +197,9 @@ def test_bundle_is_reproducible_and_target_changes_it(model, wheel, tmp_path, mo
     jetson = make_bundle(model, wheel, tmp_path / "fog.tar.gz", target="jetson")
     assert a.path.read_bytes() == b.path.read_bytes()
     assert jetson.bundle_id != a.bundle_id
+    with tarfile.open(jetson.path) as tar:
+        env = tar.extractfile(f"{jetson.top}/bundle.env").read().decode()
+    assert "EDGECAM_TARGET=jetson" in env and "EDGECAM_SYSTEM_SITE_PACKAGES=1" in env
 
 
 def test_bundle_merges_user_run_config_and_rejects_unknown_keys(model, wheel, tmp_path):
@@ -344,11 +347,21 @@ def test_install_sh_installs_is_idempotent_and_refuses_tampering(model, wheel, t
         assert proc.returncode != 0 and "checksum mismatch" in proc.stderr
         assert snapshot(prefix) == before
 
-        # An added file (not in the manifest) is refused too.
-        shutil.copytree(root, tmp_path / "added")
-        (tmp_path / "added" / "payload.sh").write_text("echo pwned\n")
-        proc = run_install(tmp_path / "added", prefix, *FAST_INSTALL, check=False)
-        assert proc.returncode != 0 and "does not list" in proc.stderr
+        # An added file (not in the manifest, even one named like it) is refused too.
+        for extra in ("payload.sh", "dist/MANIFEST.sha256"):
+            added = tmp_path / f"added-{extra.replace('/', '-')}"
+            shutil.copytree(root, added)
+            (added / extra).write_text("echo pwned\n")
+            proc = run_install(added, prefix, *FAST_INSTALL, check=False)
+            assert proc.returncode != 0 and "does not list" in proc.stderr, extra
+            with pytest.raises(DeployError, match="holds files its manifest does not list"):
+                verify_manifest(added)
+        assert snapshot(prefix) == before
+
+        # One release only: nothing to roll back to.
+        proc = subprocess.run(["sh", str(prefix / "current" / "install.sh"), "--prefix", str(prefix), "--rollback"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 1 and "no previous release to roll back to" in proc.stderr
         assert snapshot(prefix) == before
         assert out
     finally:
@@ -522,6 +535,11 @@ def test_dry_run_prints_commands_and_runs_nothing(model, wheel, tmp_path, monkey
     assert install[:6] == ("ssh", "-i", "k", "-p", "2222", "--") and install[6] == "pi@cam"
     assert install[7] == f"sh apps/ec/incoming/{bundle.top}/install.sh --prefix apps/ec --no-systemd"
     assert any(s.argv[0] == "scp" and "-P" in s.argv for s in steps)
+
+    lines.clear()
+    steps = deploy(None, "pi@cam:apps/ec", SshOptions(), dry_run=True, rollback=True, echo=lines.append)
+    assert steps[0].argv == ("ssh", "--", "pi@cam", "sh apps/ec/current/install.sh --prefix apps/ec --rollback")
+    assert "--rollback" in lines[0]
 
 
 def test_remote_commands_are_quoted():

@@ -97,7 +97,7 @@ verify_bundle() {
     if [ "${2:-}" = strict ]; then
         [ -z "$(find "$dir" -type l)" ] || die "'$dir' contains symbolic links; a bundle never does. Refusing it."
         listed=$(sed 's/^[0-9a-f]*  //' "$dir/MANIFEST.sha256" | LC_ALL=C sort)
-        found=$(cd "$dir" && find . -type f ! -name MANIFEST.sha256 | sed 's|^\./||' | LC_ALL=C sort)
+        found=$(cd "$dir" && find . -type f ! -path ./MANIFEST.sha256 | sed 's|^\./||' | LC_ALL=C sort)
         [ "$listed" = "$found" ] || die "'$dir' holds files that MANIFEST.sha256 does not list (or lacks listed ones); refusing the bundle"
     fi
 }
