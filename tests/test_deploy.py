@@ -394,12 +394,23 @@ def test_unit_file_passes_systemd_analyze(model, wheel, tmp_path):
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     prefix = tmp_path / "device"
-    run_install(extract(make_bundle(model, wheel, tmp_path / "b.tar.gz"), tmp_path / "x"), prefix,
-                *FAST_INSTALL, "--no-start", "--user", "nobody")
+    bundle = make_bundle(model, wheel, tmp_path / "b.tar.gz")
+    run_install(extract(bundle, tmp_path / "x"), prefix, *FAST_INSTALL, "--no-start", "--user", "nobody")
     unit = (prefix / "edgecam.service").read_text()
     assert f"ExecStart={prefix}/current/venv/bin/edgecam run --config {prefix}/current/run.toml" in unit
     assert "Restart=on-failure" in unit and "User=nobody" in unit
     proc = subprocess.run(["systemd-analyze", "verify", str(prefix / "edgecam.service")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+    # Without root or sudo, install.sh falls back to a systemd --user unit: no User=/groups.
+    user_prefix = tmp_path / "user-device"
+    subprocess.run(["sh", str(tmp_path / "x" / bundle.top / "install.sh"), "--prefix", str(user_prefix), *FAST_INSTALL,
+                    "--no-start"], env={**os.environ, "EDGECAM_SERVICE_MODE": "user"}, check=True, capture_output=True)
+    unit = (user_prefix / "edgecam.service").read_text()
+    assert "User=" not in unit.replace("# A systemd --user unit", "") and "SupplementaryGroups" not in unit
+    assert "WantedBy=default.target" in unit and "SERVICE_MODE=user" in (user_prefix / "install.conf").read_text()
+    proc = subprocess.run(["systemd-analyze", "verify", str(user_prefix / "edgecam.service")],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 

@@ -36,10 +36,9 @@ from pathlib import Path
 from string import Template
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from firmware_host import __version__
 from firmware_host._io import atomic_open, ensure_writable_dir
 from firmware_host.errors import DeployError, InputError, ModelFileError
-from firmware_host.manifest import bundle_id, sha256_file, verify_manifest, write_manifest
+from firmware_host.manifest import bundle_id, sha256_file, write_manifest
 from firmware_host.runconfig import dumps_run_config, load_run_config
 
 from .requirements import DEVICE_PINS, PLATFORM_TAGS, pins_for, render_requirements

@@ -4,7 +4,8 @@
 #   sh install.sh [--prefix DIR] [--python PY] [--system-site-packages] [--no-systemd]
 #                 [--user NAME] [--no-start] [--no-deps] [--extra-site DIR]
 #   (--no-deps skips requirements.txt; --extra-site DIR adds DIR to the venv's path: for CI,
-#    where the host's packages stand in for the device's)
+#    where the host's packages stand in for the device's. EDGECAM_SERVICE_MODE=systemd|user|process
+#    overrides how the runner is supervised.)
 #   sh install.sh --prefix DIR --rollback | --status [--wait S] | --start | --stop | --verify
 #
 # Layout under --prefix (default: $HOME/edgecam):
@@ -130,12 +131,30 @@ lock() {
     trap 'exit 130' INT TERM
 }
 
-use_systemd() {
-    case "$(conf_get SERVICE_MODE)" in
-        systemd) return 0 ;;
-        process) return 1 ;;
+# How the runner is supervised: systemd (system unit, as root or with passwordless sudo),
+# user (a systemd --user unit: no root needed), or process (background process + pidfile).
+choose_mode() {
+    case "${EDGECAM_SERVICE_MODE:-}" in
+        systemd|user|process) echo "$EDGECAM_SERVICE_MODE"; return ;;
+        '') ;;
+        *) die "EDGECAM_SERVICE_MODE must be systemd, user or process, got '$EDGECAM_SERVICE_MODE'" ;;
     esac
-    [ "$SYSTEMD" != no ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]
+    if [ "$SYSTEMD" = no ] || ! command -v systemctl >/dev/null 2>&1 || [ ! -d /run/systemd/system ]; then
+        echo process
+    elif [ "$(id -u)" = 0 ] || { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; }; then
+        echo systemd
+    else
+        echo user
+    fi
+}
+
+service_mode() {
+    m=$(conf_get SERVICE_MODE)
+    if [ -n "$m" ]; then echo "$m"; else choose_mode; fi
+}
+
+ctl() {  # systemctl for the installed mode
+    if [ "$(service_mode)" = user ]; then systemctl --user "$@"; else as_root systemctl "$@"; fi
 }
 
 as_root() {
@@ -189,26 +208,46 @@ render_unit() {
     if [ -n "$RUN_USER" ]; then user_line="User=$RUN_USER"; else
         user_line="# No User=: the service runs as root. Pass --user NAME to install.sh to change it."
     fi
-    sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@USER_LINE@|$user_line|" "$PREFIX/current/edgecam.service" \
+    if [ "$(service_mode)" = user ]; then
+        # A user manager runs units as its user: it cannot change user or groups, has no
+        # network-online.target, and its mount sandboxing needs user namespaces.
+        user_line="# A systemd --user unit: runs as $(id -un)."
+        drop='/^User=/d;/^SupplementaryGroups=/d;/network-online.target/d;/^PrivateTmp=/d;/^ProtectSystem=/d'
+        drop="$drop;s/^WantedBy=multi-user.target/WantedBy=default.target/"
+    else
+        drop=''
+    fi
+    sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@USER_LINE@|$user_line|" -e "$drop" "$PREFIX/current/edgecam.service" \
         >"$PREFIX/.edgecam.service.tmp"
     mv "$PREFIX/.edgecam.service.tmp" "$PREFIX/edgecam.service"
 }
 
 service_restart() {
-    if use_systemd; then
-        as_root cp "$PREFIX/edgecam.service" "/etc/systemd/system/$SERVICE.service"
-        as_root systemctl daemon-reload
-        as_root systemctl enable "$SERVICE" >/dev/null 2>&1 || as_root systemctl enable "$SERVICE"
-        as_root systemctl restart "$SERVICE"
-        say "systemd service '$SERVICE' enabled and restarted"
-    else
-        process_stop
-        process_start
-    fi
+    case "$(service_mode)" in
+        systemd)
+            as_root cp "$PREFIX/edgecam.service" "/etc/systemd/system/$SERVICE.service"
+            ctl daemon-reload
+            ctl enable --quiet "$SERVICE"
+            ctl restart "$SERVICE"
+            say "systemd service '$SERVICE' enabled and restarted"
+            ;;
+        user)
+            mkdir -p "$HOME/.config/systemd/user"
+            cp "$PREFIX/edgecam.service" "$HOME/.config/systemd/user/$SERVICE.service"
+            ctl daemon-reload
+            ctl enable --quiet "$SERVICE"
+            ctl restart "$SERVICE"
+            say "systemd user service '$SERVICE' enabled and restarted (no root: to start it at boot without a login, run once: sudo loginctl enable-linger $(id -un))"
+            ;;
+        *)
+            process_stop
+            process_start
+            ;;
+    esac
 }
 
 service_stop() {
-    if use_systemd; then as_root systemctl stop "$SERVICE"; else process_stop; fi
+    if [ "$(service_mode)" = process ]; then process_stop; else ctl stop "$SERVICE"; fi
 }
 
 telemetry_path() {  # the [run] log key of the current run.toml, relative to data/
@@ -221,8 +260,8 @@ show_status() {
     [ -L "$PREFIX/current" ] || die "nothing is installed in '$PREFIX'"
     say "current  -> $(readlink "$PREFIX/current")"
     [ -L "$PREFIX/previous" ] && say "previous -> $(readlink "$PREFIX/previous")"
-    if use_systemd; then
-        systemctl status "$SERVICE" --no-pager --lines=5 || true
+    if [ "$(service_mode)" != process ]; then
+        ctl status "$SERVICE" --no-pager --lines=5 || true
     elif pid=$(running_pid); then
         say "runner: running (pid $pid, no systemd)"
     else
@@ -301,14 +340,15 @@ do_install() {
     if [ -z "$RUN_USER" ]; then
         if [ "$(id -u)" != 0 ]; then RUN_USER=$(id -un); else RUN_USER=${SUDO_USER:-}; fi
     fi
-    render_unit
-    if [ "$SYSTEMD" = no ] || ! { command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; }; then
-        mode=process
-    else
-        mode=systemd
+    mode=$(choose_mode)
+    old_mode=$(conf_get SERVICE_MODE)
+    if [ -n "$old_mode" ] && [ "$old_mode" != "$mode" ]; then
+        say "supervision changes from $old_mode to $mode: stopping the $old_mode runner"
+        service_stop || true
     fi
     printf 'SERVICE_MODE=%s\nRUN_USER=%s\nPYTHON=%s\n' "$mode" "$RUN_USER" "$PYTHON" >"$PREFIX/.install.conf.tmp"
     mv "$PREFIX/.install.conf.tmp" "$PREFIX/install.conf"
+    render_unit
     if [ "$NO_START" = 1 ]; then say "--no-start: not (re)starting the runner"; else service_restart; fi
 }
 
