@@ -520,8 +520,10 @@ def test_parse_remote_and_refused_targets():
     assert parse_remote("pi@rpi.local") == Remote("pi@rpi.local", "edgecam")
     assert parse_remote("pi@rpi.local:~/apps/ec/") == Remote("pi@rpi.local", "apps/ec")
     assert parse_remote("cam1:/opt/edgecam") == Remote("cam1", "/opt/edgecam")
-    with pytest.raises(InputError, match="not a plain user@host"):
-        parse_remote("-oProxyCommand=touch /tmp/x")
+    assert parse_remote("pi@[fe80::1]:ec") == Remote("pi@[fe80::1]", "ec")
+    for bad in ("-oProxyCommand=touch /tmp/x", "-oProxy@host", "pi@-oProxy", "pi@host;reboot", ""):
+        with pytest.raises(InputError, match="not a plain user@host"):
+            parse_remote(bad)
     with pytest.raises(InputError, match="may only contain letters"):
         parse_remote("pi@host:my dir")
     with pytest.raises(InputError, match=r"no '\.\.'"):
@@ -546,6 +548,8 @@ def test_dry_run_prints_commands_and_runs_nothing(model, wheel, tmp_path, monkey
     assert install[:6] == ("ssh", "-i", "k", "-p", "2222", "--") and install[6] == "pi@cam"
     assert install[7] == f"sh apps/ec/incoming/{bundle.top}/install.sh --prefix apps/ec --no-systemd"
     assert any(s.argv[0] == "scp" and "-P" in s.argv for s in steps)
+    v6 = plan_deploy("/tmp/b", "edgecam-x", parse_remote("pi@[fe80::1]:ec"))
+    assert v6[0].argv[2] == "pi@fe80::1" and v6[1].argv[-1] == "pi@[fe80::1]:ec/incoming/"
 
     lines.clear()
     steps = deploy(None, "pi@cam:apps/ec", SshOptions(), dry_run=True, rollback=True, echo=lines.append)

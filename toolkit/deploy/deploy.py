@@ -34,7 +34,7 @@ from .safetar import safe_extract
 __all__ = ["Remote", "SshOptions", "Step", "parse_remote", "plan_deploy", "plan_rollback", "run_plan", "deploy"]
 
 # user@host: no leading '-' (it would be read as an ssh option), no spaces or shell characters.
-_HOST = re.compile(r"^(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9_.][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])$")
+_HOST = re.compile(r"^(?!-)(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9_.][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])$")
 # Remote directories become paths in a systemd unit and in scp targets: keep them plain.
 _DIR = re.compile(r"^[A-Za-z0-9._/-]+$")
 DEFAULT_DIR = "edgecam"
@@ -104,11 +104,11 @@ def parse_remote(spec: str) -> Remote:
         InputError: an empty host, a host starting with ``-`` or holding shell characters, or a
             directory with characters other than letters, digits and ``. _ / -``.
     """
-    host, sep, directory = spec.partition(":") if not spec.startswith("[") else _split_ipv6(spec)
+    host, sep, directory = _split_ipv6(spec) if "[" in spec else spec.partition(":")
     if directory.startswith("~/"):
         directory = directory[2:]
     directory = directory.rstrip("/") or (DEFAULT_DIR if not sep or not directory else "/")
-    if not _HOST.match(host):
+    if not _HOST.match(host) or "@-" in host:
         raise InputError(
             f"Deploy target {spec!r}: the host part {host!r} is not a plain user@host or ssh alias "
             "(letters, digits, . _ -, not starting with '-'). Example: pi@raspberrypi.local:edgecam"
@@ -122,6 +122,7 @@ def parse_remote(spec: str) -> Remote:
 
 
 def _split_ipv6(spec: str) -> Tuple[str, str, str]:
+    # user@[fe80::1]:dir — the address's colons are not the directory separator.
     end = spec.find("]")
     host, rest = spec[: end + 1], spec[end + 1 :]
     return (host, ":", rest[1:]) if rest.startswith(":") else (host, "", rest)
@@ -132,7 +133,9 @@ def _ssh(remote: Remote, ssh: SshOptions, *command: str) -> Tuple[str, ...]:
     if ssh.port:
         args += ["-p", str(ssh.port)]
     # `--` ends ssh's options; the remote command is one pre-quoted string for the remote shell.
-    return tuple(args + ["--", remote.host, " ".join(shlex.quote(part) for part in command)])
+    # ssh takes an IPv6 address bare; scp needs it in brackets (host:path would be ambiguous).
+    host = remote.host.replace("[", "").replace("]", "")
+    return tuple(args + ["--", host, " ".join(shlex.quote(part) for part in command)])
 
 
 def _scp_dir(remote: Remote, ssh: SshOptions, local: str, remote_dir: str) -> Tuple[str, ...]:
