@@ -511,8 +511,10 @@ def test_doctor_explains_a_test_frame_with_the_tiny_model():
     from firmware_host.doctor import run_doctor
 
     report = run_doctor(model=TINY_MODEL, repeats=2)
-    assert report.ok, report.format()
-    assert "explains a" in report.get("model").detail
+    # (Other tests in this process may have imported TensorFlow: the subprocess test covers that.)
+    model = report.get("model")
+    assert model.ok, report.format()
+    assert "explains a 32×32 test frame" in model.detail and "CAM 16×16" in model.detail
 
 
 # ----------------------------------------------------------------------------- deploy (no network)
