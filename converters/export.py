@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from firmware_host import cam as _cam
-from firmware_host._io import atomic_write_bytes
+from firmware_host._io import atomic_write_bytes, ensure_writable_dir
 from firmware_host._version import __version__
 from firmware_host.compare import pearson
 from firmware_host.errors import ConversionError, InputError, UnsupportedHeadError
@@ -114,8 +114,9 @@ def load_images(directory: Union[str, Path], limit: Optional[int] = None) -> Tup
     root = Path(directory)
     if not root.is_dir():
         raise InputError(f"Image folder '{root}' does not exist or is not a directory.")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    images, skipped = [], 0
+    every = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = [p for p in every if p.suffix.lower() in IMAGE_SUFFIXES]
+    images, skipped = [], len(every) - len(files)  # files that are not images count as skipped
     for file in files:
         if limit is not None and len(images) >= limit:
             break
@@ -126,8 +127,8 @@ def load_images(directory: Union[str, Path], limit: Optional[int] = None) -> Tup
         images.append(np.ascontiguousarray(frame[..., ::-1]))
     if not images:
         raise InputError(
-            f"Image folder '{root}' has no readable image ({len(files)} image-named files, "
-            f"{skipped} unreadable). Supported: {', '.join(IMAGE_SUFFIXES)}."
+            f"Image folder '{root}' has no readable image ({len(every)} files, {len(files)} with an "
+            f"image suffix, {skipped} skipped). Put images ({', '.join(IMAGE_SUFFIXES)}) in it."
         )
     return images, skipped
 
@@ -165,6 +166,15 @@ def detect_preprocessing(model, color=None, input_scale=None, input_offset=None,
             "(N, H, W, C) input."
         )
     _, h, w, c = shape
+    for flag, value in (("--input-scale", input_scale), ("--input-offset", input_offset), ("--mean", mean),
+                        ("--std", std)):
+        values = None if value is None else np.atleast_1d(np.asarray(value, dtype=np.float64))
+        if values is not None and (not np.all(np.isfinite(values)) or (flag in ("--input-scale", "--std") and np.any(values == 0))):
+            raise InputError(
+                f"{flag} must be finite{' and non-zero' if flag in ('--input-scale', '--std') else ''} "
+                f"numbers. Got: {values.tolist()}. Give the model's real preprocessing, e.g. "
+                "--input-scale 0.0078431 --input-offset -1 for inputs in [-1, 1]."
+            )
     if input_size is not None:
         h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if h is None or w is None:
@@ -352,6 +362,13 @@ def _self_check(path: Path, split: ModelSplit, images: List[np.ndarray], x: np.n
     from firmware_host.model import ExplainableModel
 
     ref_raw, ref_cls, ref_logits = gradcam_reference(split.grad_model, x, return_logits=True)
+    if not (np.all(np.isfinite(ref_logits)) and np.all(np.isfinite(ref_raw))):
+        bad = int(np.nonzero(~np.isfinite(ref_logits).all(axis=-1) | ~np.isfinite(ref_raw).all(axis=(1, 2)))[0][0])
+        raise ConversionError(
+            f"The Keras model gives non-finite logits or Grad-CAM (NaN/inf) on {source}, image {bad}: "
+            "its weights hold NaN/inf or it overflows. Fix or retrain the model, and check the "
+            "preprocessing (--input-scale/--input-offset) before converting."
+        )
     ref_probs = _activate(ref_logits, split.activation)
     edge = ExplainableModel(path)
     agree, corr, pdiff = [], [], []
@@ -449,6 +466,7 @@ def convert(
         )
     if not output.parent.exists():
         raise InputError(f"Output folder '{output.parent}' does not exist. Create it first.")
+    ensure_writable_dir(output.parent)  # before the (slow) conversion, not after
 
     source: Dict[str, Any] = {}
     if isinstance(model, (str, Path)):
@@ -468,7 +486,7 @@ def convert(
     elif isinstance(calibration, (str, Path)):
         images, skipped = load_images(calibration, limit=max_calibration)
         image_source = f"{len(images)} calibration images from '{calibration}'" + (
-            f" ({skipped} unreadable skipped)" if skipped else ""
+            f" ({skipped} unreadable or non-image files skipped)" if skipped else ""
         )
     else:
         images = [check_image(img, f"calibration image {i}") for i, img in enumerate(calibration)]

@@ -54,6 +54,13 @@ ELEMENTWISE = (
     "silu",
     "swish",
     "hard_sigmoid",
+    "hard_silu",
+    "gelu",
+    "selu",
+    "mish",
+    "softsign",
+    "exponential",
+    "hard_tanh",
 )
 
 
@@ -111,7 +118,7 @@ def _np(value) -> np.ndarray:
 
 def _act_name(fn) -> str:
     name = getattr(fn, "__name__", None) or (fn if isinstance(fn, str) else "linear")
-    return {"swish": "silu"}.get(str(name), str(name))
+    return {"swish": "silu", "hard_swish": "hard_silu"}.get(str(name), str(name))
 
 
 def _to_steps(chain: Sequence[object], strip_last: bool) -> List[Step]:

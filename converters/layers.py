@@ -210,12 +210,38 @@ def _descend_to_output(model, prefix: str, containers: Tuple) -> Target:
     return Target(path=path, layer=op, containers=containers, shape=_hwc(_output_shape(op), path))
 
 
+_GLOBAL_POOLS = ("GlobalAveragePooling2D", "GlobalMaxPooling2D")
+
+
+def _is_pooled(shape) -> bool:
+    return len(shape) == 4 and shape[1] == 1 and shape[2] == 1
+
+
+def _collapses_below(tensor) -> bool:
+    """Whether walking back from ``tensor`` through 1×1 (or already flat) tensors of a chain of
+    single-input layers reaches a global pooling: then those 1×1 maps are the head, not A."""
+    while True:
+        op, node = _history(tensor)
+        if op is None or _is_container(op):
+            return False
+        if type(op).__name__ in _GLOBAL_POOLS:
+            return True
+        inputs = node.input_tensors if node is not None else []
+        if len(inputs) != 1:
+            return False
+        shape = tuple(inputs[0].shape)
+        if len(shape) == 4 and not _is_pooled(shape):
+            return False
+        tensor = inputs[0]
+
+
 def find_target(model, target_layer: Optional[str] = None) -> Target:
     """The explanation layer of ``model``.
 
     With ``target_layer=None``: walk back from the output to the first tensor that is still
     spatial ``(N, H, W, C)`` — the last layer before the spatial collapse — descending into
-    nested models. Otherwise the named layer (``outer/inner`` for nested models; a bare inner
+    nested models. ``(N, 1, 1, C)`` tensors that come after a global pooling with
+    ``keepdims=True`` (GAP → 1×1 conv heads) belong to the head and are walked past. Otherwise the named layer (``outer/inner`` for nested models; a bare inner
     name is accepted when it is unique).
 
     Raises:
@@ -230,6 +256,9 @@ def find_target(model, target_layer: Optional[str] = None) -> Target:
             "Sequential without an Input). Build it with keras.Input(shape=...) first."
         )
     tensor, prefix, containers = graph.outputs[0], "", (model,)
+    # A global pooling with keepdims=True (MobileNet v1/v3 heads: GAP → 1×1 convs → Flatten)
+    # leaves (N, 1, 1, C) tensors after the spatial collapse; they are not feature maps.
+    collapsed = _collapses_below(tensor)
     while True:
         shape = tuple(tensor.shape)
         op, node = _history(tensor)
@@ -239,7 +268,7 @@ def find_target(model, target_layer: Optional[str] = None) -> Target:
                 f"the output reached the input. Grad-CAM needs a convolutional feature map; "
                 f"{_candidates_hint(model)}."
             )
-        if len(shape) == 4:
+        if len(shape) == 4 and not (collapsed and _is_pooled(shape)):
             path = prefix + op.name
             if _is_container(op):
                 return _descend_to_output(op, path, containers + (op,))
@@ -250,6 +279,8 @@ def find_target(model, target_layer: Optional[str] = None) -> Target:
             prefix, containers = prefix + op.name + SEP, containers + (op,)
             tensor = inner.outputs[0]
             continue
+        if type(op).__name__ in _GLOBAL_POOLS:
+            collapsed = False  # its input is before the collapse
         inputs = node.input_tensors if node is not None else []
         if len(inputs) != 1:
             raise LayerError(
@@ -358,8 +389,9 @@ def split_model(model, target_layer: Optional[str] = None, logits: bool = True) 
     keras = _keras()
     if _graph(model) is None:
         raise LayerError(
-            f"Model {getattr(model, 'name', '?')!r} is a subclassed model without a graph; "
-            "edgecam needs a functional or Sequential Keras model."
+            f"Model {getattr(model, 'name', '?')!r} has no layer graph (a subclassed model, or a "
+            "Sequential built without keras.Input); edgecam needs a functional model or a "
+            "Sequential starting with keras.Input(shape=(H, W, C))."
         )
     if len(_graph(model).outputs) != 1:
         raise UnsupportedHeadError(

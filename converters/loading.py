@@ -86,6 +86,14 @@ def load_keras_model(path: Union[str, Path], safe_mode: bool = True):
             f"'{path}' is not a readable Keras .keras model (not a zip archive; starts with "
             f"{head!r}). Save the model again with model.save('model.keras')."
         )
+    if suffix == ".keras":
+        _check_keras_archive(path)
+    if path.name.lower().endswith(".weights.h5"):
+        raise ModelFileError(
+            f"'{path}' is a weights-only file (.weights.h5): it has no architecture to convert. "
+            "Save the whole model with model.save('model.keras'), or rebuild the model in Python, "
+            "call model.load_weights(...) and pass the model object to converters.convert."
+        )
     if suffix in (".h5", ".hdf5") and head != b"\x89HDF\r\n\x1a\n":
         raise ModelFileError(
             f"'{path}' is not a readable Keras .h5 model (no HDF5 signature; starts with "
@@ -101,6 +109,11 @@ def load_keras_model(path: Union[str, Path], safe_mode: bool = True):
         ) from exc
     except (ValueError, TypeError, KeyError) as exc:
         text = str(exc)
+        if "no model config" in text.lower():
+            raise ModelFileError(
+                f"'{path}' is an HDF5 file without a model config (weights only?): there is no "
+                "architecture to convert. Save the whole model with model.save('model.keras')."
+            ) from exc
         if safe_mode and any(h in text.lower() for h in _UNSAFE_HINTS):
             raise ModelFileError(
                 f"'{path}' contains a Lambda layer (or other Python code) that Keras refuses to "
@@ -116,6 +129,24 @@ def load_keras_model(path: Union[str, Path], safe_mode: bool = True):
             f"'{path}' holds a {type(model).__name__}, not a Keras model. Pass a saved model."
         )
     return model
+
+
+def _check_keras_archive(path: Path) -> None:
+    """A ``.keras`` file is a zip holding ``config.json`` (and usually ``model.weights.h5``)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ModelFileError(
+            f"'{path}' is not a readable Keras .keras model (corrupt zip: {exc}). Save the model "
+            "again with model.save('model.keras')."
+        ) from exc
+    if "config.json" not in names:
+        shown = ", ".join(names[:5]) + (" …" if len(names) > 5 else "") if names else "nothing"
+        raise ModelFileError(
+            f"'{path}' is a zip archive but not a Keras model (no config.json; it holds {shown}). "
+            "Pass a file written by model.save('model.keras')."
+        )
 
 
 def _load_saved_model_dir(path: Path, safe_mode: bool):

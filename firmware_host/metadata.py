@@ -76,7 +76,16 @@ class Preprocessing:
                     f"Preprocessing {name} needs 1 or {channels} values for color "
                     f"{self.color!r}. Got: {value}"
                 )
+            if not all(np.isfinite(value)) or (name == "scale" and 0.0 in value):
+                raise MetadataError(
+                    f"Preprocessing {name} must be finite{' and non-zero' if name == 'scale' else ''}. "
+                    f"Got: {value}. Check --input-scale/--input-offset (or --std, which must not be 0)."
+                )
             object.__setattr__(self, name, value)
+        if int(self.height) < 1 or int(self.width) < 1:
+            raise MetadataError(
+                f"Preprocessing size must be positive. Got: {self.height}x{self.width}."
+            )
 
     @property
     def channels(self) -> int:
@@ -87,6 +96,8 @@ class Preprocessing:
         """``x = (pixel - mean) / std`` expressed as scale/offset."""
         mean = np.atleast_1d(np.asarray(mean, dtype=np.float64))
         std = np.atleast_1d(np.asarray(std, dtype=np.float64))
+        if not np.all(np.isfinite(std)) or np.any(std == 0):
+            raise MetadataError(f"Preprocessing std must be finite and non-zero. Got: {tuple(std)}.")
         return cls(height, width, color, tuple(1.0 / std), tuple(-mean / std))
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import cam as _cam
 from .backends import open_backend
-from .errors import InputError, MetadataError
+from .errors import ConversionError, InputError, MetadataError
 from .metadata import EdgecamMetadata, read_tflite_metadata
 from .preprocess import check_image, preprocess
 
@@ -206,6 +206,7 @@ class ExplainableModel:
         predicted = np.argmax(probs, axis=-1)
         chosen = predicted if out["selected"] is None else out["selected"]
         cams = self._cams(out, predicted, chosen)
+        self._check_finite(probs, cams)
         return [
             Explanation(
                 probabilities=probs[i],
@@ -231,6 +232,18 @@ class ExplainableModel:
             An :class:`Explanation`.
         """
         return self.explain_batch([check_image(image)], class_index)[0]
+
+    def _check_finite(self, probs: np.ndarray, cams: np.ndarray) -> None:
+        """A NaN/inf output is never returned as a result: it would be silent garbage."""
+        bad = ~np.isfinite(probs).all(axis=-1) | ~np.isfinite(cams).all(axis=(1, 2))
+        if bad.any():
+            i = int(np.nonzero(bad)[0][0])
+            what = "probabilities" if not np.isfinite(probs[i]).all() else "cam"
+            raise ConversionError(
+                f"'{self.path}' produced non-finite {what} (NaN/inf) for image {i} of the batch: "
+                "the model's weights hold NaN/inf or it overflows. Check the Keras model and "
+                "convert it again (edgecam convert refuses models with non-finite outputs)."
+            )
 
     def _cams(self, out: dict, predicted: np.ndarray, chosen: np.ndarray) -> np.ndarray:
         """Raw maps of the chosen classes → ReLU'd ``(N, h, w)`` float32."""

@@ -45,7 +45,34 @@ def _act_forward(tf, name: str, params: dict, z):
         return tf.math.softplus(z)
     if name == "silu":
         return z * tf.sigmoid(z)
+    if name == "hard_silu":
+        return z * tf.nn.relu6(z + 3.0) / 6.0
+    if name == "gelu":
+        return tf.nn.gelu(z, approximate=False)  # builtin GELU
+    if name == "selu":
+        return _SELU_SCALE * tf.where(z > 0, z, _SELU_ALPHA * (tf.exp(z) - 1.0))
+    if name == "mish":
+        return z * tf.tanh(tf.math.softplus(z))
+    if name == "softsign":
+        return z / (1.0 + tf.abs(z))
+    if name == "exponential":
+        return tf.exp(z)
+    if name == "hard_tanh":
+        return tf.clip_by_value(z, -1.0, 1.0)
     raise ValueError(f"No derivative rule for activation {name!r}")
+
+
+# SELU constants (Klambauer et al. 2017, Eq. 2), as in keras.activations.selu.
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def _normal_cdf(tf, z):
+    """Φ(z) with builtin ops only: TFLite has no ERF, but has GELU = z·Φ(z)."""
+    small = tf.abs(z) < 1e-3
+    safe = tf.where(small, tf.ones_like(z), z)
+    # Near 0, Φ(z) ≈ 1/2 + z/√(2π) (Taylor; the error is O(z³)).
+    return tf.where(small, 0.5 + z * 0.3989422804014327, tf.nn.gelu(safe, approximate=False) / safe)
 
 
 def _act_derivative(tf, name: str, params: dict, z):
@@ -79,6 +106,27 @@ def _act_derivative(tf, name: str, params: dict, z):
     if name == "silu":
         s = tf.sigmoid(z)
         return s * (1.0 + z * (1.0 - s))
+    if name == "hard_silu":
+        # d/dz [z·relu6(z+3)/6] = relu6(z+3)/6 + z/6 on (-3, 3); 0 below, 1 above.
+        inside = tf.logical_and(z > -3.0, z < 3.0)
+        return tf.where(inside, (2.0 * z + 3.0) / 6.0, tf.where(z >= 3.0, one, zero))
+    if name == "gelu":
+        # d/dz [z·Φ(z)] = Φ(z) + z·φ(z) (Hendrycks & Gimpel 2016).
+        pdf = tf.exp(-0.5 * z * z) * 0.3989422804014327
+        return _normal_cdf(tf, z) + z * pdf
+    if name == "selu":
+        return _SELU_SCALE * tf.where(z > 0, one, _SELU_ALPHA * tf.exp(z))
+    if name == "mish":
+        # d/dz [z·tanh(sp(z))] = tanh(sp) + z·(1 - tanh²(sp))·σ(z), sp = softplus.
+        t = tf.tanh(tf.math.softplus(z))
+        return t + z * (1.0 - t * t) * tf.sigmoid(z)
+    if name == "softsign":
+        d = 1.0 + tf.abs(z)
+        return one / (d * d)
+    if name == "exponential":
+        return tf.exp(z)
+    if name == "hard_tanh":
+        return tf.where(tf.logical_and(z > -1.0, z < 1.0), one, zero)
     raise ValueError(f"No derivative rule for activation {name!r}")
 
 

@@ -26,10 +26,12 @@ def predict(model, images, out, class_index, threads):
     with cli_errors():
         explainer = ExplainableModel(model, num_threads=threads)
         out_dir = ensure_writable_dir(out) if out else None
+        skipped = 0
         for name in images:
             frame = cv2.imread(name, cv2.IMREAD_COLOR)
             if frame is None:
                 click.echo(f"{name}: skipped (not a readable image)", err=True)
+                skipped += 1
                 continue
             rgb = frame[..., ::-1]
             exp = explainer.explain(rgb, class_index=class_index)
@@ -43,3 +45,10 @@ def predict(model, images, out, class_index, threads):
                 if not ok:
                     raise InputError(f"Could not encode the overlay of {name}.")
                 atomic_write_bytes(Path(out_dir) / (Path(name).stem + ".overlay.png"), png.tobytes())
+        if skipped == len(images):
+            raise InputError(
+                f"None of the {len(images)} file(s) given is a readable image "
+                f"(first: '{images[0]}'). Pass PNG/JPEG/BMP files."
+            )
+        if skipped:
+            click.echo(f"{skipped} of {len(images)} file(s) skipped (not readable images).", err=True)
