@@ -11,8 +11,12 @@ shapes:
 Random-weight nets are degenerate (activations vanish through dozens of BatchNormalizations
 with moving statistics 0/1, logits tie), so before converting each net gets a data-dependent
 re-initialisation, stated in the table: every BatchNormalization's moving statistics are set
-to the batch statistics of the calibration images (momentum 0, one training-mode pass), and
-the classifier's kernel is scaled so the logits have standard deviation 3. Nothing is trained.
+to the batch statistics of the calibration images (momentum 0, one training-mode pass). Then
+either the classifier's kernel is scaled so the logits have standard deviation 3 (default), or,
+with ``--fit STEPS``, the net is trained that many Adam steps on a synthetic 10-class task
+(a red or blue blob at one of five places) and its BN statistics are set again. Random nets
+are chaotic under int8 (their feature maps decorrelate: MobileNetV2-64 0.65), so only the
+``--fit`` numbers say something about int8 on real, trained models.
 
 Each model is converted in float32 and int8 and run through ``firmware_host`` (the device
 path); the maps are compared with an independent GradientTape Grad-CAM computed on a twin
@@ -65,6 +69,42 @@ def _images(n: int, size: int, seed: int):
         img += 120 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (size * 0.8))[..., None]
         out.append(np.clip(img, 0, 255).astype(np.uint8))
     return out
+
+
+_SPOTS = ((0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75), (0.5, 0.5))
+
+
+def _task(n: int, size: int, seed: int):
+    """A synthetic 10-class task: a red or blue blob at one of 5 places, on smooth noise.
+
+    Returns RGB uint8 images and labels ``spot + 5·colour``.
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images, labels = [], []
+    for _ in range(n):
+        label = int(rng.integers(0, CLASSES))
+        cy, cx = (np.array(_SPOTS[label % 5]) + rng.normal(0, 0.04, 2)) * size
+        small = rng.integers(0, 140, size=(6, 6, 3), dtype=np.uint8)
+        img = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        blob = 160 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (size * 1.2))
+        img[..., 0 if label < 5 else 2] += blob
+        images.append(np.clip(img, 0, 255).astype(np.uint8))
+        labels.append(label)
+    return images, np.array(labels)
+
+
+def _fit(model, x, y, steps: int):
+    """A few Adam steps on the synthetic task: weights with structure, not a trained model."""
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        idx = rng.integers(0, len(x), 32)
+        model.train_on_batch(x[idx], y[idx])
 
 
 def _leading_rescaling(model) -> bool:
@@ -159,8 +199,8 @@ def _reference(logit_model, expected: str, x, classes=None):
     return np.concatenate(maps), np.concatenate(chosen), np.concatenate(all_logits)
 
 
-def sweep_one(name: str, size: int, shape: str, int8: bool = True, workdir: Path = Path(".")):
-    """Convert one architecture; returns a table row."""
+def sweep_one(name: str, size: int, shape: str, int8: bool = True, workdir: Path = Path("."), fit: int = 0):
+    """Convert one architecture; returns a table row. ``fit`` > 0: that many training steps."""
     from converters import convert
     from firmware_host import ExplainableModel
     from firmware_host.compare import pearson
@@ -168,7 +208,11 @@ def sweep_one(name: str, size: int, shape: str, int8: bool = True, workdir: Path
 
     model = _build(name, size, shape, "softmax")
     twin = _build(name, size, shape, None)
-    calib, probe = _images(16, size, 1), _images(12, size, 2)
+    if fit:
+        train, labels = _task(512, size, 0)
+        calib, probe = _task(32, size, 1)[0], _task(12, size, 2)[0]
+    else:
+        calib, probe = _images(16, size, 1), _images(12, size, 2)
     raw = not _leading_rescaling(model) and shape == "top"
     kwargs = {"input_scale": [1 / 127.5], "input_offset": [-1.0]} if raw else {}
 
@@ -178,13 +222,17 @@ def sweep_one(name: str, size: int, shape: str, int8: bool = True, workdir: Path
     pre = Preprocessing(size, size, "rgb", (1 / 127.5,) if raw else (1.0,), (-1.0,) if raw else (0.0,))
     xc = np.stack([preprocess(i, pre) for i in calib])
     last = _recalibrate(model, xc)
+    if fit:
+        _fit(model, np.stack([preprocess(i, pre) for i in train]), labels, fit)
+        _recalibrate(model, xc)
     twin.set_weights(model.get_weights())
-    _, _, logits = _reference(twin, _expected_target(twin), xc)
-    factor = 3.0 / max(float(logits.std(axis=-1).mean()), 1e-12)
-    last.kernel.assign(last.kernel * factor)
-    if getattr(last, "bias", None) is not None:
-        last.bias.assign(last.bias * factor)
-    twin.set_weights(model.get_weights())
+    if not fit:
+        _, _, logits = _reference(twin, _expected_target(twin), xc)
+        factor = 3.0 / max(float(logits.std(axis=-1).mean()), 1e-12)
+        last.kernel.assign(last.kernel * factor)
+        if getattr(last, "bias", None) is not None:
+            last.bias.assign(last.bias * factor)
+        twin.set_weights(model.get_weights())
 
     expected = _expected_target(model)
     xp = np.stack([preprocess(i, pre) for i in probe])
@@ -206,7 +254,8 @@ def sweep_one(name: str, size: int, shape: str, int8: bool = True, workdir: Path
         path = result.path if quant == "none" else workdir / f"{name}_{shape}_int8.tflite"
         if quant == "int8":
             convert(model, path, calibration=calib, quantize="int8", self_check=False, **kwargs)
-        exps = ExplainableModel(path).explain_batch(probe)
+        # Maps for the class Keras predicts (as the converter's self-check); top-1 separately.
+        exps = ExplainableModel(path).explain_batch(probe, class_index=ref_cls.astype(int))
         corr = [pearson(e.cam, ref_cam[i]) for i, e in enumerate(exps)]
         top1 = np.mean([e.predicted_index == int(ref_cls[i]) for i, e in enumerate(exps)])
         label = "float32" if quant == "none" else "int8"
@@ -221,12 +270,14 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", help="architecture names (default: all)")
     parser.add_argument("--shape", choices=["top", "nested", "both"], default="both")
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--fit", type=int, default=0, metavar="STEPS",
+                        help="train STEPS Adam steps on a synthetic 10-class task first (default: 0)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not touch docs/")
     args = parser.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.ERROR)
-    from benchmarks._report import machine, table, write_section
+    from benchmarks._report import write_section
 
     rows = []
     shapes = ["top", "nested"] if args.shape == "both" else [args.shape]
@@ -236,31 +287,48 @@ def main(argv=None) -> int:
                 continue
             for shape in shapes:
                 try:
-                    row = sweep_one(name, size, shape, int8=not args.no_int8, workdir=Path(tmp))
+                    row = sweep_one(name, size, shape, int8=not args.no_int8, workdir=Path(tmp), fit=args.fit)
                 except Exception as exc:  # a failing architecture is a result, not a crash
                     row = {"architecture": name, "shape": shape, "input": f"{size}px",
                            "mode": "FAILED", "target": f"{type(exc).__name__}: {str(exc)[:160]}"}
                 print(row, flush=True)
                 rows.append(row)
-    keys = list(max(rows, key=len))
-    rows = [{k: r.get(k, "") for k in keys} for r in rows]
-    text = (
-        "## Architecture sweep (`python -m benchmarks.arch_sweep`)\n\n"
-        f"Machine: {machine()}.\n\n"
-        "keras.applications networks with random weights (no downloads), BatchNormalization "
-        "statistics set from the 16 calibration images and the classifier scaled to logit std 3 "
-        "(see benchmarks/arch_sweep.py; nothing trained). `top` = the application's own head "
-        "(`include_top=True, classes=10`); `nested` = `include_top=False` backbone used as a layer "
-        "in Input → Rescaling → backbone → GAP → Dropout → Dense(softmax). Pearson per image "
-        "between `ExplainableModel.explain` maps and an independent GradientTape Grad-CAM on the "
-        "logit (Keras' own graph, twin model with `classifier_activation=None`), 12 probe images, "
-        "at feature-map resolution; top-1 against the Keras logits.\n\n" + table(rows)
-    )
+                if not args.no_write:  # a partial table survives an interrupted sweep
+                    write_section("arch_sweep", _section(rows, args.fit))
+    text = _section(rows, args.fit)
     if not args.no_write:
         write_section("arch_sweep", text)
     print(text)
     failed = [r for r in rows if r.get("mode") == "FAILED"]
     return 1 if failed else 0
+
+
+def _section(rows, fit: int) -> str:
+    from benchmarks._report import machine, table
+
+    keys = list(max(rows, key=len))
+    rows = [{k: r.get(k, "") for k in keys} for r in rows]
+    weights = (
+        f"random weights trained {fit} Adam steps (batch 32) on a synthetic 10-class task (a red or "
+        "blue blob at one of 5 places; calibration and probe images from the same task)"
+        if fit
+        else "random weights, classifier scaled to logit std 3"
+    )
+    return (
+        "## Architecture sweep (`python -m benchmarks.arch_sweep"
+        + (f" --fit {fit}" if fit else "")
+        + "`)\n\n"
+        f"Machine: {machine()}.\n\n"
+        f"keras.applications networks, no downloads: {weights}; BatchNormalization statistics "
+        "then set from the calibration images (see benchmarks/arch_sweep.py). `top` = the "
+        "application's own head (`include_top=True, classes=10`); `nested` = `include_top=False` "
+        "backbone used as a layer in Input → Rescaling → backbone → GAP → Dropout → Dense(softmax). "
+        "Pearson per image between `ExplainableModel.explain` maps and an independent GradientTape "
+        "Grad-CAM on the logit (Keras' own graph, twin model with `classifier_activation=None`) for "
+        "the class Keras predicts, 12 probe images, at feature-map resolution; top-1 of the "
+        "exported model against the Keras logits. `target_ok`: the converter chose the layer "
+        "feeding the model's global pooling/Flatten.\n\n" + table(rows)
+    )
 
 
 if __name__ == "__main__":

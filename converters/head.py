@@ -2,8 +2,9 @@
 
 The head is turned into a list of :class:`Step` s (numpy parameters, framework-free), then:
 
-* **linear** — GlobalAveragePooling then affine layers (Dense, BatchNormalization, Rescaling,
-  Dropout, linear Activation, 1×1 linear convs before the pooling): the logit is
+* **linear** — GlobalAveragePooling then affine layers (Dense, BatchNormalization,
+  Normalization, Rescaling, Dropout, linear Activation, 1×1 linear convs before or after the
+  pooling — also after ``keepdims=True`` pooling, as in MobileNet v1/v3 heads): the logit is
   ``z_c = sum_k w_kc · GAP(A^k) + b_c`` and Grad-CAM's channel weights are constants,
   ``α_kc = w_kc / (h·w)`` (Eq. 1 of Selvaraju et al. 2017 applied to a GAP head; Zhou et al.
   2016's CAM up to the positive factor 1/(h·w)).
@@ -168,6 +169,8 @@ def _to_steps(chain: Sequence[object], strip_last: bool) -> List[Step]:
             scale = np.broadcast_to(np.asarray(layer.scale, np.float64), (channels,)).copy()
             bias = np.broadcast_to(np.asarray(layer.offset, np.float64), (channels,)).copy()
             steps.append(Step("affine", name, scale=scale, bias=bias))
+        elif cls == "Normalization":
+            steps.append(_normalization_step(layer))
         elif cls == "Dense":
             act = _act_name(layer.activation)
             if last and strip_last:
@@ -192,7 +195,7 @@ def _to_steps(chain: Sequence[object], strip_last: bool) -> List[Step]:
         else:
             raise UnsupportedHeadError(
                 f"Layer {name!r} ({cls}) in the head is not one edgecam can turn into an exact "
-                "CAM head (supported: Dense, 1×1 Conv2D, BatchNormalization, Rescaling, Dropout, "
+                "CAM head (supported: Dense, 1×1 Conv2D, BatchNormalization, Normalization, Rescaling, Dropout, "
                 "activations, ReLU/LeakyReLU/ELU, GlobalAverage/MaxPooling2D, Flatten, Reshape)."
             )
     for step in steps:
@@ -204,6 +207,25 @@ def _to_steps(chain: Sequence[object], strip_last: bool) -> List[Step]:
                     f"cannot write with builtin ops (supported: {', '.join(ELEMENTWISE)})."
                 )
     return steps
+
+
+def _normalization_step(layer) -> Step:
+    """keras.layers.Normalization is affine per channel: ``(x - mean) / max(√var, ε)``."""
+    from keras import backend
+
+    rank = len(layer.input.shape)
+    axes = tuple(a % rank for a in (layer.axis or ()))
+    channels = int(layer.input.shape[-1])
+    if axes != (rank - 1,):
+        raise UnsupportedHeadError(
+            f"Layer {layer.name!r} (Normalization) normalises axes {layer.axis}; edgecam folds only "
+            "a per-channel (axis=-1) Normalization."
+        )
+    mean = np.broadcast_to(_np(layer.mean).reshape(-1), (channels,))
+    std = np.maximum(np.sqrt(np.broadcast_to(_np(layer.variance).reshape(-1), (channels,))), backend.epsilon())
+    if getattr(layer, "invert", False):
+        return Step("affine", layer.name, scale=std.copy(), bias=mean.copy())
+    return Step("affine", layer.name, scale=1.0 / std, bias=-mean / std)
 
 
 def _linear_fold(steps: Sequence[Step], shape: Tuple[int, int, int]):

@@ -108,6 +108,14 @@ class ExplainableModel:
                 "Convert the model again."
             )
         self._image_info = self.backend.inputs[self._image_name]
+        cam_role = "cams" if "cams" in self._out else "cam"
+        self._recombine = (
+            meta.class_weights is not None
+            and meta.cam_output in ("all", "predicted")
+            and "feature_maps" in self._out
+            and cam_role in self._out
+            and self.backend.outputs[self._out[cam_role]].quantization is not None
+        )
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -248,7 +256,15 @@ class ExplainableModel:
     def _cams(self, out: dict, predicted: np.ndarray, chosen: np.ndarray) -> np.ndarray:
         """Raw maps of the chosen classes → ReLU'd ``(N, h, w)`` float32."""
         meta = self.metadata
-        if meta.cam_output == "all":
+        if self._recombine:
+            # Quantized model: the int8 CAM output shares one scale across classes and carries the
+            # map's offset, leaving few levels for its spatial variation. The dequantized feature
+            # maps times the float class weights stored in the metadata keep that precision
+            # (MobileNetV2-64, int8: median Pearson to float Grad-CAM 0.68 → 0.93). Same maths
+            # as the graph's head: cam_c = Σ_k w_kc · A^k.
+            fmaps = out["feature_maps"]
+            raw = np.stack([_cam.combine(fmaps[i], meta.class_weights[..., int(c)]) for i, c in enumerate(chosen)])
+        elif meta.cam_output == "all":
             cams = out["cams"]  # (N, h, w, K)
             raw = np.take_along_axis(cams, chosen[:, None, None, None], axis=-1)[..., 0]
         elif meta.cam_output == "selected":
