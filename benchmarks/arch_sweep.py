@@ -294,13 +294,33 @@ def main(argv=None) -> int:
                 print(row, flush=True)
                 rows.append(row)
                 if not args.no_write:  # a partial table survives an interrupted sweep
-                    write_section("arch_sweep", _section(rows, args.fit))
+                    write_section("arch_sweep", _section(_merge_rows(row, args.fit), args.fit))
     text = _section(rows, args.fit)
-    if not args.no_write:
-        write_section("arch_sweep", text)
     print(text)
     failed = [r for r in rows if r.get("mode") == "FAILED"]
     return 1 if failed else 0
+
+
+ROWS = Path(__file__).with_name("arch_sweep_rows.json")
+
+
+def _merge_rows(row, fit: int):
+    """Keep every architecture's latest row (same ``--fit``) across runs: the sweep is long, and
+    runs of a few architectures at a time (``--only``) add up to one table."""
+    import json
+
+    from firmware_host._io import atomic_write_text
+
+    try:
+        stored = json.loads(ROWS.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = {}
+    if stored.get("fit") != fit:
+        stored = {"fit": fit, "rows": {}}
+    stored["rows"][f"{row['architecture']}|{row['shape']}"] = row
+    atomic_write_text(ROWS, json.dumps(stored, indent=1, ensure_ascii=False))
+    order = {name: i for i, (name, _) in enumerate(ARCHS)}
+    return sorted(stored["rows"].values(), key=lambda r: (order.get(r["architecture"], 99), r["shape"] != "top"))
 
 
 def _section(rows, fit: int) -> str:

@@ -34,7 +34,7 @@ from firmware_host.preprocess import check_image, preprocess
 from .head import HeadAnalysis, analyze_head
 from .heads import gradient_cam, linear_cams
 from .layers import ModelSplit, head_chain, split_model
-from .loading import file_sha256, load_keras_model, require_host
+from .loading import file_sha256, load_keras_model, require_host, with_input_size
 from .reference import feature_gradients, gradcam_reference
 
 __all__ = ["convert", "ConversionResult", "SelfCheck", "QUANTIZATIONS", "THRESHOLDS", "load_images"]
@@ -475,6 +475,7 @@ def convert(
     else:
         source = {"name": getattr(model, "name", "model"), "sha256": None}
 
+    model = with_input_size(model, input_size)
     split = split_model(model, target_layer)
     h, w, c = split.target.shape
     pre, pre_note = detect_preprocessing(model, color, input_scale, input_offset, mean, std, input_size)

@@ -18,7 +18,7 @@ Layer paths use ``/`` between nesting levels: ``"mobilenetv2_1.00_224/out_relu"`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from firmware_host.errors import LayerError, UnsupportedHeadError
@@ -188,14 +188,22 @@ def _target_from_path(model, path: str) -> Target:
     return Target(path=path, layer=layer, containers=containers, shape=_hwc(shape, path))
 
 
-def _hwc(shape, path) -> Tuple[int, int, int]:
-    h, w, c = shape[1:]
-    if None in (h, w, c):
+def _hwc(shape, path) -> Tuple[Optional[int], Optional[int], Optional[int]]:
+    """``(h, w, C)``; ``None`` where unknown: a nested model built for any input size
+    (``include_top=False`` without ``input_shape``) has no static sizes inside, even when the
+    outer model has one. :func:`split_model` resolves them from the replayed graph."""
+    return tuple(None if v is None else int(v) for v in shape[1:4])  # type: ignore[return-value]
+
+
+def _resolved_shape(tensor, path) -> Tuple[int, int, int]:
+    shape = tuple(tensor.shape)
+    if len(shape) != 4 or None in shape[1:]:
         raise LayerError(
-            f"Layer {path!r} has an unknown spatial size {shape}. Build the model with a fixed "
-            "input size (keras.Input(shape=(H, W, C))) before converting."
+            f"Layer {path!r} has an unknown spatial size {shape}: the model was built for any "
+            "input size. Pass --input-size H W (input_size=(H, W)), or build it with "
+            "keras.Input(shape=(H, W, C))."
         )
-    return int(h), int(w), int(c)
+    return int(shape[1]), int(shape[2]), int(shape[3])
 
 
 def _descend_to_output(model, prefix: str, containers: Tuple) -> Target:
@@ -398,6 +406,11 @@ def split_model(model, target_layer: Optional[str] = None, logits: bool = True) 
             f"Model {model.name!r} has {len(_graph(model).outputs)} outputs; edgecam explains "
             "single-output classifiers. Build a model with only the classification output."
         )
+    if len(_graph(model).inputs) != 1:
+        raise UnsupportedHeadError(
+            f"Model {model.name!r} has {len(_graph(model).inputs)} inputs; edgecam explains "
+            "single-image classifiers (one (N, H, W, C) input). Build a model with one image input."
+        )
     target = find_target(model, target_layer)
     path, act, standalone = final_activation(model)
     strip = SEP.join(path) if (logits and act in _SQUASH) else None
@@ -420,6 +433,7 @@ def split_model(model, target_layer: Optional[str] = None, logits: bool = True) 
             f"Layer {target.path!r} is not on the path from the model input to its output. "
             f"Pass --target-layer with one of the {_candidates_hint(model)}."
         )
+    target = replace(target, shape=_resolved_shape(store["A"], target.path))
     binary = strip is not None and act == "sigmoid" and int(outputs.shape[-1]) == 1
     if binary:
         # One sigmoid output is explained as two classes: 0 = negative (logit -z), 1 = positive (z).

@@ -12,7 +12,7 @@ from typing import Union
 
 from firmware_host.errors import ModelFileError
 
-__all__ = ["load_keras_model", "file_sha256", "require_host"]
+__all__ = ["load_keras_model", "file_sha256", "require_host", "with_input_size"]
 
 log = logging.getLogger("edgecam.convert")
 
@@ -180,3 +180,20 @@ def _load_saved_model_dir(path: Path, safe_mode: bool):
         h5 = os.path.join(tmp, "model.h5")
         legacy.save(h5)
         return keras.models.load_model(h5, compile=False, safe_mode=safe_mode)
+
+
+def with_input_size(model, input_size):
+    """``model`` itself, or, when it was built for any input size and ``input_size`` is given,
+    ``model`` called on a fixed ``(H, W, C)`` input (so every tensor has a static size).
+
+    Args:
+        model: a Keras model.
+        input_size: ``(H, W)``, an int for square inputs, or ``None``.
+    """
+    shape = tuple(getattr(model, "inputs", [None])[0].shape) if getattr(model, "inputs", None) else ()
+    if input_size is None or len(shape) != 4 or (shape[1] is not None and shape[2] is not None):
+        return model
+    _, keras = require_host()
+    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    image = keras.Input((int(h), int(w), shape[3]), name="image")
+    return keras.Model(image, model(image), name=f"{model.name}_{h}x{w}")

@@ -216,3 +216,35 @@ def test_smooth_activation_chain_converts_with_builtin_ops(tmp_path, data):
                             lambda A: tf.matmul(d2(d1(gap(A))), d3.kernel) + d3.bias, "last", 4, "gradient")
     result = convert(model, tmp_path / "smooth.tflite", calibration=calib)
     _check_float(case, result, probe)
+
+
+def test_backbone_built_for_any_input_size(tmp_path, data):
+    """The usual transfer-learning code: an ``include_top=False`` backbone without input_shape
+    ((None, None, 3) inside) called on a fixed-size Input. Its inner layers have no static size;
+    the split takes it from the replayed graph."""
+    keras = _keras()
+    from converters import convert
+
+    calib, probe = data
+    keras.utils.set_random_seed(15)
+    layers = keras.layers
+    b_in = keras.Input((None, None, 3))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu")(b_in)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(10, 3, padding="same", activation="relu", name="b_last")(x)
+    backbone = keras.Model(b_in, x, name="anysize")
+    inp = keras.Input((SIZE, SIZE, 3))
+    rescale, gap = layers.Rescaling(1 / 255.0), layers.GlobalAveragePooling2D()
+    dense = layers.Dense(4, activation="softmax")
+    model = keras.Model(inp, dense(layers.Dropout(0.2)(gap(backbone(rescale(inp))))))
+    tiny_models._sharpen(dense)
+    case = tiny_models.Case("anysize", model, lambda t: backbone(rescale(t)),
+                            lambda A: tf.matmul(gap(A), dense.kernel) + dense.bias, "anysize/b_last", 4, "linear")
+    result = convert(model, tmp_path / "any.tflite", calibration=calib)
+    assert result.metadata.feature_map_shape == (SIZE // 2, SIZE // 2, 10)
+    _check_float(case, result, probe)
+    # The whole model built for any size converts with input_size.
+    from firmware_host.errors import LayerError
+
+    with pytest.raises(LayerError, match=r"unknown spatial size .* Pass --input-size H W"):
+        convert(backbone, tmp_path / "b.tflite", self_check=False)

@@ -393,3 +393,28 @@ def _save(model, path):
 def test_inspect_json_of_a_good_model(tiny_fog_model):
     out = run_cli("inspect", tiny_fog_model, "--json")
     assert out.exit_code == 0 and json.loads(out.output)["classes"][0] == "dense-fog"
+
+
+def test_model_with_two_inputs_or_any_input_size(tmp_path):
+    import keras
+
+    from converters import convert
+    from firmware_host.errors import UnsupportedHeadError
+
+    a, b = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3)(keras.layers.Concatenate()([a, b]))
+    model = keras.Model([a, b], keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    model.save(tmp_path / "two.keras")
+    pattern = r"has 2 inputs; edgecam explains single-image classifiers"
+    with pytest.raises(UnsupportedHeadError, match=pattern):
+        convert(model, tmp_path / "m.tflite")
+    assert_cli_error(run_cli("convert", tmp_path / "two.keras", "-o", tmp_path / "m.tflite"), pattern)
+    inp = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(keras.layers.Rescaling(1 / 255)(inp))
+    keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(x))).save(
+        tmp_path / "any.keras")
+    assert_cli_error(run_cli("convert", tmp_path / "any.keras", "-o", tmp_path / "m.tflite"),
+                     r"Layer 'conv' has an unknown spatial size .* Pass --input-size H W")
+    out = run_cli("convert", tmp_path / "any.keras", "-o", tmp_path / "m.tflite", "--input-size", "16", "16")
+    assert out.exit_code == 0, out.output
+    assert ExplainableModel(tmp_path / "m.tflite").metadata.feature_map_shape == (14, 14, 4)
