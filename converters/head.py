@@ -71,7 +71,7 @@ class Step:
 
     kinds: ``identity``; ``affine`` (``x·scale + bias`` on the last axis); ``dense`` (``x @ kernel
     + bias`` on the last axis, then ``activation``); ``act`` (element-wise ``activation`` with
-    ``params``); ``gap``/``gmp`` (global average/max pooling, ``keepdims``); ``flatten``;
+    ``params``); ``layernorm`` (over the last axis, then ``·scale + bias``; ``epsilon`` in params); ``gap``/``gmp`` (global average/max pooling, ``keepdims``); ``flatten``;
     ``reshape`` (to ``shape``).
     """
 
@@ -171,6 +171,8 @@ def _to_steps(chain: Sequence[object], strip_last: bool) -> List[Step]:
             steps.append(Step("affine", name, scale=scale, bias=bias))
         elif cls == "Normalization":
             steps.append(_normalization_step(layer))
+        elif cls == "LayerNormalization":
+            steps.append(_layernorm_step(layer))
         elif cls == "Dense":
             act = _act_name(layer.activation)
             if last and strip_last:
@@ -195,7 +197,7 @@ def _to_steps(chain: Sequence[object], strip_last: bool) -> List[Step]:
         else:
             raise UnsupportedHeadError(
                 f"Layer {name!r} ({cls}) in the head is not one edgecam can turn into an exact "
-                "CAM head (supported: Dense, 1×1 Conv2D, BatchNormalization, Normalization, Rescaling, Dropout, "
+                "CAM head (supported: Dense, 1×1 Conv2D, BatchNormalization, Normalization, LayerNormalization, Rescaling, Dropout, "
                 "activations, ReLU/LeakyReLU/ELU, GlobalAverage/MaxPooling2D, Flatten, Reshape)."
             )
     for step in steps:
@@ -226,6 +228,26 @@ def _normalization_step(layer) -> Step:
     if getattr(layer, "invert", False):
         return Step("affine", layer.name, scale=std.copy(), bias=mean.copy())
     return Step("affine", layer.name, scale=1.0 / std, bias=-mean / std)
+
+
+def _layernorm_step(layer) -> Step:
+    """LayerNormalization over the channel axis (ConvNeXt's head: GAP → LayerNorm → Dense).
+
+    Not affine (it divides by the vector's own spread), so it needs the gradient mode; its
+    vector-Jacobian product is closed-form (see ``converters.heads.gradient``).
+    """
+    rank = len(layer.input.shape)
+    axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    if tuple(a % rank for a in axes) != (rank - 1,) or getattr(layer, "rms_scaling", False):
+        raise UnsupportedHeadError(
+            f"Layer {layer.name!r} (LayerNormalization) normalises axes {layer.axis}"
+            f"{' with rms_scaling' if getattr(layer, 'rms_scaling', False) else ''}; edgecam "
+            "handles the channel axis (axis=-1) without rms_scaling."
+        )
+    channels = int(layer.input.shape[-1])
+    gamma = _np(layer.gamma) if layer.scale else np.ones(channels)
+    beta = _np(layer.beta) if layer.center else np.zeros(channels)
+    return Step("layernorm", layer.name, scale=gamma, bias=beta, params=(("epsilon", float(layer.epsilon)),))
 
 
 def _linear_fold(steps: Sequence[Step], shape: Tuple[int, int, int]):
@@ -322,7 +344,7 @@ def analyze_head(
         return HeadAnalysis(mode, reason, tuple(steps), shape, num_logits, alpha.astype(np.float32),
                             None if jac is None else jac.astype(np.float32))
     kinds = {s.kind for s in steps}
-    nonlinear = [s.name for s in steps if s.kind == "gmp" or (s.kind in ("dense", "act") and s.activation != "linear")]
+    nonlinear = [s.name for s in steps if s.kind in ("gmp", "layernorm") or (s.kind in ("dense", "act") and s.activation != "linear")]
     if not kinds & {"gap", "gmp", "flatten"}:
         raise UnsupportedHeadError(
             "The head never collapses the spatial feature map (no GlobalAveragePooling2D, "

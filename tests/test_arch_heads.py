@@ -248,3 +248,33 @@ def test_backbone_built_for_any_input_size(tmp_path, data):
 
     with pytest.raises(LayerError, match=r"unknown spatial size .* Pass --input-size H W"):
         convert(backbone, tmp_path / "b.tflite", self_check=False)
+
+
+def test_convnext_head_layernorm(tmp_path, data):
+    """ConvNeXt's head: GAP → LayerNormalization → Dense, exact through its closed-form VJP."""
+    keras = _keras()
+    from converters import convert
+
+    calib, probe = data
+    keras.utils.set_random_seed(16)
+    layers = keras.layers
+    inp = keras.Input((SIZE, SIZE, 3))
+    a = layers.Activation("gelu", name="last")(_trunk(inp))
+    gap = layers.GlobalAveragePooling2D(name="head_gap")
+    norm = layers.LayerNormalization(epsilon=1e-6, name="head_layernorm")
+    dense = layers.Dense(4, activation="softmax", name="head_dense")
+    model = keras.Model(inp, dense(norm(gap(a))))
+    rng = np.random.default_rng(16)
+    norm.gamma.assign(rng.uniform(0.5, 1.5, 12).astype("float32"))
+    norm.beta.assign(rng.normal(0, 0.3, 12).astype("float32"))
+    tiny_models._sharpen(dense, 3.0)
+    case = tiny_models.Case("convnext", model, keras.Model(inp, a),
+                            lambda A: tf.matmul(norm(gap(A)), dense.kernel) + dense.bias, "last", 4, "gradient")
+    result = convert(model, tmp_path / "convnext.tflite", calibration=calib)
+    assert "head_layernorm" in result.reason
+    _check_float(case, result, probe)
+    edge = ExplainableModel(result.path)
+    for c in range(4):  # every class, not only the prediction
+        ref, _ = tiny_models.reference_gradcam(case, probe[:3], class_index=c)
+        for i, exp in enumerate(edge.explain_batch(probe[:3], class_index=c)):
+            assert pearson(exp.cam, ref[i]) >= 0.999

@@ -142,9 +142,9 @@ def test_nonlinear_head_refused_then_approximate(tmp_path, calib):
     inp = keras.Input((tiny_models.SIZE, tiny_models.SIZE, 3))
     x = keras.layers.Rescaling(1 / 255)(inp)
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="last")(x)
-    x = keras.layers.LayerNormalization(name="ln")(keras.layers.GlobalAveragePooling2D()(x))
+    x = keras.layers.UnitNormalization(name="un")(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(x))
-    with pytest.raises(UnsupportedHeadError, match=r"'ln' \(LayerNormalization\).*--approximate"):
+    with pytest.raises(UnsupportedHeadError, match=r"'un' \(UnitNormalization\).*--approximate"):
         convert(model, tmp_path / "x.tflite", calibration=calib)
     result = convert(model, tmp_path / "x.tflite", calibration=calib, approximate=True)
     assert result.metadata.cam_mode == "approximate" and result.metadata.approximate

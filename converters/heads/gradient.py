@@ -142,6 +142,11 @@ def _forward(tf, step: Step, x):
         return _act_forward(tf, step.activation, step.param, z), z
     if kind == "act":
         return _act_forward(tf, step.activation, step.param, x), x
+    if kind == "layernorm":
+        centered = x - tf.reduce_mean(x, axis=-1, keepdims=True)
+        inv = tf.math.rsqrt(tf.reduce_mean(centered * centered, axis=-1, keepdims=True) + step.param["epsilon"])
+        xhat = centered * inv
+        return xhat * tf.constant(step.scale, tf.float32) + tf.constant(step.bias, tf.float32), (xhat, inv)
     if kind == "gap":
         return tf.reduce_mean(x, axis=[1, 2], keepdims=step.keepdims), x
     if kind == "gmp":
@@ -164,6 +169,14 @@ def _backward(tf, step: Step, saved, g):
         return tf.tensordot(g, tf.constant(step.kernel.T, tf.float32), axes=1)
     if kind == "act":
         return g * _act_derivative(tf, step.activation, step.param, saved)
+    if kind == "layernorm":
+        # VJP of x̂ = (x - μ)/σ over the last axis (Ba et al. 2016), with g' = g·γ:
+        # ∂z/∂x = (g' - mean(g') - x̂·mean(g'·x̂)) / σ.
+        xhat, inv = saved
+        g = g * tf.constant(step.scale, tf.float32)
+        mean_g = tf.reduce_mean(g, axis=-1, keepdims=True)
+        mean_gx = tf.reduce_mean(g * xhat, axis=-1, keepdims=True)
+        return (g - mean_g - xhat * mean_gx) * inv
     if kind == "gap":
         h, w = int(saved.shape[1]), int(saved.shape[2])
         g = tf.reshape(g, [-1, 1, 1, int(saved.shape[3])])
