@@ -17,8 +17,10 @@ from firmware_host import __version__
 # name → ("module:function", one-line help shown by `edgecam --help` without importing it)
 COMMANDS = {
     "convert": ("toolkit.cli.convert:convert", "Export a Keras CNN to LiteRT with an explanation head."),
+    "dataset": ("toolkit.cli.dataset:dataset", "Generate a dataset (fog levels) without downloading."),
     "inspect": ("toolkit.cli.inspect:inspect_cmd", "Show a converted model's edgecam metadata."),
     "predict": ("toolkit.cli.predict:predict", "Explain images with a converted model (device path)."),
+    "train": ("toolkit.cli.train:train", "Train the talk's CNN on a folder-per-class dataset."),
 }
 
 

@@ -96,7 +96,7 @@ SKY_DEPTH_M = 10_000.0
 
 #: Default margin: sampled visibilities stay this factor away from the class boundaries, so a
 #: label is never decided by a few percent of β that no camera can resolve (see docs/fog.md).
-DEFAULT_MARGIN = 1.15
+DEFAULT_MARGIN = 1.25
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 _VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
@@ -334,6 +334,7 @@ class _Scene:
     sky_top: Tuple[float, float, float]
     sky_horizon: Tuple[float, float, float]
     light: Tuple[float, float, float]  # illuminant (brightness × colour temperature)
+    haze_layer: float  # thickness (m) of the hazy/foggy layer the sky is seen through
     skylines: Tuple[_Skyline, ...]
     things: Tuple[_Thing, ...]
     texture_seed: int
@@ -366,10 +367,10 @@ def _random_scene(rng: np.random.Generator, road_length: float = 0.0, camera_spe
     centre_marking = (0.95, 0.95, 0.92) if rng.random() < 0.7 else (0.95, 0.80, 0.20)
 
     skylines = []
-    if rng.random() < 0.85:  # hills / mountains, kilometres away
-        skylines.append(_random_skyline(rng, (1500.0, 8000.0), (30.0, 400.0), (0.32, 0.38, 0.45)))
-    if rng.random() < 0.75:  # a treeline or buildings a few hundred metres away
-        skylines.append(_random_skyline(rng, (150.0, 800.0), (6.0, 25.0), (0.12, 0.25, 0.10)))
+    if rng.random() < 0.9:  # hills, half a kilometre to a few kilometres away
+        skylines.append(_random_skyline(rng, (500.0, 5000.0), (0.015, 0.06), (0.30, 0.36, 0.40)))
+    if rng.random() < 0.8:  # a treeline or buildings a few hundred metres away
+        skylines.append(_random_skyline(rng, (150.0, 800.0), (0.02, 0.08), (0.12, 0.25, 0.10)))
     skylines.sort(key=lambda s: -s.distance)
 
     things = []
@@ -431,18 +432,22 @@ def _random_scene(rng: np.random.Generator, road_length: float = 0.0, camera_spe
         sky_top=sky_top,
         sky_horizon=sky_horizon,
         light=light,
+        haze_layer=float(rng.uniform(300, 1500)),
         skylines=tuple(skylines),
         things=tuple(things),
         texture_seed=int(rng.integers(2**31)),
     )
 
 
-def _random_skyline(rng, distance_range, height_range, color) -> _Skyline:
+def _random_skyline(rng, distance_range, relative_height, color) -> _Skyline:
+    """A ridge at a log-uniform distance whose height is a fraction of that distance."""
     n = 4
+    distance = float(math.exp(rng.uniform(*np.log(distance_range))))
+    height = distance * float(rng.uniform(*relative_height))
     return _Skyline(
-        distance=float(math.exp(rng.uniform(*np.log(distance_range)))),
-        base_height=float(rng.uniform(*height_range) * 0.5),
-        amplitudes=tuple(float(a) for a in rng.uniform(0, height_range[1] * 0.3, n)),
+        distance=distance,
+        base_height=height * 0.6,
+        amplitudes=tuple(float(a) for a in rng.uniform(0, height * 0.25, n)),
         frequencies=tuple(float(f) for f in rng.uniform(1, 25, n)),
         phases=tuple(float(p) for p in rng.uniform(0, 2 * math.pi, n)),
         color=_jitter(rng, color, 0.25),
@@ -550,6 +555,13 @@ def _draw(scene: _Scene, height: int, width: int, camera_z: float = 0.0, time: f
     u = np.clip((h0 - ys) / max(h0, 1.0), 0, 1)[..., None]
     sky = np.asarray(scene.sky_horizon, np.float32) * (1 - u) + np.asarray(scene.sky_top, np.float32) * u
     rgb[:] = sky * (1 + 0.06 * noise[..., None])
+    # The sky's "depth" is the path through the hazy boundary layer of thickness L above the
+    # road: a ray at elevation θ leaves it after L / sin θ (capped at SKY_DEPTH_M near the
+    # horizon). So thin haze leaves a blue sky overhead while fog turns it into airlight.
+    elevation = np.arctan2(np.maximum(h0 - ys, 0.0), f)
+    with np.errstate(divide="ignore"):
+        sky_depth = np.minimum(scene.haze_layer / np.sin(elevation), SKY_DEPTH_M)
+    depth[:] = sky_depth.astype(np.float32)
 
     # Ground plane: row y below the horizon sees the road at Z = f·h_c / (y − h0) (pinhole camera).
     rows = ys[:, 0] > h0 + 0.5
