@@ -92,8 +92,9 @@ def build_model(
         num_classes: number of classes (>= 2).
         input_size: ``H`` (square) or ``(H, W)``.
         arch: ``"small"`` (three conv-BN-ReLU-pool blocks of ``width``, 2·``width``,
-            4·``width`` filters, then a 3×3 conv named ``last_conv``) or ``"mobilenetv2"``
-            (``keras.applications.MobileNetV2(alpha=0.35, weights=None)``, nested).
+            4·``width`` filters, then a 3×3 ReLU conv named ``last_conv``) or ``"mobilenetv2"``
+            (``keras.applications.MobileNetV2(alpha=0.35, weights=None)``, nested). The small
+            CNN's ``last_conv`` has 8·``width`` filters.
         dropout: dropout rate before the Dense layer.
         width: filters of the first block of the small CNN.
 
@@ -120,7 +121,9 @@ def build_model(
             x = layers.BatchNormalization(name=f"bn{block}")(x)
             x = layers.ReLU(name=f"relu{block}")(x)
             x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
-        x = layers.Conv2D(4 * width, 3, padding="same", activation="relu", name=LAST_CONV_NAME)(x)
+        # The CAM layer is twice as wide as the last block: cheap at 1/8 resolution, and it gives
+        # the GAP + Dense head enough channels to separate light fog from clear air.
+        x = layers.Conv2D(8 * width, 3, padding="same", activation="relu", name=LAST_CONV_NAME)(x)
     else:
         backbone = keras.applications.MobileNetV2(
             input_shape=(int(h), int(w), 3), alpha=0.35, include_top=False, weights=None
