@@ -1128,7 +1128,7 @@ def render_drive_video(
     size: Size = (240, 320),
     seed: int = 0,
     speed_mps: float = 15.0,
-    clear_visibility: float = 5000.0,
+    clear_visibility: float = 20_000.0,
     dense_visibility: float = 15.0,
     progress: bool = True,
 ) -> DriveVideo:
