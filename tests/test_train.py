@@ -129,3 +129,21 @@ def test_cli_train_with_kfold(tiny_dataset, tmp_path):
     assert metrics["accuracy"] == pytest.approx(np.trace(confusion) / 24)
     assert metrics["accuracy"] == pytest.approx(np.mean(metrics["fold_accuracies"]))
     assert (tmp_path / "model.keras").is_file()
+
+
+def test_importing_the_recipe_does_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+        "import toolkit.train, toolkit.cli.train\n"
+        "from toolkit.train import build_model\n"
+        "try:\n"
+        "    build_model(4, 64)\n"
+        "except ImportError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "MissingDependencyError" in done.stdout and "pip install 'edgecam[host]'" in done.stdout

@@ -314,7 +314,7 @@ def _load_data(data, size):
     if isinstance(data, (str, os.PathLike)):
         root = Path(data)
         if size is None:
-            size = _manifest_size(root) or 96
+            size = _manifest_size(root) or 64
         data = load_folder_dataset(root, size)
     if isinstance(data, FolderDataset):
         data = (data.x, data.y, data.class_names)
@@ -445,7 +445,7 @@ def train(
         seed: seed of the split, the weights, the shuffling and the augmentation.
         kfold: number of folds, or ``None`` for a single held-out split.
         size: model input ``(H, W)`` or int; default the dataset's size (``dataset.json``), or
-            96 for a folder without one, or the arrays' size.
+            64 for a folder without one, or the arrays' size.
         test_fraction: held-out share without K-fold.
         learning_rate: Adam learning rate.
         balanced: weight the loss by inverse class frequency (for imbalanced data).

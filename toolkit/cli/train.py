@@ -18,7 +18,7 @@ from toolkit.cli._common import cli_errors, quiet_tensorflow
 @click.option("--kfold", type=click.IntRange(min=2), default=None,
               help="Stratified K-fold cross-validation instead of one 20% held-out split.")
 @click.option("--size", type=click.IntRange(min=32), default=None,
-              help="Square input size; default the dataset's size (dataset.json) or 96.")
+              help="Square input size; default the dataset's size (dataset.json) or 64.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-augment", is_flag=True, help="Train without the rotation/flip/zoom augmentation.")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress.")

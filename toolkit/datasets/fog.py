@@ -633,7 +633,7 @@ def _size(size: Size) -> Tuple[int, int]:
     return h, w
 
 
-def render_scene(rng: np.random.Generator, size: Size = (96, 96)) -> Tuple[np.ndarray, np.ndarray]:
+def render_scene(rng: np.random.Generator, size: Size = (64, 64)) -> Tuple[np.ndarray, np.ndarray]:
     """Render one random clear road scene with its depth map.
 
     The camera is a pinhole 1.2–1.8 m above a flat road; the road has lane markings in perspective
@@ -687,7 +687,7 @@ def _sensor(rng: np.random.Generator, foggy: np.ndarray) -> np.ndarray:
 def sample(
     rng: np.random.Generator,
     fog_class: str,
-    size: Size = (96, 96),
+    size: Size = (64, 64),
     margin: float = DEFAULT_MARGIN,
 ) -> FogSample:
     """Render a random scene, fog it to a visibility drawn for ``fog_class``, add sensor noise.
@@ -874,7 +874,7 @@ def _prepare_out(out: Path) -> None:
 def generate_dataset(
     out_dir,
     n: int,
-    size: Size = (96, 96),
+    size: Size = (64, 64),
     seed: int = 0,
     imbalance: bool = False,
     images_dir=None,
@@ -1012,7 +1012,7 @@ class FolderDataset:
         return iter((self.x, self.y, self.class_names))
 
 
-def load_folder_dataset(directory, size: Size = (96, 96), class_names: Optional[Sequence[str]] = None) -> FolderDataset:
+def load_folder_dataset(directory, size: Size = (64, 64), class_names: Optional[Sequence[str]] = None) -> FolderDataset:
     """Read a folder-per-class image dataset (``dir/<class>/*.png|jpg|…``) into arrays.
 
     Images are centre-cropped to the target aspect ratio and resized to ``size``. Files that
