@@ -91,7 +91,7 @@ IMBALANCE_RATIOS: Dict[str, float] = {
     "no-fog": 0.55,
 }
 
-#: Depth given to the sky (and anything beyond it). Finite so that β = 0 gives t = 1, not 0·∞.
+#: Farthest depth (the sky at the horizon, and the horizon prior's sky). Finite so β = 0 gives t = 1.
 SKY_DEPTH_M = 10_000.0
 
 #: Default margin: sampled visibilities stay this factor away from the class boundaries, so a
@@ -638,7 +638,8 @@ def render_scene(rng: np.random.Generator, size: Size = (64, 64)) -> Tuple[np.nd
 
     The camera is a pinhole 1.2–1.8 m above a flat road; the road has lane markings in perspective
     and verges; vehicles, signs, trees and delineator posts stand at their true distance; hills and
-    treelines sit on the horizon; the sky is at :data:`SKY_DEPTH_M`.
+    treelines sit on the horizon; the sky's depth is the path through a 300–1500 m hazy layer,
+    L / sin(elevation), capped at :data:`SKY_DEPTH_M`.
 
     Args:
         rng: ``numpy.random.Generator`` (the scene is a pure function of its state).
@@ -805,14 +806,15 @@ def _fit(image: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _fog_photo(rng, photo: np.ndarray, fog_class: str, h: int, w: int, margin: float) -> FogSample:
+    """Fog a clear photo with the horizon depth prior (at 2× size, then area-downsampled)."""
+    import cv2
+
     clear = _fit(photo, 2 * h, 2 * w)
     depth = horizon_depth_prior(clear.shape[:2], estimate_horizon(clear))
     visibility = sample_visibility(rng, fog_class, margin)
     beta = beta_from_visibility(visibility)
     airlight = _random_airlight(rng)
     foggy = apply_fog(clear.astype(np.float32) / 255.0, depth, beta, airlight)
-    import cv2
-
     foggy = cv2.resize(foggy, (w, h), interpolation=cv2.INTER_AREA)
     depth = cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST)
     return FogSample(_sensor(rng, foggy), depth, beta, visibility, fog_class,
@@ -857,6 +859,8 @@ def _prepare_out(out: Path) -> None:
             previous = json.loads(manifest.read_text(encoding="utf-8"))
             for entry in previous.get("images", []):
                 (out / entry["file"]).unlink(missing_ok=True)
+            # Until the new manifest is written the folder is not a complete dataset.
+            manifest.unlink()
         except (ValueError, KeyError, TypeError, OSError) as exc:
             raise OutputError(
                 f"'{manifest}' exists but cannot be read ({exc}). Delete '{out}' or choose "
@@ -940,7 +944,8 @@ def generate_dataset(
         ok, png = cv2.imencode(".png", np.ascontiguousarray(item.image[..., ::-1]))
         if not ok:  # pragma: no cover - OpenCV always encodes uint8 RGB
             raise OutputError(f"OpenCV could not encode '{rel}' as PNG.")
-        atomic_write_bytes(out / rel, png.tobytes())
+        # No fsync per image (10 ms each); dataset.json, written durably last, marks completion.
+        atomic_write_bytes(out / rel, png.tobytes(), durable=False)
         entries.append({
             "file": rel,
             "class": name,
