@@ -19,6 +19,8 @@ COMMANDS = {
     "convert": ("toolkit.cli.convert:convert", "Export a Keras CNN to LiteRT with an explanation head."),
     "inspect": ("toolkit.cli.inspect:inspect_cmd", "Show a converted model's edgecam metadata."),
     "predict": ("toolkit.cli.predict:predict", "Explain images with a converted model (device path)."),
+    "run": ("toolkit.cli.run:run_cmd", "Explain a camera, video, folder or stream live (device path)."),
+    "bench": ("toolkit.cli.bench:bench_cmd", "Latency, fps and memory of a model vs its plain baseline (device path)."),
 }
 
 
