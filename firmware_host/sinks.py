@@ -238,6 +238,7 @@ class TelemetryLog:
         self._pending = 0
         self._fh = None
         self._segments: List[Tuple[str, int]] = []  # rotated (segment id, bytes), oldest first
+        self._seq = 0
         self._scan_old_segments()
         self._start_segment()
 
@@ -246,11 +247,12 @@ class TelemetryLog:
         return self.dir / f"{self.path.stem}.{sid}.jsonl"
 
     def _new_sid(self) -> str:
-        base = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        sid, n = base, 1
-        while self._segment_file(sid).exists() or (self.frames_root / sid).exists():
-            sid, n = f"{base}-{n}", n + 1
-        return sid
+        # UTC start time + a counter: names sort in creation order and are never reused.
+        while True:
+            self._seq += 1
+            sid = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{self._seq:04d}"
+            if not (self._segment_file(sid).exists() or (self.frames_root / sid).exists()):
+                return sid
 
     def _scan_old_segments(self) -> None:
         if self.path.exists():
@@ -453,11 +455,15 @@ class SnapshotSink:
         self.budget = int(max_mb * _MB)
         self.saved = 0
         self._last = -math.inf
-        self._files: List[Tuple[str, int]] = sorted(
-            (p.name, p.stat().st_size) for p in self.dir.glob("*_frame.jpg")
-        ) + sorted((p.name, p.stat().st_size) for p in self.dir.glob("*_overlay.jpg"))
-        self._files.sort()
-        self._total = sum(size for _, size in self._files)
+        # Snapshot pairs (base name, bytes of both files), oldest first; earlier runs' count too.
+        pairs: Dict[str, int] = {}
+        for p in self.dir.glob("*.jpg"):
+            for kind in ("_frame.jpg", "_overlay.jpg"):
+                if p.name.endswith(kind):
+                    base = p.name[: -len(kind)]
+                    pairs[base] = pairs.get(base, 0) + p.stat().st_size
+        self._pairs: List[Tuple[str, int]] = sorted(pairs.items())
+        self._total = sum(pairs.values())
 
     def maybe_save(
         self, *, frame: int, image_bgr: np.ndarray, annotated_bgr: np.ndarray, label: str, changed: bool, now: Optional[float] = None
@@ -472,17 +478,19 @@ class SnapshotSink:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
         safe = "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in label)[:40]
         base = f"{stamp}_{int(frame):08d}_{safe}_{reason}"
+        size = 0
         for kind, img in (("frame", image_bgr), ("overlay", annotated_bgr)):
             data = encode_jpeg(img, 90)
-            name = f"{base}_{kind}.jpg"
-            atomic_write_bytes(self.dir / name, data)
-            self._files.append((name, len(data)))
-            self._total += len(data)
+            atomic_write_bytes(self.dir / f"{base}_{kind}.jpg", data)
+            size += len(data)
+        self._pairs.append((base, size))
+        self._total += size
         self.saved += 1
-        while self._total > self.budget and len(self._files) > 2:
-            name, size = self._files.pop(0)
-            (self.dir / name).unlink(missing_ok=True)
-            self._total -= size
+        while self._total > self.budget and len(self._pairs) > 1:
+            old, old_size = self._pairs.pop(0)
+            for kind in ("frame", "overlay"):
+                (self.dir / f"{old}_{kind}.jpg").unlink(missing_ok=True)
+            self._total -= old_size
         return reason
 
     def close(self) -> None:
