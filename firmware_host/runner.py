@@ -277,13 +277,7 @@ def run(
     old_handlers = {}
     try:
         telemetry = video = snaps = server = window = None
-        if log is not None:
-            telemetry = _sinks.TelemetryLog(log, save_frames, frame_format, fsync_every, log_max_mb)
-            closers.append(telemetry.close)
-            outputs["log"] = str(telemetry.path)
-        if snapshots is not None:
-            snaps = _sinks.SnapshotSink(snapshots, snapshot_every, snapshot_max_mb)
-            outputs["snapshots"] = str(snaps.dir)
+        # The source first: a wrong --source must not leave empty logs behind.
         if isinstance(source, FrameSource):
             src = source
         else:
@@ -291,6 +285,13 @@ def run(
             options.setdefault("reconnect_attempts", reconnect_attempts)
             src = open_source(source, loop=loop, realtime=realtime, **options)
         closers.append(src.close)
+        if log is not None:
+            telemetry = _sinks.TelemetryLog(log, save_frames, frame_format, fsync_every, log_max_mb)
+            closers.append(telemetry.close)
+            outputs["log"] = str(telemetry.path)
+        if snapshots is not None:
+            snaps = _sinks.SnapshotSink(snapshots, snapshot_every, snapshot_max_mb)
+            outputs["snapshots"] = str(snaps.dir)
         if out_video is not None:
             fps = video_fps or (src.fps if 0 < src.fps <= 240 else 15.0)
             video = _sinks.VideoSink(out_video, fps)
