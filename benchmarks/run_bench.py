@@ -87,25 +87,28 @@ def latency_ratio(paths: Dict[str, Path], runs: int, repeats: int, threads: Opti
     }
 
 
+# Peak RSS from VmHWM: ru_maxrss of a child started by fork/vfork + exec can be the parent's.
+_HWM = "int([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) / 1024"
+
 _IMPORT_ONLY = """
-import time, resource, json
+import time, json
 t = time.perf_counter()
 import firmware_host
 dt = time.perf_counter() - t
-print(json.dumps({"import_s": dt, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+print(json.dumps({"import_s": dt, "rss_mb": %s}))
+""" % _HWM
 
 _IMPORT_AND_EXPLAIN = """
-import sys, time, resource, json
+import sys, time, json
 sys.modules["tensorflow"] = None
 t = time.perf_counter()
 import firmware_host, numpy as np
 m = firmware_host.ExplainableModel(sys.argv[1])
 m.explain(np.zeros((240, 320, 3), np.uint8))
 dt = time.perf_counter() - t
-print(json.dumps({"ready_s": dt, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"ready_s": dt, "rss_mb": %s,
                   "tf": "tensorflow" in sys.modules and sys.modules["tensorflow"] is not None}))
-"""
+""" % _HWM
 
 
 def process_cost(model: Path, repeats: int) -> dict:
@@ -282,7 +285,9 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=100, help="timed runs per bench")
     parser.add_argument("--repeats", type=int, default=5, help="benches / fps passes per measure")
     parser.add_argument("--frames", type=int, default=120, help="frames of the benchmark video")
-    parser.add_argument("--threads", type=int, default=2, help="interpreter threads")
+    # 1 thread by default: on a shared 2-core machine a second XNNPACK thread waits for a busy
+    # core, and two interpreters' spinning thread pools disturb each other when interleaved.
+    parser.add_argument("--threads", type=int, default=1, help="interpreter threads")
     parser.add_argument("--quantize", nargs="+", default=["none", "int8"])
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgecam_run_bench")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/benchmarks.md")

@@ -86,8 +86,8 @@ def annotate(
 
     from . import cam as _cam
 
-    rgb = np.ascontiguousarray(frame_bgr[..., ::-1])
-    out = np.ascontiguousarray(_cam.overlay(rgb, heat, alpha=alpha)[..., ::-1])
+    rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)  # a fresh array: the input is never drawn on
+    out = cv2.cvtColor(_cam.overlay(rgb, heat, alpha=alpha), cv2.COLOR_RGB2BGR)
     height = out.shape[0]
     scale = max(0.35, min(1.0, height / 480.0))
     thick = 1 if scale < 0.6 else 2

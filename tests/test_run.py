@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -92,12 +94,20 @@ def test_cli_with_tensorflow_blocked_runs_end_to_end(tmp_path, model_path):
     assert all(len(r["smoothed_probabilities"]) == 4 for r in records)
 
 
-def test_sigterm_mid_run_leaves_playable_video_and_valid_log(tmp_path, model_path):
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_run_leaves_playable_video_and_valid_log(tmp_path, model_path, sig):
     video = write_video(tmp_path / "in.avi", 30)
     out, log = tmp_path / "o.mp4", tmp_path / "log.jsonl"
+    port = free_port()
     proc = subprocess.Popen(
         [python(), "-m", "toolkit", "run", str(model_path), "--source", str(video), "--loop",
-         "--out-video", str(out), "--log", str(log), "--fsync-every", "1"],
+         "--out-video", str(out), "--log", str(log), "--preview", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(),
     )
     try:
@@ -107,13 +117,20 @@ def test_sigterm_mid_run_leaves_playable_video_and_valid_log(tmp_path, model_pat
                 break
             time.sleep(0.1)
         assert proc.poll() is None, proc.communicate()[1]
-        proc.send_signal(signal.SIGTERM)
+        # The live preview of the CLI, fetched by a real HTTP client while the run goes on.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/latest.jpg", timeout=10) as resp:
+            jpeg = resp.read()
+        assert jpeg[:2] == b"\xff\xd8" and jpeg[-2:] == b"\xff\xd9"
+        import cv2
+
+        assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (64, 80, 3)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stderr
-    assert "(stopped)" in stdout
+    assert "(stopped)" in stdout and f"preview: http://127.0.0.1:{port}/" in stderr
     records = read_jsonl(log)
     assert not records.truncated and len(records) >= 40
     # Frame indices go on across loops; the run wrote one video frame per record.
