@@ -10,7 +10,6 @@ from typing import List, Tuple
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSET = Path(__file__).parent / "data" / "tiny_fog.tflite"
 
 # Runs the CLI in a fresh interpreter where importing TensorFlow or Keras fails, then reports
 # whether any module of theirs got imported anyway.
@@ -80,24 +79,3 @@ def read_video(path: Path) -> List[np.ndarray]:
         frames.append(frame)
     cap.release()
     return frames
-
-
-def tiny_model(tmp_dir: Path) -> Path:
-    """The committed tiny fog model; built with the converter while it is not there yet."""
-    if ASSET.exists():
-        return ASSET
-    import keras
-
-    from converters.export import convert
-
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((32, 32, 3))
-    x = keras.layers.Rescaling(1 / 255.0)(inp)
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
-    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    out = keras.layers.Dense(4, activation="softmax")(x)
-    model = keras.Model(inp, out)
-    path = tmp_dir / "tiny_fog.tflite"
-    convert(model, path, labels=["clear", "light", "moderate", "dense"], self_check=False)
-    return path

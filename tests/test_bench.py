@@ -8,14 +8,14 @@ import subprocess
 import numpy as np
 import pytest
 
-from _run_helpers import TF_BLOCKED_CLI, python, subprocess_env, tiny_model
+from tests._run_helpers import TF_BLOCKED_CLI, python, subprocess_env
 from firmware_host.bench import BenchResult, LatencyStats, PlainModel, bench
 from firmware_host.errors import InputError, ModelFileError
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return tiny_model(tmp_path_factory.mktemp("model"))
+def model_path(tiny_fog_model):
+    return tiny_fog_model
 
 
 def test_latency_stats_are_percentiles_of_the_samples():

@@ -10,7 +10,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from _run_helpers import frame_pattern, tiny_model, write_video
+from tests._run_helpers import frame_pattern, write_video
 from firmware_host.errors import InputError, OutputError
 from firmware_host.preview import BOUNDARY, PreviewServer, parse_bind
 from firmware_host.runner import run
@@ -141,9 +141,9 @@ def test_parse_bind_rejects():
         parse_bind("localhost")
 
 
-def test_preview_during_a_run(tmp_path):
+def test_preview_during_a_run(tmp_path, tiny_fog_model):
     """The runner publishes annotated frames; a client reads them while the run goes on."""
-    model = tiny_model(tmp_path)
+    model = tiny_fog_model
     video = write_video(tmp_path / "v.avi", 10)
     stop = threading.Event()
     got = {}

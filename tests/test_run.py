@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _run_helpers import TF_BLOCKED_CLI, python, read_video, subprocess_env, tiny_model, write_video
+from tests._run_helpers import TF_BLOCKED_CLI, python, read_video, subprocess_env, write_video
 from firmware_host import ExplainableModel, cam
 from firmware_host.errors import InputError, SourceError
 from firmware_host.preprocess import bgr_to_rgb
@@ -24,8 +24,8 @@ from firmware_host.temporal import TemporalFilter, parse_hysteresis
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return tiny_model(tmp_path_factory.mktemp("model"))
+def model_path(tiny_fog_model):
+    return tiny_fog_model
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_video_end_to_end_matches_independent_explanations(tmp_path, model):
         got_cam = np.asarray(rec["cam"])
         assert got_cam.shape == expected.cam.shape == model.feature_map_size
         np.testing.assert_allclose(got_cam, expected.cam, rtol=1e-3, atol=1e-7)
-        assert tuple(rec["peak"]) == cam.peak(got_cam)
+        assert tuple(rec["peak"]) == cam.peak(expected.cam)
         assert rec["latency_ms"] > 0 and isinstance(rec["timestamp"], float)
         if rec["frame"] % 2 == 0:
             import cv2

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _run_helpers import frame_pattern, read_video
+from tests._run_helpers import frame_pattern, read_video
 from firmware_host import cam
 from firmware_host.errors import InputError
 from firmware_host.sinks import SnapshotSink, TelemetryLog, VideoSink, annotate, encode_jpeg, read_jsonl

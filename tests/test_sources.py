@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from _run_helpers import write_video
+from tests._run_helpers import write_video
 from firmware_host.errors import SourceError
 from firmware_host.sources import FrameSource, SourceSpec, open_source, parse_source
 
