@@ -269,3 +269,24 @@ def test_parse_hysteresis(text, expected):
 def test_parse_hysteresis_rejects(text):
     with pytest.raises(InputError, match="--hysteresis"):
         parse_hysteresis(text)
+
+
+def test_show_without_a_display_runs_headless(tmp_path, model, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    messages = []
+    summary = run(model, write_video(tmp_path / "in.avi", 3), show=True, notify=messages.append)
+    assert summary.frames == 3
+    assert messages == ["--show: no display (DISPLAY/WAYLAND_DISPLAY unset); running headless."]
+
+
+def test_cli_reports_a_missing_source_in_one_line(tmp_path, model_path):
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    result = CliRunner().invoke(cli, ["run", str(model_path), "--source", str(tmp_path / "none.avi"),
+                                      "--log", str(tmp_path / "log.jsonl")])
+    assert result.exit_code == 1
+    assert "Error: --source" in result.output and "is not a camera index" in result.output
+    assert not (tmp_path / "log.jsonl").exists()  # nothing written for a run that never started
