@@ -161,14 +161,17 @@ class VideoSink:
 
 
 def _round_list(values: np.ndarray, digits: int) -> list:
-    return np.round(np.asarray(values, dtype=np.float64), digits).tolist()
+    """Rounded floats; NaN/inf become ``null`` (JSON has no NaN, and a log must never fail)."""
+    arr = np.round(np.asarray(values, dtype=np.float64), digits)
+    return [None if not np.isfinite(v) else v for v in arr.tolist()]
 
 
-def _significant(values: np.ndarray, digits: int) -> list:
-    """Nested list with ``digits`` significant digits: small maps keep their shape."""
+def _significant(values: np.ndarray, digits: int):
+    """Nested list with ``digits`` significant digits (small maps keep their shape); NaN → null."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim == 0:
-        return float(f"{float(arr):.{digits}g}")
+        value = float(arr)
+        return float(f"{value:.{digits}g}") if np.isfinite(value) else None
     return [_significant(row, digits) for row in arr]
 
 
@@ -327,7 +330,7 @@ class TelemetryLog:
             "class_index": int(explanation.class_index),
             "label": explanation.label,
             "predicted_index": int(explanation.predicted_index),
-            "confidence": round(float(explanation.confidence), 6),
+            "confidence": _round_list([explanation.confidence], 6)[0],
             "probabilities": _round_list(explanation.probabilities, 6),
             "latency_ms": round(float(explanation.latency_ms), 3),
             "cam": _significant(explanation.cam, self.cam_digits),

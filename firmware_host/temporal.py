@@ -16,6 +16,7 @@ The exact rule (also in ``docs/run.md``), applied once per frame ``t``:
    ``alpha``: ``h_t = alpha * h_{t-1} + (1 - alpha) * heat_t``; the average restarts
    (``h_t = heat_t``) whenever the shown class changes, so maps of different classes never mix.
 
+Non-finite probabilities or CAM values count as 0, so one bad frame cannot poison the averages.
 The raw per-frame explanation is what gets logged (it is what ``edgecam validate --from-log``
 checks); the filtered state is what is drawn, counted and snapshotted.
 """
@@ -114,7 +115,9 @@ class TemporalFilter:
 
     def update_probabilities(self, probabilities: np.ndarray) -> Tuple[np.ndarray, int, bool]:
         """Steps 1–2: returns ``(smoothed probabilities, shown class, changed)``."""
-        p = np.asarray(probabilities, dtype=np.float32).reshape(-1)
+        # A NaN/inf frame (a broken sensor frame, a numerically failing model) must not poison
+        # the average for the rest of the run: non-finite values count as 0.
+        p = np.nan_to_num(np.asarray(probabilities, dtype=np.float32).reshape(-1), nan=0.0, posinf=0.0, neginf=0.0)
         if self._probs is None or self._probs.shape != p.shape:
             self._probs = p.copy()
         else:
@@ -136,7 +139,7 @@ class TemporalFilter:
 
     def update_heat(self, cam: np.ndarray, restart: bool) -> np.ndarray:
         """Step 3: smoothed ``(h, w)`` heatmap in [0, 1] of the shown class."""
-        heat = _cam.heatmap(cam)
+        heat = _cam.heatmap(np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0))
         if restart or self._heat is None or self._heat.shape != heat.shape:
             self._heat = heat
         else:

@@ -290,3 +290,11 @@ def test_cli_reports_a_missing_source_in_one_line(tmp_path, model_path):
     assert result.exit_code == 1
     assert "Error: --source" in result.output and "is not a camera index" in result.output
     assert not (tmp_path / "log.jsonl").exists()  # nothing written for a run that never started
+
+
+def test_a_nan_frame_does_not_poison_the_averages():
+    f = TemporalFilter(alpha=0.5)
+    f.update(np.array([0.9, 0.1]), np.ones((2, 2)))
+    state = f.update(np.array([np.nan, np.nan]), np.full((2, 2), np.nan))
+    assert np.all(np.isfinite(state.probabilities)) and np.all(np.isfinite(state.heat))
+    np.testing.assert_allclose(state.probabilities, [0.45, 0.05])

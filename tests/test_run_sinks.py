@@ -167,3 +167,14 @@ def test_annotate_draws_on_a_copy():
     out = annotate(frame, np.zeros((3, 3), np.float32), "light", 0.5, None)
     np.testing.assert_array_equal(frame, before)
     assert out.shape == frame.shape and out.dtype == np.uint8 and not np.array_equal(out, frame)
+
+
+def test_non_finite_values_are_logged_as_null(tmp_path):
+    log = TelemetryLog(tmp_path / "run.jsonl")
+    bad = FakeExplanation(np.array([0.5, np.nan, 0.5, 0], np.float32), 1, 1, "class1",
+                          np.array([[np.inf, 1.0], [0.0, 2.0]], np.float32))
+    rec = log.write(frame=0, timestamp=0.0, explanation=bad)
+    log.close()
+    (back,) = read_jsonl(tmp_path / "run.jsonl")
+    assert back == rec and rec["probabilities"][1] is None and rec["confidence"] is None
+    assert rec["cam"][0][0] is None
