@@ -26,7 +26,6 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from .errors import EdgecamError, InputError, SourceError
-from .preprocess import bgr_to_rgb
 from .sources import FrameSource, SourceSpec, open_source
 from .temporal import TemporalFilter, TemporalState
 
@@ -258,6 +257,8 @@ def run(
             closed first).
         OutputError / InputError: bad outputs or options, checked before the first frame.
     """
+    import cv2
+
     from . import sinks as _sinks
     from .preview import PreviewServer, parse_bind
     from .temporal import parse_hysteresis
@@ -336,7 +337,9 @@ def run(
                         break
                     continue
                 t0 = time.perf_counter()
-                rgb = bgr_to_rgb(frame.image)
+                # Same as preprocess.bgr_to_rgb, but contiguous: resizing the reversed-stride
+                # view costs OpenCV an extra copy (0.5 ms vs 0.1 ms per 320×240 frame).
+                rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
                 exp = model.explain(rgb, class_index=filt.shown if select else None)
                 latency = float(exp.latency_ms)
                 probs, shown, changed = filt.update_probabilities(exp.probabilities)
