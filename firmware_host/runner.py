@@ -242,7 +242,8 @@ def run(
         num_threads: interpreter threads when ``model`` is a path.
         max_frames: stop after this many explained frames.
         stop_event: set it (from any thread) to stop cleanly.
-        handle_signals: turn SIGINT/SIGTERM into a clean stop (main thread only).
+        handle_signals: turn SIGINT/SIGTERM into a clean stop (main thread only); a second
+            signal aborts at once (``KeyboardInterrupt``; sinks are still closed).
         on_frame: called with a :class:`FrameResult` after each frame.
         on_start: called once with the outputs (e.g. the preview URL) when the loop starts.
         notify: receives warnings (default: printed to stderr).
@@ -315,8 +316,14 @@ def run(
             else:
                 window = None
         if handle_signals and threading.current_thread() is threading.main_thread():
+
+            def on_signal(signum, _frame):
+                if stop.is_set():  # a second signal: the user does not want to wait
+                    raise KeyboardInterrupt
+                stop.set()
+
             for sig in (signal.SIGINT, signal.SIGTERM):
-                old_handlers[sig] = signal.signal(sig, lambda *_: stop.set())
+                old_handlers[sig] = signal.signal(sig, on_signal)
         if on_start is not None:
             on_start(dict(outputs))
 

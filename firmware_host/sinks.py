@@ -3,11 +3,12 @@
 * :class:`VideoSink` — the annotated stream through ``cv2.VideoWriter``; :meth:`close`
   releases the writer, which is what makes an MP4 playable (it writes the index).
 * :class:`TelemetryLog` — one JSON object per line and per frame (schema in ``docs/run.md``).
-  Each line is written, flushed and ``os.fsync``'d (every ``fsync_every`` records), so a power
-  cut loses at most the records since the last sync — with the default of 1, at most the last
-  one, possibly as a truncated final line that :func:`read_jsonl` skips. Frames referenced by
-  ``frame_path`` are written (atomically) *before* their record. The log is rotated into
-  segments and old segments (with their frames) are deleted to stay under a disk budget.
+  A writer thread saves the frame (atomically) and then writes, flushes and ``os.fsync``'s the
+  line (every ``fsync_every`` records); :meth:`TelemetryLog.write` first waits for the previous
+  record to be on disk, so with the default of 1 a power cut loses at most the last record,
+  possibly as a truncated final line that :func:`read_jsonl` skips, while the disk flush
+  overlaps the next inference instead of stalling the loop. The log is rotated into segments
+  and old segments (with their frames) are deleted to stay under a disk budget.
 * :class:`SnapshotSink` — frame + overlay JPEGs on class changes and every N seconds, oldest
   deleted first to stay under a disk budget.
 
@@ -21,6 +22,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -239,6 +241,10 @@ class TelemetryLog:
         self.frames_root = self.dir / f"{self.path.stem}_frames"
         self.records = 0
         self._pending = 0
+        # One worker writes frames and lines in order, off the inference loop; write() waits
+        # for the previous record before handing over the next, so at most one is in flight.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgecam-log")
+        self._inflight: Optional[Future] = None
         self._fh = None
         self._segments: List[Tuple[str, int]] = []  # rotated (segment id, bytes), oldest first
         self._seq = 0
@@ -336,19 +342,26 @@ class TelemetryLog:
             "cam": _significant(explanation.cam, self.cam_digits),
             "peak": list(explanation.peak()),
         }
-        written = 0
-        if image_bgr is not None and self.wants_frame(frame):
-            rel = Path(self.frames_root.name) / self.sid / f"{int(frame):08d}{self.suffix}"
-            if not self._frames_dir.exists():
-                self._frames_dir.mkdir(parents=True, exist_ok=True)
-            data = _encode(image_bgr, self.suffix)
-            atomic_write_bytes(self.dir / rel, data)
-            written += len(data)
-            record["frame_path"] = rel.as_posix()
+        save = image_bgr is not None and self.wants_frame(frame)
+        self._wait()  # the previous record (and its frame) is on disk: at most one in flight
+        if save:
+            record["frame_path"] = (Path(self.frames_root.name) / self.sid / f"{int(frame):08d}{self.suffix}").as_posix()
         if extra:
             record.update(extra)
-        line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+        self._inflight = self._worker.submit(self._persist, record, image_bgr if save else None)
+        self.records += 1
+        return record
+
+    def _persist(self, record: Dict[str, Any], image_bgr: Optional[np.ndarray]) -> None:
+        """Worker thread: frame file (atomic, fsync'd), then the line, flush, fsync."""
+        written = 0
         try:
+            if image_bgr is not None:
+                self._frames_dir.mkdir(parents=True, exist_ok=True)
+                data = _encode(image_bgr, self.suffix)
+                atomic_write_bytes(self.dir / record["frame_path"], data)
+                written = len(data)
+            line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
             self._fh.write(line)
             self._fh.flush()
             self._pending += 1
@@ -356,10 +369,19 @@ class TelemetryLog:
                 self._sync()
         except OSError as exc:
             raise OutputError(f"Writing log '{self.path}' failed: {exc}. Check free space.") from exc
-        self.records += 1
         self.segment_bytes += len(line.encode("utf-8")) + written
         self._enforce_budget()
-        return record
+
+    def _wait(self) -> None:
+        """Block until the record in flight is durable; re-raise its error if it failed."""
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            inflight.result()
+
+    def sync(self) -> None:
+        """Wait until every record written so far is on disk."""
+        self._wait()
+        self._sync()
 
     def _sync(self) -> None:
         if self._fh is not None and self._pending:
@@ -368,11 +390,15 @@ class TelemetryLog:
             self._pending = 0
 
     def close(self) -> None:
-        """Flush, fsync and close. Idempotent."""
+        """Finish the record in flight, fsync and close. Idempotent."""
         if self._fh is not None:
-            self._sync()
-            self._fh.close()
-            self._fh = None
+            try:
+                self._wait()
+            finally:
+                self._worker.shutdown(wait=True)
+                self._sync()
+                self._fh.close()
+                self._fh = None
 
 
 def _segment_of(path: Path, stem: str) -> Optional[str]:

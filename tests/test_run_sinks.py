@@ -78,15 +78,31 @@ def test_reader_tolerates_a_cut_last_line_only(tmp_path):
         read_jsonl(path)
 
 
-def test_every_record_reaches_the_disk_before_close(tmp_path):
+def test_at_most_the_last_record_is_in_flight(tmp_path):
     path = tmp_path / "run.jsonl"
-    log = TelemetryLog(path, fsync_every=1)
-    for i in range(3):
-        log.write(frame=i, timestamp=float(i), explanation=explanation(i))
-        # Another reader (or the disk after a crash) sees the record right away.
-        assert len(read_jsonl(path)) == i + 1
-    log._fh.close()  # simulate the process dying without close(): nothing is lost
-    assert len(read_jsonl(path)) == 3
+    log = TelemetryLog(path, fsync_every=1, save_frames=1)
+    for i in range(4):
+        log.write(frame=i, timestamp=float(i), explanation=explanation(i), image_bgr=frame_pattern(i, (24, 32)))
+        # When write(i) returns, every earlier record and its frame are already on disk.
+        records = read_jsonl(path)
+        assert len(records) >= i
+        assert all((tmp_path / r["frame_path"]).is_file() for r in records)
+    log.sync()
+    assert len(read_jsonl(path)) == 4
+    log._fh.close()  # the process dies without close(): nothing is lost
+    assert [r["frame"] for r in read_jsonl(path)] == [0, 1, 2, 3]
+
+
+def test_a_failing_disk_surfaces_as_output_error(tmp_path):
+    from firmware_host.errors import OutputError
+
+    log = TelemetryLog(tmp_path / "run.jsonl")
+    log._fh.close()  # the card went read-only / away under the writer
+    log._fh = open(os.devnull, "r")
+    log.write(frame=0, timestamp=0.0, explanation=explanation(0))
+    with pytest.raises(OutputError, match="Writing log .* failed.*Check free space"):
+        log.write(frame=1, timestamp=1.0, explanation=explanation(1))
+    log.close()
 
 
 def test_rotation_keeps_the_log_and_frames_under_the_budget(tmp_path):
