@@ -55,6 +55,11 @@ class TemporalState:
         return float(self.probabilities[self.class_index])
 
 
+def _finite(x: np.ndarray) -> np.ndarray:
+    """``x`` with NaN/±inf replaced by 0 (a copy only when needed: this runs every frame)."""
+    return x if np.isfinite(x).all() else np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def parse_hysteresis(text: str) -> Tuple[float, int]:
     """``"MARGIN[:FRAMES]"`` → ``(margin, frames)``, e.g. ``"0.1:3"``.
 
@@ -117,7 +122,7 @@ class TemporalFilter:
         """Steps 1–2: returns ``(smoothed probabilities, shown class, changed)``."""
         # A NaN/inf frame (a broken sensor frame, a numerically failing model) must not poison
         # the average for the rest of the run: non-finite values count as 0.
-        p = np.nan_to_num(np.asarray(probabilities, dtype=np.float32).reshape(-1), nan=0.0, posinf=0.0, neginf=0.0)
+        p = _finite(np.asarray(probabilities, dtype=np.float32).reshape(-1))
         if self._probs is None or self._probs.shape != p.shape:
             self._probs = p.copy()
         else:
@@ -139,7 +144,7 @@ class TemporalFilter:
 
     def update_heat(self, cam: np.ndarray, restart: bool) -> np.ndarray:
         """Step 3: smoothed ``(h, w)`` heatmap in [0, 1] of the shown class."""
-        heat = _cam.heatmap(np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0))
+        heat = _cam.heatmap(_finite(np.asarray(cam, dtype=np.float32)))
         if restart or self._heat is None or self._heat.shape != heat.shape:
             self._heat = heat
         else:
