@@ -11,7 +11,7 @@ On a MobileNetV2-224 (``weights=None``, 4 fog classes) converted float32 and int
    preprocess, invoke the plain model; and the same with the explained model), repeats
    interleaved.
 
-It rewrites its section of ``docs/benchmarks.md`` (between the ``run_bench`` markers). Building
+It rewrites its section ``run_bench`` of ``docs/benchmarks.md``. Building
 the models needs TensorFlow (host); everything timed runs without it.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,9 +30,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ._report import machine, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- BEGIN run_bench -->", "<!-- END run_bench -->"
+SECTION = "run_bench"
 LABELS = ["clear", "light", "moderate", "dense"]
 
 
@@ -222,27 +222,8 @@ def frame_rate(paths: Dict[str, Path], frames: int, repeats: int, threads: Optio
             "loop_minus_interpreter_ms": overhead}
 
 
-def machine() -> str:
-    try:
-        from importlib.metadata import version
-
-        litert = version("ai-edge-litert")
-    except Exception:
-        litert = "?"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, ai-edge-litert {litert}"
-
-
 def render(results: dict, args) -> str:
     lines = [
-        BEGIN,
         "## Device path: `edgecam run` / `edgecam bench` (issue 5)",
         "",
         f"Machine: {machine()}; shared with other jobs while measured.  ",
@@ -305,21 +286,7 @@ def render(results: dict, args) -> str:
     for q, both in results["fps"].items():
         o = both["loop_minus_interpreter_ms"]
         lines.append(f"| {q} | {o[''] :.2f} ms | {o['log']:.2f} ms | {o['log+video']:.2f} ms |")
-    lines += ["", END]
     return "\n".join(lines)
-
-
-def write_section(section: str) -> None:
-    from firmware_host._io import atomic_write_text
-
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# edgecam benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(DOC, text)
 
 
 def main(argv=None) -> int:
@@ -349,7 +316,7 @@ def main(argv=None) -> int:
     print(section)
     print(json.dumps(results, indent=1, default=float), file=sys.stderr)
     if not args.no_write:
-        write_section(section)
+        write_section(SECTION, section)
     return 0
 
 
