@@ -85,7 +85,8 @@ def test_cli_with_tensorflow_blocked_runs_end_to_end(tmp_path, model_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "LEAKED: []" in proc.stderr
-    summary = json.loads(proc.stdout)
+    (line,) = proc.stdout.splitlines()  # one line of JSON, for scripts
+    summary = json.loads(line)
     assert summary["frames"] == 12 and summary["stop_reason"] == "end"
     assert len(read_video(out)) == 12
     records = read_jsonl(log)
@@ -201,7 +202,14 @@ def test_max_frames_and_stop_event(tmp_path, model):
 def test_hysteresis_run_explains_the_shown_class(tmp_path, model):
     video = write_video(tmp_path / "in.avi", 16)
     results = []
-    run(model, video, smooth=0.7, hysteresis=(0.2, 3), on_frame=results.append)
+    summary = run(model, video, smooth=0.7, hysteresis=(0.2, 3), on_frame=results.append,
+                  snapshots=tmp_path / "snaps", snapshot_every=0)
+    # One snapshot pair at the start and one per change of the shown class, nothing else.
+    changes = [r.frame for r in results if r.state.changed]
+    assert changes[0] == 0 and summary.class_changes == len(changes) - 1
+    files = sorted(p.name for p in (tmp_path / "snaps").iterdir())
+    assert len(files) == 2 * len(changes) and summary.snapshots == len(changes)
+    assert all(any(f"_{c:08d}_" in f for f in files) for c in changes)
     for r in results:
         # Logged/explained class is the class on screen; its CAM is that class's map.
         assert r.explanation.class_index == r.state.class_index

@@ -47,7 +47,7 @@ from ._common import cli_errors
               help="Reopenings of a lost camera/stream (backoff 0.5 s doubling to 10 s) before giving up.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default: LiteRT's).")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one line of JSON.")
 def run_cmd(model, source, out_video, video_fps, log_path, save_frames, frame_format, fsync_every,
             log_max_mb, snapshots, snapshot_every, snapshot_max_mb, preview, show, smooth, hysteresis,
             realtime, loop, reconnect_attempts, threads, max_frames, as_json):
@@ -65,7 +65,7 @@ def run_cmd(model, source, out_video, video_fps, log_path, save_frames, frame_fo
         click.echo("running; Ctrl-C or SIGTERM stops cleanly", err=True)
 
     def report(summary):
-        click.echo(json.dumps(summary.to_dict(), indent=1) if as_json else summary.format())
+        click.echo(json.dumps(summary.to_dict()) if as_json else summary.format())
 
     with cli_errors():
         try:
