@@ -96,12 +96,17 @@ def annotate(
     lines = [f"{label} {confidence * 100:.0f}%"]
     if fps is not None:
         lines.append(f"{fps:.1f} fps")
-    y = int(22 * scale) + 4
-    for text in lines:
-        # A dark outline keeps the text readable on any heatmap colour.
-        cv2.putText(out, text, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
-        cv2.putText(out, text, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
-        y += int(26 * scale) + 4
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    pad = max(3, int(6 * scale))
+    sizes = [cv2.getTextSize(text, font, scale, thick)[0] for text in lines]
+    line_h = max(h for _, h in sizes) + 2 * pad
+    box_w = max(w for w, _ in sizes) + 2 * pad
+    # Darken a box behind the text (50%): readable on any heatmap colour, frame still visible.
+    box = out[: line_h * len(lines), :box_w]
+    box[...] = box // 2
+    for i, text in enumerate(lines):
+        y = (i + 1) * line_h - pad
+        cv2.putText(out, text, (pad, y), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return out
 
 
