@@ -306,3 +306,72 @@ def test_a_nan_frame_does_not_poison_the_averages():
     state = f.update(np.array([np.nan, np.nan]), np.full((2, 2), np.nan))
     assert np.all(np.isfinite(state.probabilities)) and np.all(np.isfinite(state.heat))
     np.testing.assert_allclose(state.probabilities, [0.45, 0.05])
+
+
+class FakeCamera:
+    """A network camera on loopback: the MJPEG preview server fed with moving frames."""
+
+    def __init__(self, port: int = 0):
+        from firmware_host.preview import PreviewServer
+
+        from tests._run_helpers import frame_pattern
+
+        self.server = PreviewServer("127.0.0.1", port)
+        self.port = self.server.port
+        self._stop = threading.Event()
+
+        def feed():
+            i = 0
+            while not self._stop.is_set():
+                self.server.publish(frame_pattern(i, (48, 64)))
+                i += 1
+                self._stop.wait(0.02)
+
+        self._thread = threading.Thread(target=feed, daemon=True)
+        self._thread.start()
+
+    def unplug(self):
+        self._stop.set()
+        self._thread.join()
+        self.server.close()
+
+
+def test_network_stream_that_drops_is_reconnected(tmp_path, model):
+    camera = FakeCamera()
+    url = f"http://127.0.0.1:{camera.port}/stream.mjpg"
+    state = {"camera": camera, "dropped_at": None}
+    stop = threading.Event()
+
+    def on_frame(result):
+        if state["dropped_at"] is None and result.frame >= 5:
+            state["dropped_at"] = result.frame
+            state["camera"].unplug()  # the stream ends mid-run …
+
+            def back():  # … and the camera is back a moment later, on the same address
+                time.sleep(0.3)
+                state["camera"] = FakeCamera(camera.port)
+
+            threading.Thread(target=back, daemon=True).start()
+        elif state["dropped_at"] is not None and result.frame >= state["dropped_at"] + 5:
+            stop.set()
+
+    summary = run(model, url, log=tmp_path / "log.jsonl", on_frame=on_frame, stop_event=stop,
+                  source_options={"backoff": (0.1, 0.4)}, reconnect_attempts=10)
+    state["camera"].unplug()
+    assert summary.stop_reason == "stopped" and summary.reconnects == 1
+    records = read_jsonl(tmp_path / "log.jsonl")
+    frames = [r["frame"] for r in records]
+    assert len(records) == summary.frames and frames == sorted(set(frames))  # live: gaps = drops
+    assert frames[-1] >= state["dropped_at"] + 5  # frames kept coming after the reconnection
+
+
+def test_network_stream_gone_for_good_is_reported(tmp_path, model):
+    camera = FakeCamera()
+    url = f"http://127.0.0.1:{camera.port}/stream.mjpg"
+
+    def on_frame(result):
+        if result.frame == 3:
+            camera.unplug()
+
+    with pytest.raises(SourceError, match=r"Stream 'http://127\.0\.0\.1:\d+/stream\.mjpg' stopped delivering frames and 3 reconnection"):
+        run(model, url, on_frame=on_frame, reconnect_attempts=3, source_options={"backoff": (0.05, 0.1)})
