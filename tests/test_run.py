@@ -46,6 +46,11 @@ def test_video_end_to_end_matches_independent_explanations(tmp_path, model):
     inputs = read_video(video)
     annotated = read_video(tmp_path / "out" / "annotated.avi")
     assert len(inputs) == 24 and len(annotated) == 24
+    import cv2
+
+    cap = cv2.VideoCapture(str(tmp_path / "out" / "annotated.avi"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(10.0)  # the source's frame rate
+    cap.release()
     assert annotated[0].shape == inputs[0].shape
     # The overlay changed the pixels (heatmap + text), it is not a copy of the input.
     assert np.abs(annotated[5].astype(int) - inputs[5].astype(int)).mean() > 5
