@@ -110,12 +110,25 @@ def annotate(
     return out
 
 
+def _keep_existing(path: Path) -> Optional[Path]:
+    """Rename an earlier output to ``<stem>.<its UTC mtime><suffix>`` so a restart never overwrites it."""
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(path.stat().st_mtime))
+    kept, n = path.with_name(f"{path.stem}.{stamp}{path.suffix}"), 1
+    while kept.exists():
+        kept, n = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}"), n + 1
+    os.replace(path, kept)
+    return kept
+
+
 class VideoSink:
     """Annotated video through ``cv2.VideoWriter``, opened at the first frame.
 
     ``.avi`` uses Motion-JPEG (every frame stands alone: the most robust choice when power can
     be cut); ``.mp4``/``.m4v``/``.mov`` use ``mp4v`` (smaller; playable only after
-    :meth:`close`, which the runner guarantees on exit and on SIGINT/SIGTERM).
+    :meth:`close`, which the runner guarantees on exit and on SIGINT/SIGTERM). An existing file
+    at ``path`` (an earlier run) is renamed ``<stem>.<UTC time><suffix>``, never overwritten.
 
     Args:
         path: output file; its directory is checked up front.
@@ -133,6 +146,7 @@ class VideoSink:
         if not (fps > 0 and math.isfinite(fps)):
             raise InputError(f"Video fps must be positive. Got: {fps}")
         ensure_writable_dir(self.path.parent if str(self.path.parent) else ".")
+        self.kept = _keep_existing(self.path)
         self.fps = float(fps)
         self.frames = 0
         self._writer = None

@@ -177,6 +177,17 @@ def test_mp4_is_playable_after_close(tmp_path):
     assert len(frames) == 9 and frames[0].shape == (48, 64, 3)
 
 
+def test_an_earlier_video_is_kept(tmp_path):
+    for run_no in range(2):
+        sink = VideoSink(tmp_path / "o.avi", fps=5)
+        for i in range(3 + run_no):
+            sink.write(frame_pattern(i, (24, 32)))
+        sink.close()
+    (old,) = tmp_path.glob("o.*.avi")
+    assert sink.kept == old
+    assert len(read_video(old)) == 3 and len(read_video(tmp_path / "o.avi")) == 4
+
+
 def test_annotate_draws_on_a_copy():
     frame = frame_pattern(3, (48, 64))
     before = frame.copy()
