@@ -7,9 +7,11 @@ import json
 import click
 
 from ._common import cli_errors
+from ._runconfig import config_option
 
 
 @click.command("run")
+@config_option
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--source", "-s", required=True,
               help="Camera index (0), /dev/videoN, video file, image folder or glob, "
