@@ -149,6 +149,11 @@ def test_gradcam_weights_on_hand_made_tensor():
     #   w_1 = 1/10·2 + 1/14·3 = 0.2 + 3/14.
     wpp = GradCAMPlusPlus().weights(A, g)
     np.testing.assert_allclose(wpp.ravel(), [7 / 12, 0.2 + 3 / 14], rtol=1e-6)
+    # The authors' code (and tf-keras-vis) divide a by Σ_ij a per channel; there the g=−1 pixel of
+    # channel 1 counts: a = 1/(2 − 4) = −1/2. Channel 0's g=−1 pixel has denominator 2 − 2 = 0 → 0.
+    wn = GradCAMPlusPlus(normalize_alphas=True).weights(A, g)
+    np.testing.assert_allclose(wn.ravel(), [(7 / 12) / (5 / 12), (0.2 + 3 / 14) / (1 / 10 - 1 / 2 + 1 / 14)],
+                               rtol=1e-6)
     assert np.array_equal(A, A0) and np.array_equal(g, g0)
 
 
