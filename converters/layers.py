@@ -18,6 +18,7 @@ Layer paths use ``/`` between nesting levels: ``"mobilenetv2_1.00_224/out_relu"`
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -33,6 +34,7 @@ __all__ = [
     "head_chain",
     "replay_graph",
     "linear_clone",
+    "sync_clones",
 ]
 
 SEP = "/"
@@ -299,8 +301,13 @@ def final_activation(model) -> Tuple[List[str], str, bool]:
         return path, "linear", False
 
 
+# Clone → the layer it copies, so clones can follow later weight updates (training goes on
+# after a split was built and cached). Weak keys: a dropped split frees its clones.
+_CLONE_SOURCES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def linear_clone(layer):
-    """A copy of ``layer`` with ``activation='linear'`` and the same weights."""
+    """A copy of ``layer`` with ``activation='linear'`` and the same weights (see :func:`sync_clones`)."""
     keras = _keras()
     config = layer.get_config()
     config["activation"] = "linear"
@@ -309,7 +316,25 @@ def linear_clone(layer):
     clone.build(layer.input.shape)
     for dst, src in zip(clone.weights, layer.weights):
         dst.assign(keras.ops.convert_to_tensor(src))
+    _CLONE_SOURCES[clone] = weakref.ref(layer)
     return clone
+
+
+def sync_clones(layers) -> None:
+    """Copy the current weights of the original layers into their :func:`linear_clone`\ s.
+
+    Args:
+        layers: layers or models to scan (models are walked, nested ones included); anything
+            that is not a clone is skipped.
+    """
+    for item in layers:
+        inner = [layer for _, layer, _ in _walk(item)] if _is_container(item) else [item]
+        for layer in inner:
+            ref = _CLONE_SOURCES.get(layer)
+            source = ref() if ref is not None else None
+            if source is not None:
+                for dst, src in zip(layer.weights, source.weights):
+                    dst.assign(src.value)
 
 
 # -- graph replay ----------------------------------------------------------------------------

@@ -342,6 +342,40 @@ def test_single_sigmoid_output_is_two_classes():
     np.testing.assert_allclose(pos.probabilities, np.stack([1 - p, p], axis=1), rtol=1e-5, atol=1e-6)
 
 
+def test_tiny_scores_of_untrained_networks_still_give_maps():
+    """Random-init deep nets (e.g. MobileNetV2, weights=None) give logits of ~1e-12: the maps
+    must be the same as at a normal scale (normalisation is scale-invariant), not all zeros."""
+    from toolkit.explain import explain
+
+    model, _, dense = _cnn(seed=30)
+    x = _rand((2, SIZE, SIZE, 3), 31)
+    normal = {m: explain(model, x, m) for m in ("gradcam", "saliency")}
+    dense.kernel.assign(np.asarray(dense.kernel) * 1e-13)
+    dense.bias.assign(np.asarray(dense.bias) * 1e-13)
+    for method, want in normal.items():
+        got = explain(model, x, method)
+        assert got.max() == pytest.approx(1.0)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_weights_changed_after_a_call_are_used():
+    """Splits are cached per model; training in between must not leave stale copied layers
+    (the linear head, the guided ReLU layers) behind."""
+    keras = _keras()
+    from toolkit.explain import explain
+
+    model, _, _ = _cnn(seed=32)
+    x = _rand((2, SIZE, SIZE, 3), 33)
+    for method in ("gradcam", "guided_backprop"):
+        explain(model, x, method)
+    rng = np.random.default_rng(34)
+    model.set_weights([w + rng.normal(0, 0.3, w.shape).astype("float32") for w in model.get_weights()])
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    for method in ("gradcam", "guided_backprop"):
+        np.testing.assert_allclose(explain(model, x, method), explain(twin, x, method), atol=1e-5)
+
+
 # -- the whole registry ---------------------------------------------------------------------------
 def _registry_cases():
     from toolkit.explain import METHODS

@@ -74,6 +74,16 @@ class Session:
         self.target_layer = target_layer
         self.target = target
         self.batch_size = int(batch_size)
+        self._synced: set = set()
+
+    def _fresh(self, key, clones):
+        # Cached splits hold linear clones (softmax split off, guided ReLUs): bring them up to
+        # the model's current weights once per call, in case it was trained in between.
+        from converters.layers import sync_clones
+
+        if key not in self._synced:
+            sync_clones(clones)
+            self._synced.add(key)
 
     def split(self, features: bool = True):
         """The converter's :func:`converters.layers.split_model` of the model (cached)."""
@@ -81,8 +91,10 @@ class Session:
 
         layer = self.target_layer if features else None
         key = (id(self.model), layer, features)
-        return _remember(_SPLITS, key, self.model,
-                         lambda: split_model(self.model, layer, logits=True, features=features))
+        split = _remember(_SPLITS, key, self.model,
+                          lambda: split_model(self.model, layer, logits=True, features=features))
+        self._fresh(("split",) + key, [split.grad_model])
+        return split
 
     def logits_forward(self):
         """``x → logits`` (softmax split off), without looking for an explanation layer."""
@@ -98,7 +110,9 @@ class Session:
         """``x → logits`` with guided-backprop ReLUs (Springenberg et al. 2015), cached."""
         from ._guided import guided_forward
 
-        return self.derived_forward("guided", guided_forward)
+        forward = self.derived_forward("guided", guided_forward)
+        self._fresh(("guided", id(forward)), forward.clones)
+        return forward
 
     def probabilities(self, logits: np.ndarray, binary: bool) -> np.ndarray:
         """``(n, K)`` probabilities from split logits (sigmoid of ``[-z, z]`` for a binary split)."""

@@ -71,7 +71,8 @@ def guided_forward(model) -> Callable:
 
     Returns:
         A callable on real tensors. Linear clones of fused-ReLU layers are created here, once,
-        so tracing the callable creates no variables.
+        so tracing the callable creates no variables; they are listed in ``forward.clones``
+        (``converters.layers.sync_clones`` refreshes them after training).
     """
     from converters.layers import _walk, linear_clone, replay_graph
 
@@ -100,4 +101,5 @@ def guided_forward(model) -> Callable:
     def forward(x):
         return replay_graph(model, x, substitute)
 
+    forward.clones = list(clones.values())  # kept in step with the model by Session
     return forward
