@@ -219,8 +219,8 @@ def find_target(model, target_layer: Optional[str] = None) -> Target:
     """The explanation layer of ``model``.
 
     With ``target_layer=None``: walk back from the output to the first tensor that is still
-    spatial ``(N, H, W, C)`` — the last layer before the spatial collapse — descending into
-    nested models. Otherwise the named layer (``outer/inner`` for nested models; a bare inner
+    spatial ``(N, H, W, C)`` with ``H·W > 1`` — the last layer before the spatial collapse —
+    descending into nested models. Otherwise the named layer (``outer/inner`` for nested models; a bare inner
     name is accepted when it is unique).
 
     Raises:
@@ -244,7 +244,9 @@ def find_target(model, target_layer: Optional[str] = None) -> Target:
                 f"the output reached the input. Grad-CAM needs a convolutional feature map; "
                 f"{_candidates_hint(model)}."
             )
-        if len(shape) == 4:
+        # A 1×1 "map" is already collapsed (MobileNetV3 classifies with 1×1 convs after a
+        # keepdims pooling): keep walking back to a real spatial layer.
+        if len(shape) == 4 and tuple(shape[1:3]) != (1, 1):
             path = prefix + op.name
             if _is_container(op):
                 return _descend_to_output(op, path, containers + (op,))

@@ -326,6 +326,29 @@ def test_sequential_model_with_fused_softmax():
     np.testing.assert_allclose(res.probabilities, np.asarray(model(x)), rtol=1e-5, atol=1e-6)
 
 
+def test_keepdims_pooling_and_1x1_conv_classifier():
+    """MobileNetV3-style head: GAP(keepdims) → 1×1 Conv2D → Flatten → Softmax. The (N, 1, 1, K)
+    conv output is not a map: the explained layer is the last real spatial one."""
+    keras = _keras()
+    import toolkit
+
+    keras.utils.set_random_seed(17)
+    inp = keras.Input((SIZE, SIZE, 3))
+    a = keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="last")(inp)
+    pooled = keras.layers.GlobalAveragePooling2D(keepdims=True)(a)
+    conv = keras.layers.Conv2D(3, 1, name="logits")
+    out = keras.layers.Activation("softmax")(keras.layers.Flatten()(conv(pooled)))
+    model = keras.Model(inp, out)
+    _randomize_biases(model, 17)
+    x = _rand((2, SIZE, SIZE, 3), 18)
+    res = toolkit.explain.explain_full(model, x, "gradcam", upsample=False)
+    assert res.layer == "last" and res.maps.shape == (2, SIZE // 2, SIZE // 2)
+    A = np.asarray(keras.Model(inp, a)(x))
+    W = np.asarray(conv.kernel)[0, 0]
+    for i, c in enumerate(res.class_index):
+        assert pearson(res.maps[i], cam.relu(A[i] @ W[:, c])) > 0.9999
+
+
 def test_single_sigmoid_output_is_two_classes():
     import toolkit
 
