@@ -44,21 +44,34 @@ def class_scores(logits, class_index, target: str = "logit", binary: bool = Fals
     return score, chosen
 
 
-def _cached(fn, kind: str, target: str, binary: bool, build):
-    """One traced function per (model or forward callable, kind, target), reused across calls."""
-    key = (id(fn), kind, target, binary)
+def _cached(fn, kind: str, target: str, binary: bool, x_shape, build):
+    """One traced function per (model or forward callable, kind, target, image shape), reused.
+
+    ``build(spec)`` gets the input ``TensorSpec`` with an open batch dimension, so every batch
+    size runs on one trace.
+    """
+    import tensorflow as tf
+
+    image = tuple(int(d) for d in x_shape[1:])
+    key = (id(fn), kind, target, binary, image)
     if key in _FUNCTIONS and _FUNCTIONS[key][0] is fn:
         return _FUNCTIONS[key][1]
-    run = build()
+    run = build(tf.TensorSpec([None, *image], tf.float32))
     _FUNCTIONS[key] = (fn, run)
     return run
 
 
-def _grad_fn(grad_model, target: str, binary: bool = False):
+def _classes_spec():
     import tensorflow as tf
 
-    def build():
-        @tf.function(reduce_retracing=True)
+    return tf.TensorSpec([None], tf.int32)
+
+
+def _grad_fn(grad_model, target: str, binary: bool = False, x_shape=None):
+    import tensorflow as tf
+
+    def build(spec):
+        @tf.function(input_signature=[spec, _classes_spec()])
         def run(x, class_index):
             with tf.GradientTape() as tape:
                 A, logits = grad_model(x, training=False)
@@ -69,7 +82,8 @@ def _grad_fn(grad_model, target: str, binary: bool = False):
 
         return run
 
-    return _cached(grad_model, "features", target, binary, build)
+    shape = x_shape if x_shape is not None else grad_model.inputs[0].shape
+    return _cached(grad_model, "features", target, binary, shape, build)
 
 
 def _logits_of(forward, x):
@@ -100,7 +114,8 @@ def feature_gradients(grad_model, x: np.ndarray, class_index=None, target: str =
         ``(A, logits, grads, class_index)`` as numpy arrays.
     """
     x = np.asarray(x, dtype=np.float32)
-    A, logits, grads, chosen = _grad_fn(grad_model, target, binary)(x, _class_indices(class_index, len(x)))
+    run = _grad_fn(grad_model, target, binary, x.shape)
+    A, logits, grads, chosen = run(x, _class_indices(class_index, len(x)))
     return A.numpy(), logits.numpy(), grads.numpy(), chosen.numpy()
 
 
@@ -121,8 +136,8 @@ def input_gradients(forward, x: np.ndarray, class_index=None, target: str = "log
     """
     import tensorflow as tf
 
-    def build():
-        @tf.function(reduce_retracing=True)
+    def build(spec):
+        @tf.function(input_signature=[spec, _classes_spec()])
         def run(x, class_index):
             with tf.GradientTape() as tape:
                 tape.watch(x)
@@ -132,9 +147,9 @@ def input_gradients(forward, x: np.ndarray, class_index=None, target: str = "log
 
         return run
 
-    x = tf.convert_to_tensor(np.asarray(x, dtype=np.float32))
-    run = _cached(forward, "input", target, binary, build)
-    logits, grads, chosen, score = run(x, _class_indices(class_index, int(x.shape[0])))
+    x = np.asarray(x, dtype=np.float32)
+    run = _cached(forward, "input", target, binary, x.shape, build)
+    logits, grads, chosen, score = run(x, _class_indices(class_index, len(x)))
     return logits.numpy(), grads.numpy(), chosen.numpy(), score.numpy()
 
 
@@ -142,44 +157,49 @@ def forward_logits(forward, x: np.ndarray) -> np.ndarray:
     """``(N, K)`` logits of a batch through ``forward`` (a Keras model or callable), traced once."""
     import tensorflow as tf
 
-    def build():
-        @tf.function(reduce_retracing=True)
+    def build(spec):
+        @tf.function(input_signature=[spec])
         def run(x):
             return _logits_of(forward, x)
 
         return run
 
-    return _cached(forward, "forward", "logit", False, build)(np.asarray(x, dtype=np.float32)).numpy()
+    x = np.asarray(x, dtype=np.float32)
+    return _cached(forward, "forward", "logit", False, x.shape, build)(x).numpy()
 
 
 def forward_outputs(forward: Callable, x: np.ndarray) -> Tuple[np.ndarray, ...]:
     """Every output of a callable ``x → [t1, t2, …]`` on a batch, traced once, as numpy arrays."""
     import tensorflow as tf
 
-    def build():
-        @tf.function(reduce_retracing=True)
+    def build(spec):
+        @tf.function(input_signature=[spec])
         def run(x):
             return tuple(forward(x))
 
         return run
 
-    outputs = _cached(forward, "outputs", "", False, build)(np.asarray(x, dtype=np.float32))
+    x = np.asarray(x, dtype=np.float32)
+    outputs = _cached(forward, "outputs", "", False, x.shape, build)(x)
     return tuple(t.numpy() for t in outputs)
 
 
-def gradcam_reference(grad_model, x: np.ndarray, class_index=None, batch_size: Optional[int] = 32):
-    """Raw (pre-ReLU) Grad-CAM maps ``(N, h, w)`` and the explained classes ``(N,)``.
+def gradcam_reference(grad_model, x: np.ndarray, class_index=None, batch_size: Optional[int] = 32,
+                      return_logits: bool = False):
+    """Raw (pre-ReLU) Grad-CAM maps ``(N, h, w)`` and the explained classes ``(N,)`` (and logits).
 
     ``L^c = Σ_k α_k^c A^k`` with ``α_k^c = mean_ij ∂y^c/∂A^k_ij`` (Selvaraju et al. 2017, Eq. 1-2;
     the ReLU is applied by ``firmware_host.cam``).
     """
     x = np.asarray(x, dtype=np.float32)
     step = len(x) if not batch_size else batch_size
-    maps, classes = [], []
+    maps, classes, all_logits = [], [], []
     for start in range(0, len(x), step):
         ci = None if class_index is None else np.broadcast_to(np.asarray(class_index), (len(x),))[start : start + step]
-        A, _, grads, chosen = feature_gradients(grad_model, x[start : start + step], ci)
+        A, logits, grads, chosen = feature_gradients(grad_model, x[start : start + step], ci)
         alpha = grads.mean(axis=(1, 2), keepdims=True)
         maps.append(np.sum(A * alpha, axis=-1))
         classes.append(chosen)
-    return np.concatenate(maps).astype(np.float32), np.concatenate(classes)
+        all_logits.append(logits)
+    out = (np.concatenate(maps).astype(np.float32), np.concatenate(classes))
+    return out + (np.concatenate(all_logits),) if return_logits else out
