@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- BEGIN explain_bench -->", "<!-- END explain_bench -->"
+from ._report import machine, write_section
+
+NAME = "explain_bench"
 LAYER = "out_relu"
 
 
@@ -67,19 +65,6 @@ def _timed(fn, runs: int) -> List[float]:
     return times
 
 
-def machine(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    import tensorflow as tf
-
-    return (f"{cpu}, {os.cpu_count()} logical cores, TensorFlow limited to {threads} threads; "
-            f"Python {platform.python_version()}, TensorFlow {tf.__version__}")
-
-
 def run(images: int, batch_size: int, runs: int, threads: int) -> Dict[str, float]:
     tf = _setup(threads)
     import keras
@@ -91,6 +76,13 @@ def run(images: int, batch_size: int, runs: int, threads: int) -> Dict[str, floa
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
     x = np.random.default_rng(0).uniform(-1.0, 1.0, size=(images, 224, 224, 3)).astype(np.float32)
+    # Random init shrinks MobileNetV2's activations layer after layer (logits ~1e-12, probability
+    # gradients underflow float32). Set the BatchNorm statistics from the images (one training-
+    # mode pass with momentum 0) so the scale is a trained network's; the weights stay random.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    model(x, training=True)
     recipe = keras.Model(model.inputs[0], [model.get_layer(LAYER).output, model.output])
 
     print("warm-up …", file=sys.stderr, flush=True)
@@ -108,26 +100,25 @@ def run(images: int, batch_size: int, runs: int, threads: int) -> Dict[str, floa
 
     ours = toolkit.explain(model, x, "gradcam", upsample=False, target="probability", batch_size=batch_size)
     theirs = per_image_loop(tf, recipe, x)
-    # Probabilities of an untrained 1000-class net are ~1e-3, so the maps are tiny: compare shapes.
     agreement = float(np.median([pearson(a, b) for a, b in zip(cam.normalize(ours), cam.normalize(theirs))]))
     return {
         "batched_ips": batched, "loop_ips": loop, "ratio": batched / loop, "agreement": agreement,
         "batched_runs": [images / t for t in batched_times], "loop_runs": [images / t for t in loop_times],
-        "machine": machine(threads),
+        "machine": f"{machine()}; TensorFlow limited to {threads} threads",
     }
 
 
 def section(result: Dict, args) -> str:
     ok = "met" if result["ratio"] >= 3.0 else "NOT met"
     return "\n".join([
-        BEGIN,
         "## Host explainers: batched Grad-CAM (issue 3)",
         "",
         f"Machine: {result['machine']}; shared with other jobs while measured.  ",
         f"Command: `python -m benchmarks.explain_bench --images {args.images} --batch-size "
         f"{args.batch_size} --runs {args.runs} --threads {args.threads}`  ",
         f"Measured: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Model: Keras MobileNetV2-224, "
-        f"`weights=None`, layer `{LAYER}` (7×7×1280), {args.images} random images, medians of "
+        f"`weights=None` (BatchNorm statistics set from the images so activations have a trained "
+        f"network's scale), layer `{LAYER}` (7×7×1280), {args.images} random images, medians of "
         f"{args.runs} interleaved runs, after one warm-up each.",
         "",
         "| path | images/s (median) | per-run images/s |",
@@ -140,21 +131,7 @@ def section(result: Dict, args) -> str:
         f"**Speed-up: {result['ratio']:.2f}×** (target ≥ 3×: {ok}). The two give the same maps: median "
         f"Pearson {result['agreement']:.5f} at layer resolution (both on the class probability, as "
         "the recipe scores it).",
-        END,
     ])
-
-
-def write_section(text_section: str) -> None:
-    from firmware_host._io import atomic_write_text
-
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# edgecam benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + text_section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + text_section + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(DOC, text)
 
 
 def main(argv=None) -> int:
@@ -169,7 +146,7 @@ def main(argv=None) -> int:
     text = section(result, args)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(NAME, text)
     return 0
 
 

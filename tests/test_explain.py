@@ -526,6 +526,8 @@ def test_errors_name_the_problem(cnn):
         explain(model, x, "integrated_gradients", stepz=3)
     with pytest.raises(InputError, match="batch \\(N, H, W, C\\)"):
         explain(model, x[0])
+    with pytest.raises(InputError, match="empty batch"):
+        explain(model, x[:0])
     with pytest.raises(InputError, match="class_index 7 is out of range: the model has 3 classes"):
         explain(model, x, class_index=7)
     with pytest.raises(InputError, match="one int per image \\(2\\)"):

@@ -64,6 +64,8 @@ def _check_images(images) -> np.ndarray:
             f"images must be a batch (N, H, W, C) already preprocessed for the model. Got shape "
             f"{x.shape}; for one image use images[None]."
         )
+    if len(x) == 0:
+        raise InputError(f"images is an empty batch (shape {x.shape}); pass at least one image.")
     if not np.issubdtype(x.dtype, np.number):
         raise InputError(f"images must be numeric. Got dtype {x.dtype}.")
     x = x.astype(np.float32, copy=False)
