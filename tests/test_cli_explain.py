@@ -69,10 +69,12 @@ def test_explain_one_method_and_layer(saved, tmp_path):
     out = tmp_path / "o"
     result = CliRunner().invoke(cli, ["explain", str(model), str(images / "a.png"), "--method", "gradcam",
                                       "--method", "saliency", "--target-layer", "backbone/top",
-                                      "--class-index", "2", "--no-figure", "--out", str(out), "-q"])
+                                      "--class-index", "2", "--mean", "127.5", "--std", "127.5", "--no-figure",
+                                      "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     assert "a.png: class 2" in result.output
     assert sorted(p.name for p in out.iterdir()) == ["a.gradcam.png", "a.saliency.png", "explain.json"]
+    assert json.loads((out / "explain.json").read_text())["preprocessing"] == "given (mean/std)"
 
 
 def test_explain_errors_are_one_line(saved, tmp_path):

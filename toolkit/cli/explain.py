@@ -25,6 +25,8 @@ from toolkit.explain import METHODS
 @click.option("--color", type=click.Choice(["rgb", "bgr", "gray"]), help="Model input colour order.")
 @click.option("--input-scale", type=float, multiple=True, help="x = pixel * scale + offset (per channel).")
 @click.option("--input-offset", type=float, multiple=True, help="See --input-scale.")
+@click.option("--mean", type=float, multiple=True, help="x = (pixel - mean) / std, instead of scale/offset.")
+@click.option("--std", type=float, multiple=True, help="See --mean.")
 @click.option("--steps", type=click.IntRange(min=1), default=64, show_default=True, help="Integrated-gradients steps.")
 @click.option("--baseline", type=click.Choice(["black", "zeros", "blur"]), default="black", show_default=True,
               help="Integrated-gradients baseline.")
@@ -33,7 +35,7 @@ from toolkit.explain import METHODS
 @click.option("--unsafe", is_flag=True, help="Load the model with Keras safe_mode off (trusted files only).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def explain_cmd(model, images, methods, out, target_layer, class_index, target, batch_size, color,
-                input_scale, input_offset, steps, baseline, samples, no_figure, unsafe, quiet):
+                input_scale, input_offset, mean, std, steps, baseline, samples, no_figure, unsafe, quiet):
     """Explain IMAGES (files or folders) with the Keras MODEL; write overlays and figures to OUT."""
     quiet_tensorflow()
     from toolkit.explain.images import explain_images
@@ -44,6 +46,7 @@ def explain_cmd(model, images, methods, out, target_layer, class_index, target, 
             methods="all" if "all" in methods else list(dict.fromkeys(methods)),
             target_layer=target_layer, class_index=class_index, batch_size=batch_size, target=target,
             color=color, input_scale=input_scale or None, input_offset=input_offset or None,
+            mean=mean or None, std=std or None,
             steps=steps, samples=samples, baseline=baseline, figure=not no_figure,
             progress=not quiet, safe_mode=not unsafe,
         )

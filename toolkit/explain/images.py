@@ -158,7 +158,7 @@ def _method_options(method: str, pre, steps: int, samples: int, baseline: str) -
 def explain_images(model, inputs: Sequence[Union[str, Path]], out: Union[str, Path],
                    methods: Union[str, Sequence[str]] = "gradcam", target_layer: Optional[str] = None,
                    class_index: Optional[int] = None, batch_size: int = 16, target: str = "logit",
-                   color: Optional[str] = None, input_scale=None, input_offset=None,
+                   color: Optional[str] = None, input_scale=None, input_offset=None, mean=None, std=None,
                    steps: int = 64, samples: int = 16, baseline: str = "black",
                    figure: bool = True, progress: bool = True, safe_mode: bool = True) -> ExplainRun:
     """Explain image files and write overlays, figures and a JSON summary to ``out``.
@@ -169,8 +169,8 @@ def explain_images(model, inputs: Sequence[Union[str, Path]], out: Union[str, Pa
         out: output folder (created; checked writable before any work).
         methods: a method name, a list of names, or ``"all"`` (every method that applies).
         target_layer, class_index, batch_size, target: as in :func:`toolkit.explain.explain`.
-        color, input_scale, input_offset: the model's preprocessing (detected when omitted,
-            see ``converters.export.detect_preprocessing``).
+        color, input_scale, input_offset, mean, std: the model's preprocessing (detected when
+            omitted, see ``converters.export.detect_preprocessing``).
         steps: integrated-gradients steps. samples: SmoothGrad samples.
         baseline: integrated-gradients baseline: ``black`` (a black image through the
             preprocessing), ``zeros`` or ``blur``.
@@ -203,7 +203,8 @@ def explain_images(model, inputs: Sequence[Union[str, Path]], out: Union[str, Pa
         if unknown:
             raise InputError(f"Unknown method(s) {unknown}. Choose from: all, {', '.join(METHODS)}.")
     files = collect_images(inputs)
-    pre, how = detect_preprocessing(model, color=color, input_scale=input_scale, input_offset=input_offset)
+    pre, how = detect_preprocessing(model, color=color, input_scale=input_scale, input_offset=input_offset,
+                                    mean=mean, std=std)
     log.info("Preprocessing %s", how)
     options = {m: _method_options(m, pre, steps, samples, baseline) for m in names}
     stems = _stems(files)
