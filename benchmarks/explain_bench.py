@@ -6,9 +6,13 @@ On MobileNetV2-224 (``weights=None``, 1000 classes), TensorFlow limited to ``--t
   (graph replay, softmax split off) and one cached ``tf.function`` over whole batches;
 * **per-image loop**: the usual Keras recipe — ``keras.Model(model.inputs, [layer.output,
   model.output])`` and, per image, ``with tf.GradientTape()`` → gradient → channel means →
-  weighted sum → ReLU/normalise, eagerly.
+  weighted sum → ReLU/normalise, eagerly;
+* for reference, the batched engine with ``batch_size=1`` (what batching alone buys).
 
-Both explain the same images and the same layer (``out_relu``); each is warmed up once, then
+The BatchNorm statistics are set from the images first (weights stay random), else the random
+network's activations shrink to ~1e-12 and the probability gradients underflow.
+
+All explain the same images and the same layer (``out_relu``); each is warmed up once, then
 timed ``--runs`` times, and the medians are compared (images/s). The agreement of the two maps
 (Pearson, at layer resolution, both on the probability score the recipe uses) is reported too.
 Rewrites its section of ``docs/benchmarks.md`` (between the ``explain_bench`` markers).
@@ -87,15 +91,18 @@ def run(images: int, batch_size: int, runs: int, threads: int) -> Dict[str, floa
 
     print("warm-up …", file=sys.stderr, flush=True)
     toolkit.explain(model, x[:batch_size], "gradcam", batch_size=batch_size)
+    toolkit.explain(model, x[:1], "gradcam", batch_size=1)
     per_image_loop(tf, recipe, x[:1])
 
     # Interleave the two so drifting load from other jobs hits both alike.
-    batched_times, loop_times = [], []
+    batched_times, single_times, loop_times = [], [], []
     for r in range(runs):
         print(f"run {r + 1}/{runs} …", file=sys.stderr, flush=True)
         batched_times += _timed(lambda: toolkit.explain(model, x, "gradcam", batch_size=batch_size), 1)
+        single_times += _timed(lambda: toolkit.explain(model, x, "gradcam", batch_size=1), 1)
         loop_times += _timed(lambda: per_image_loop(tf, recipe, x), 1)
     batched = images / statistics.median(batched_times)
+    single = images / statistics.median(single_times)
     loop = images / statistics.median(loop_times)
 
     ours = toolkit.explain(model, x, "gradcam", upsample=False, target="probability", batch_size=batch_size)
@@ -103,13 +110,15 @@ def run(images: int, batch_size: int, runs: int, threads: int) -> Dict[str, floa
     agreement = float(np.median([pearson(a, b) for a, b in zip(cam.normalize(ours), cam.normalize(theirs))]))
     return {
         "batched_ips": batched, "loop_ips": loop, "ratio": batched / loop, "agreement": agreement,
+        "single_ips": single, "single_runs": [images / t for t in single_times],
         "batched_runs": [images / t for t in batched_times], "loop_runs": [images / t for t in loop_times],
-        "machine": f"{machine()}; TensorFlow limited to {threads} threads",
+        "machine": f"{machine()}, TensorFlow {tf.__version__} limited to {threads} threads",
     }
 
 
 def section(result: Dict, args) -> str:
     ok = "met" if result["ratio"] >= 3.0 else "NOT met"
+    batching = result["batched_ips"] / result["single_ips"]
     return "\n".join([
         "## Host explainers: batched Grad-CAM (issue 3)",
         "",
@@ -125,10 +134,18 @@ def section(result: Dict, args) -> str:
         "|---|---|---|",
         f"| per-image `GradientTape` loop (Keras recipe, eager) | {result['loop_ips']:.2f} | "
         f"{', '.join(f'{v:.2f}' for v in result['loop_runs'])} |",
+        f"| `toolkit.explain(..., 'gradcam', batch_size=1)` (traced engine, one image per pass) | "
+        f"{result['single_ips']:.2f} | {', '.join(f'{v:.2f}' for v in result['single_runs'])} |",
         f"| `toolkit.explain(..., 'gradcam', batch_size={args.batch_size})` | {result['batched_ips']:.2f} | "
         f"{', '.join(f'{v:.2f}' for v in result['batched_runs'])} |",
         "",
-        f"**Speed-up: {result['ratio']:.2f}×** (target ≥ 3×: {ok}). The two give the same maps: median "
+        f"**Speed-up: {result['ratio']:.2f}×** over the per-image loop (target ≥ 3×: {ok}). Batched vs "
+        f"one image per pass on the same traced engine: {batching:.2f}× — " + (
+            "one image already fills the cores here, so the gain comes from running the gradient as "
+            "one traced `tf.function` instead of eagerly layer by layer, and `batch_size` mostly "
+            "bounds memory (no GPU was measured). " if batching < 1.1 else
+            "batching adds to the gain of running the gradient as one traced `tf.function`. "),
+        "The maps are the same: median "
         f"Pearson {result['agreement']:.5f} at layer resolution (both on the class probability, as "
         "the recipe scores it).",
     ])
