@@ -222,7 +222,7 @@ class ExplainableModel:
             raise InputError("explain_batch got an empty batch.")
         meta = self.metadata
         cam_role = "cams" if meta.cam_output == "all" else "cam"
-        out = self.run(images, class_index, outputs=("probabilities", cam_role))
+        out = self.run(images, class_index, outputs=("probabilities", "feature_maps" if self._recombine else cam_role))
         probs = out["probabilities"]
         predicted = np.argmax(probs, axis=-1)
         chosen = predicted if out["selected"] is None else out["selected"]
