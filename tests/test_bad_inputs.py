@@ -418,3 +418,19 @@ def test_model_with_two_inputs_or_any_input_size(tmp_path):
     out = run_cli("convert", tmp_path / "any.keras", "-o", tmp_path / "m.tflite", "--input-size", "16", "16")
     assert out.exit_code == 0, out.output
     assert ExplainableModel(tmp_path / "m.tflite").metadata.feature_map_shape == (14, 14, 4)
+
+
+def test_unwritable_output_directory_simulated(files, tmp_path, monkeypatch):
+    """As root every directory is writable, so the permission check is exercised by making
+    os.access deny the output folder (the check runs before the conversion starts)."""
+    import firmware_host._io as io
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(io.os, "access", lambda p, mode: False if str(p) == str(locked) else real_access(p, mode))
+    started = []
+    monkeypatch.setattr("converters.export.split_model", lambda *a, **k: started.append(1))
+    assert_cli_error(run_cli("convert", files / "good.keras", "-o", locked / "m.tflite"),
+                     r"Output directory '.*locked' is not writable\. Pass --out with a writable location")
+    assert not started  # refused before any work
