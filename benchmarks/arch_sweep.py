@@ -125,7 +125,10 @@ def _build(name: str, size: int, shape: str, activation):
         return app(weights=None, input_shape=(size, size, 3), classes=CLASSES, classifier_activation=activation)
     backbone = app(weights=None, include_top=False, input_shape=(size, size, 3))
     inp = keras.Input((size, size, 3))
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="prep")(inp)
+    # MobileNetV3 and EfficientNet scale raw pixels themselves: scaling them twice would squeeze
+    # the input into a sliver of its range (float32 does not mind, int8 does).
+    scale, offset = (1.0, 0.0) if _leading_rescaling(backbone) else (1.0 / 127.5, -1.0)
+    x = keras.layers.Rescaling(scale, offset=offset, name="prep")(inp)
     x = backbone(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = keras.layers.Dropout(0.2, name="drop")(x)
