@@ -109,7 +109,7 @@ def load_images(directory: Union[str, Path], limit: Optional[int] = None) -> Tup
     Raises:
         InputError: the folder is missing or holds no readable image.
     """
-    import cv2
+    from firmware_host.sources import read_image
 
     root = Path(directory)
     if not root.is_dir():
@@ -119,8 +119,8 @@ def load_images(directory: Union[str, Path], limit: Optional[int] = None) -> Tup
     for file in files:
         if limit is not None and len(images) >= limit:
             break
-        frame = cv2.imread(str(file), cv2.IMREAD_COLOR)
-        if frame is None or frame.size == 0:
+        frame = read_image(file)
+        if frame is None:
             skipped += 1
             continue
         images.append(np.ascontiguousarray(frame[..., ::-1]))
