@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from firmware_host import cam as _cam
-from firmware_host._io import atomic_write_bytes
+from firmware_host._io import atomic_write_bytes, ensure_writable_dir
 from firmware_host._version import __version__
 from firmware_host.compare import pearson
 from firmware_host.errors import ConversionError, InputError, UnsupportedHeadError
@@ -449,6 +449,7 @@ def convert(
         )
     if not output.parent.exists():
         raise InputError(f"Output folder '{output.parent}' does not exist. Create it first.")
+    ensure_writable_dir(output.parent)  # before the (slow) conversion, not after
 
     source: Dict[str, Any] = {}
     if isinstance(model, (str, Path)):

@@ -101,17 +101,19 @@ def ensure_writable_dir(path: PathLike, min_free_bytes: int = 16 << 20) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(
-            f"Cannot create output directory '{directory}': {exc.strerror}. "
-            "Pass --out with a writable location."
+            f"Cannot create output directory '{directory}': {exc.strerror or exc}"
+            f"{' (a part of the path is a file)' if isinstance(exc, (FileExistsError, NotADirectoryError)) else ''}. "
+            "Choose a writable output location."
         ) from exc
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(
-            f"Output directory '{directory}' is not writable. Pass --out with a writable location."
+            f"Output directory '{directory}' is not writable (read-only or no permission). "
+            "Choose a writable output location."
         )
     free = shutil.disk_usage(directory).free
     if free < min_free_bytes:
         raise OutputError(
             f"Output directory '{directory}' has {free / 2**20:.1f} MiB free; at least "
-            f"{min_free_bytes / 2**20:.0f} MiB is needed. Free some space or choose another --out."
+            f"{min_free_bytes / 2**20:.0f} MiB is needed. Free some space or choose another output location."
         )
     return directory

@@ -117,13 +117,14 @@ def run_demo(out_dir="edgecam-demo", config: DemoConfig = DEFAULT, seed: int = 0
         progress: progress bars for the long steps.
         echo: where step messages go.
     """
+    # The output first: a read-only or full location fails at once, not after minutes of work.
+    out = ensure_writable_dir(out_dir)
     from converters import convert
     from toolkit import train as trainer
     from toolkit.datasets import fog
     from toolkit.validate import validate, validate_log
 
     start = time.perf_counter()
-    out = ensure_writable_dir(out_dir)
     timings: Dict[str, float] = {}
 
     def step(name: str, text: str):
