@@ -1,0 +1,102 @@
+"""kill -9 while a report/bundle is being written: nothing half-written under the final name.
+
+The conversion version is in test_atomic.py. Here the writer is ``edgecam bundle`` (its output
+is a .tar.gz written through ``firmware_host._io.atomic_open``). Two ways of killing it:
+
+* deterministic: a ``sitecustomize``-style hook SIGKILLs the process from inside
+  ``tarfile.TarFile.addfile`` after a few members, i.e. while the archive's bytes are going out;
+* timed: ``kill -9`` from outside after various delays, on a 24 MB model so writing takes a while.
+
+Either the final name does not exist, or it holds a complete bundle that extracts and verifies.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from firmware_host.manifest import verify_manifest
+from tests._run_helpers import ROOT, subprocess_env
+from toolkit.deploy.safetar import safe_extract
+
+KILL_INSIDE_TAR = """
+import os, signal, sys, tarfile
+added = [0]
+real_addfile = tarfile.TarFile.addfile
+def addfile(self, *args, **kwargs):
+    added[0] += 1
+    if added[0] == int(os.environ["KILL_AFTER"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_addfile(self, *args, **kwargs)
+tarfile.TarFile.addfile = addfile
+from toolkit.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_wheel(tmp_path_factory):
+    """A minimal pure-Python edgecam wheel (the bundle only reads its METADATA)."""
+    path = tmp_path_factory.mktemp("wheel") / "edgecam-0.0.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("edgecam-0.0.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: edgecam\nVersion: 0.0.0\n")
+        zf.writestr("firmware_host/__init__.py", "")
+    return path
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory):
+    """24 MB of incompressible bytes named .tflite: the bundle copies it as is, gzip takes a while."""
+    path = tmp_path_factory.mktemp("model") / "big.tflite"
+    path.write_bytes(b"TFL3" + os.urandom(24 << 20))
+    return path
+
+
+def _finals(directory: Path, keep) -> list:
+    """Non-hidden files besides the inputs: what a user would take for an output."""
+    return sorted(p.name for p in directory.iterdir() if not p.name.startswith(".") and p.name not in keep)
+
+
+def _assert_complete(bundle: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "extract"
+    dest.mkdir()
+    top = safe_extract(bundle, dest)  # a truncated gzip/tar raises DeployError
+    verify_manifest(top, strict=True)
+
+
+@pytest.mark.parametrize("kill_after", [2, 6])
+def test_kill_inside_the_archive_writer(tmp_path, fake_wheel, kill_after):
+    model = tmp_path / "tiny.tflite"
+    model.write_bytes((ROOT / "tests" / "data" / "tiny_fog.tflite").read_bytes())
+    out = tmp_path / "b.tar.gz"
+    env = {**subprocess_env(), "KILL_AFTER": str(kill_after)}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_INSIDE_TAR, "bundle", str(model), "-o", str(out), "--wheel", str(fake_wheel)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not out.exists()
+    assert _finals(tmp_path, {"tiny.tflite"}) == []
+    # The kill did land mid-write: the hidden temp file of the atomic write is what remains.
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".b.tar.gz.") and p.name.endswith(".part")]
+    assert len(leftovers) == 1
+
+
+@pytest.mark.parametrize("delay", [0.8, 1.6, 2.4, 3.2])
+def test_kill_9_at_any_time(tmp_path, fake_wheel, big_model, delay):
+    out = tmp_path / "b.tar.gz"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit", "bundle", str(big_model), "-o", str(out), "--wheel", str(fake_wheel)],
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert _finals(tmp_path, set()) in ([], ["b.tar.gz"])
+    if out.exists():  # it finished before the kill: the file must be whole
+        _assert_complete(out, tmp_path)
