@@ -100,3 +100,50 @@ def test_kill_9_at_any_time(tmp_path, fake_wheel, big_model, delay):
     assert _finals(tmp_path, set()) in ([], ["b.tar.gz"])
     if out.exists():  # it finished before the kill: the file must be whole
         _assert_complete(out, tmp_path)
+
+
+# -- live outputs: appended by design, recoverable after kill -9 ---------------------------------
+
+
+def test_kill_9_during_run_leaves_readable_log_frames_and_video(tmp_path):
+    """The JSONL log and the .avi are appended live (no rename could make a growing file
+    atomic); after kill -9 the log reads back (a cut last line is skipped), every frame a record
+    names is a whole image (frames are atomic), and the Motion-JPEG video plays."""
+    import cv2
+
+    from benchmarks.soak import make_video
+    from firmware_host.sinks import read_jsonl
+
+    video = make_video(tmp_path / "in.avi", frames=30)
+    log, out_video = tmp_path / "run.jsonl", tmp_path / "out.avi"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit", "run", str(ROOT / "tests/data/tiny_fog.tflite"), "--source", str(video),
+         "--loop", "--log", str(log), "--save-frames", "3", "--out-video", str(out_video)],
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and (not log.exists() or log.read_bytes().count(b"\n") < 150):
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    records = read_jsonl(log)
+    assert len(records) >= 150
+    assert [r["frame"] for r in records] == list(range(len(records)))
+    saved = [r["frame_path"] for r in records if "frame_path" in r]
+    assert len(saved) >= 50
+    for rel in saved:
+        image = cv2.imread(str(tmp_path / rel))
+        assert image is not None and image.shape == (240, 320, 3), rel
+    cap = cv2.VideoCapture(str(out_video))
+    frames = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        assert frame.shape == (240, 320, 3)
+        frames += 1
+    cap.release()
+    # OpenCV's writer buffers the tail in memory: what reached the disk plays, the tail is lost.
+    assert 0 < frames <= len(records) + 1

@@ -40,10 +40,30 @@ def _real_image_bytes(seed: int, suffix: str) -> bytes:
 REAL = {s: _real_image_bytes(0, s) for s in (".png", ".jpg", ".bmp", ".webp", ".tif")}
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width × height`` pixels (its data is a few bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+            + chunk(b"IEND", b""))
+
+
+# OpenCV raises cv2.error (not None) for images above CV_IO_MAX_IMAGE_PIXELS: found by hand
+# while fuzzing; before read_image it ended a whole `edgecam run` over a folder.
+HUGE_PNG = _png_header(200_000, 200_000)
+
+
 @st.composite
 def image_files(draw):
     """Bytes that look like an image file: random, or a real PNG/JPEG/… flipped and cut."""
     suffix = draw(st.sampled_from(sorted(REAL) + [".jpeg", ".ppm", ".pgm"]))
+    if draw(st.integers(0, 9)) == 0:
+        return ".png", _png_header(draw(st.integers(0, 2**31 - 1)), draw(st.integers(0, 2**31 - 1)))
     if suffix in REAL and draw(st.booleans()):
         blob = bytearray(REAL[suffix])
         for _ in range(draw(st.integers(0, 8))):
@@ -147,6 +167,21 @@ def test_run_folder_source_of_random_files(tmp_path_factory, files):
     assert frames[-1].image.shape == (12, 16, 3)
     for frame in frames:
         assert frame.image.dtype == np.uint8 and frame.image.shape[2] == 3
+
+
+def test_oversized_image_is_skipped_not_fatal(tmp_path):
+    from converters.export import load_images
+
+    (tmp_path / "a_huge.png").write_bytes(HUGE_PNG)
+    (tmp_path / "b_good.png").write_bytes(REAL[".png"])
+    assert read_image(tmp_path / "a_huge.png") is None
+    images, skipped = load_images(tmp_path)
+    assert len(images) == 1 and skipped == 1
+    with open_source(str(tmp_path)) as src:
+        frame = src.read(timeout=5.0)
+        assert frame is not None and frame.image.shape == (12, 16, 3)
+        assert src.read(timeout=5.0) is None and src.ended
+        assert src.stats.corrupt == 1
 
 
 def test_image_extensions_cover_the_fuzzed_suffixes():
