@@ -6,7 +6,7 @@ through :func:`benchmarks._report.write_section`. This runner finds them without
 (some import TensorFlow), runs each in its own process one after the other — so one's memory,
 threads and imports never disturb another's numbers — and then rewrites the document's header:
 the machine and package versions, the date, and a table of what ran, with its command, time and
-status. Sections of benchmarks that did not run this time are kept as they were.
+status. Sections (and table rows) of benchmarks that did not run this time are kept as they were.
 
 Options:
     --only NAME   run only these (repeatable); ``--list`` shows the names.
@@ -106,6 +106,18 @@ def render_header(rows: Sequence[dict], when: str) -> str:
     return "\n".join(lines)
 
 
+def previous_rows(doc: Path = DOC) -> List[dict]:
+    """The run table of ``doc``'s current header (benchmarks run by an earlier invocation)."""
+    text = doc.read_text(encoding="utf-8") if doc.exists() else ""
+    head = text.split("<!-- BEGIN ", 1)[0]
+    rows = []
+    for line in head.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 4 and cells[0] not in ("benchmark",) and not set(cells[0]) <= set("-"):
+            rows.append(dict(zip(("benchmark", "command", "time", "status"), cells)))
+    return rows
+
+
 def rewrite_header(header: str, doc: Path = DOC) -> Path:
     """Replace everything before the first section of ``doc`` by ``header``."""
     from firmware_host._io import atomic_write_text
@@ -157,7 +169,13 @@ def main(argv=None) -> int:
     print(table(rows))
     if not args.no_write and rows:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        rewrite_header(render_header(rows, when))
+        ran = {row["benchmark"] for row in rows}
+        # Benchmarks not run this time (--only) keep their row, marked as from an earlier run.
+        kept = [
+            {**row, "status": row["status"] if "earlier run" in row["status"] else row["status"] + " (earlier run)"}
+            for row in previous_rows() if row["benchmark"] not in ran
+        ]
+        rewrite_header(render_header(sorted(rows + kept, key=lambda r: r["benchmark"]), when))
         print(f"rewrote {DOC}", file=sys.stderr)
     return 1 if failed else 0
 

@@ -6,7 +6,7 @@ No benchmark is run here (they are on demand only): fake modules in ``tmp_path``
 import subprocess
 import sys
 
-from benchmarks.__main__ import discover, render_header, rewrite_header
+from benchmarks.__main__ import discover, previous_rows, render_header, rewrite_header
 from tests._run_helpers import ROOT, subprocess_env
 
 
@@ -45,6 +45,7 @@ def test_header_rewrite_keeps_every_section(tmp_path):
     assert "| a | `python -m benchmarks.a` | 3 s | ok |" in text
     assert text.index("| a |") < text.index("<!-- BEGIN a -->") < text.index("<!-- BEGIN b -->")
     assert "A\n<!-- END a -->" in text and "B\n<!-- END b -->" in text
+    assert previous_rows(doc) == rows
 
 
 def test_unknown_only_is_a_usage_error():
