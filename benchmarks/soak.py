@@ -185,19 +185,15 @@ def check(result: Dict[str, Any], max_growth: float = 0.05) -> List[str]:
     return failures
 
 
-def render(result: Dict[str, Any], failures: List[str], command: str) -> str:
+def _table(result: Dict[str, Any], failures: List[str]) -> List[str]:
     mb = 2**20
-    lines = [
-        "## Soak: `edgecam run` over a long video",
+    limit = result["budget_bytes"] + result["segment_bytes"]
+    step = max(1, result["frames"] // 10)
+    return [
+        f"### `{result['model']}`: {result['frames']} frames, {result['fps']:.0f} frames/s over "
+        f"{result['seconds']:.0f} s",
         "",
-        f"Machine: {machine()}",
-        "",
-        f"Command: `{command}` — `firmware_host.runner.run` on `{result['model']}` over "
-        f"{result['frames']} frames of a 320×240 Motion-JPEG video played in a loop, with the "
-        f"JSONL log, every {result.get('save_frames', 5)}th frame saved, and `log_max_mb` "
-        f"{result['budget_bytes'] / mb:.0f}. One run (a soak is one long measurement, not a median).",
-        "",
-        "| check | at frame " + f"{result['warm']} | at the end | rule | result |",
+        f"| check | at frame {result['warm']} | at the end | rule | result |",
         "|---|---|---|---|---|",
         f"| RSS | {result['warm_rss_mb']:.1f} MiB | {result['end_rss_mb']:.1f} MiB | growth < 5% | "
         f"{result['rss_growth'] * 100:+.2f}% |",
@@ -205,20 +201,54 @@ def render(result: Dict[str, Any], failures: List[str], command: str) -> str:
         f"before: {result['fds_before']}) | equal | {'ok' if result['warm_fds'] == result['end_fds'] else 'LEAK'} |",
         f"| log + frames on disk | max {result['max_disk_bytes'] / mb:.2f} MiB | "
         f"{result['final_disk_bytes'] / mb:.2f} MiB, {result['segments_left']} segment files | "
-        f"≤ budget + one segment ({(result['budget_bytes'] + result['segment_bytes']) / mb:.2f} MiB) | "
-        f"{'ok' if result['max_disk_bytes'] <= result['budget_bytes'] + result['segment_bytes'] else 'OVER'} |",
+        f"≤ budget + one segment ({limit / mb:.2f} MiB) | "
+        f"{'ok' if result['max_disk_bytes'] <= limit else 'OVER'} |",
         "",
-        f"{result['fps']:.0f} frames/s over {result['seconds']:.0f} s. "
-        + ("All checks pass." if not failures else "FAILED: " + "; ".join(failures)),
+        "RSS (MiB) along the run: " + ", ".join(
+            f"{n}: {rss / mb:.1f}" for n, rss, _ in result["samples"] if n % step == 0 or n == result["frames"]
+        ) + ".",
+        "",
+        "All checks pass." if not failures else "FAILED: " + "; ".join(failures),
+        "",
     ]
+
+
+def render(results: List[Tuple[Dict[str, Any], List[str]]], command: str, save_frames: int) -> str:
+    first = results[0][0]
+    lines = [
+        "## Soak: `edgecam run` over a long video",
+        "",
+        f"Machine: {machine()}; shared with other jobs while measured.",
+        "",
+        f"Command: `{command}` — `firmware_host.runner.run` over {first['frames']} frames of a "
+        f"320×240 Motion-JPEG video played in a loop, with the JSONL log (fsync every record), "
+        f"every {save_frames}th frame saved, and `log_max_mb` {first['budget_bytes'] / 2**20:g}. "
+        "One run per model (a soak is one long measurement, not a median). RSS from "
+        "/proc/self/statm and open fds from /proc/self/fd, sampled in `on_frame`; disk use sampled "
+        "every 100 frames.",
+        "",
+    ]
+    for result, failures in results:
+        lines += _table(result, failures)
     return "\n".join(lines)
+
+
+def mobilenet_model() -> Path:
+    """MobileNetV2-224 int8 with the explanation head, converted (once, cached) by run_bench."""
+    from .run_bench import build_models
+
+    cache = Path(tempfile.gettempdir()) / "edgecam_run_bench"
+    cache.mkdir(parents=True, exist_ok=True)
+    return build_models(cache, ["int8"])["int8"]["explained"]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=10_000)
     parser.add_argument("--warm", type=int, default=1_000, help="reference frame for RSS and fds")
-    parser.add_argument("--model", type=Path, default=TINY_MODEL)
+    parser.add_argument("--model", type=Path, action="append", help="model(s) to soak (default: the tiny test model)")
+    parser.add_argument("--mobilenet", action="store_true",
+                        help="also soak MobileNetV2-224 int8 (converted once by run_bench; needs TF the first time)")
     parser.add_argument("--log-max-mb", type=float, default=2.0)
     parser.add_argument("--save-frames", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="1,000 frames (reference at 200); the section says so")
@@ -226,16 +256,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.frames, args.warm = 1_000, 200
-    result = soak(args.model, args.frames, args.warm, log_max_mb=args.log_max_mb, save_frames=args.save_frames)
-    result["save_frames"] = args.save_frames
-    failures = check(result)
+    models = list(args.model or [TINY_MODEL])
+    if args.mobilenet:
+        models.append(mobilenet_model())
+    results = []
+    for model in models:
+        print(f"soak: {model} ({args.frames} frames) …", file=sys.stderr, flush=True)
+        result = soak(model, args.frames, args.warm, log_max_mb=args.log_max_mb, save_frames=args.save_frames)
+        results.append((result, check(result)))
+        print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1), file=sys.stderr)
     command = " ".join(["python -m benchmarks.soak", *(sys.argv[1:] if argv is None else argv)])
-    section = render(result, failures, command)
+    section = render(results, command, args.save_frames)
     print(section)
-    print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1), file=sys.stderr)
     if not args.no_write:
         write_section(SECTION, section)
-    return 1 if failures else 0
+    return 1 if any(failures for _, failures in results) else 0
 
 
 if __name__ == "__main__":
