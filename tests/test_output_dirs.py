@@ -133,3 +133,37 @@ def test_convert_blocked_and_full(tmp_path, monkeypatch):
     _assert_one_line_error(result, output, "MiB free; at least")
     assert "Converting" in output and "wrote" not in output
     assert not (tmp_path / "m.tflite").exists()
+
+
+# -- commands landing from other branches: checked as soon as they are registered ---------------
+
+
+def _class_folders(root: Path) -> Path:
+    """Two class folders of two real PNGs each (a dataset / an image folder)."""
+    for label in ("clear", "dense"):
+        (root / label).mkdir(parents=True)
+        for i in range(2):
+            shutil.copy(DATA / "tiny_fog_input.png", root / label / f"{i}.png")
+    return root
+
+
+HOST_COMMANDS = {
+    "validate": lambda data, out: ["validate", DATA / "tiny_fog.keras", MODEL, "--images", data, "--out", out],
+    "explain": lambda data, out: ["explain", DATA / "tiny_fog.keras", DATA / "tiny_fog_input.png", "--out", out],
+    "dataset": lambda data, out: ["dataset", "fog", "--out", out, "--n", "4"],
+    "train": lambda data, out: ["train", data, "--out", out, "--epochs", "1"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOST_COMMANDS))
+def test_host_commands_blocked_and_full(name, blocked, tmp_path, monkeypatch):
+    from toolkit.cli import COMMANDS
+
+    if name not in COMMANDS:
+        pytest.skip(f"`edgecam {name}` is not on this branch yet")
+    data = _class_folders(tmp_path / "data")
+    result, output = _cli(HOST_COMMANDS[name](data, blocked))
+    _assert_one_line_error(result, output, "Cannot create output directory")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(1 << 30, 0, 1 << 20))
+    result, output = _cli(HOST_COMMANDS[name](data, tmp_path / "out"))
+    _assert_one_line_error(result, output, "MiB free; at least")
