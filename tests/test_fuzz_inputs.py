@@ -239,3 +239,35 @@ def test_read_jsonl_non_object_line(tmp_path):
     path.write_text('{"frame": 0}\n[1, 2]\n{"frame": 1}\n')
     with pytest.raises(InputError, match=r"line 2 is a JSON array, not an object"):
         read_jsonl(path)
+
+
+# -- edgecam validate --from-log: its tolerant reader (when toolkit.validate has landed) ---------
+
+
+record_values = st.one_of(
+    json_values, st.integers(-10, 10), st.floats(), st.just(10**400), st.just("1e400"),
+    st.lists(st.lists(st.floats(), min_size=0, max_size=3), max_size=3),
+)
+
+
+@FUZZ
+@given(st.lists(st.one_of(
+    st.dictionaries(st.sampled_from(["frame", "class_index", "predicted_index", "probabilities", "cam",
+                                     "frame_path", "timestamp", "peak"]), record_values, max_size=8),
+    json_values,
+), max_size=5), st.integers(0, 200), st.booleans())
+def test_validate_log_reader_never_crashes(tmp_path_factory, records, cut, deep):
+    validate = pytest.importorskip("toolkit.validate")
+    lines = [json.dumps(r) for r in records]
+    if deep:
+        lines.append("[" * 100_000 + "]" * 100_000)
+    text = "\n".join(lines) + "\n"
+    path = tmp_path_factory.mktemp("log") / "run.jsonl"
+    path.write_text(text[: max(0, len(text) - cut)])
+    try:
+        reader = validate.RunLogReader(path, feature_map_shape=None, num_classes=None)
+        for frame in reader:
+            assert frame.cam.ndim == 2 and np.isfinite(frame.cam).all()
+            assert 0 <= frame.class_index < frame.probabilities.size
+    except EdgecamError:
+        pass
