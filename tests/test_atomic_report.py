@@ -147,3 +147,31 @@ def test_kill_9_during_run_leaves_readable_log_frames_and_video(tmp_path):
     cap.release()
     # OpenCV's writer buffers the tail in memory: what reached the disk plays, the tail is lost.
     assert 0 < frames <= len(records) + 1
+
+
+def test_atomic_path_for_writers_that_take_a_name(tmp_path):
+    """model.save / VideoWriter / savefig style: a hidden temp with the final suffix, renamed."""
+    import cv2
+    import numpy as np
+
+    from firmware_host._io import atomic_path
+
+    final = tmp_path / "clip.avi"
+    with atomic_path(final) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".clip.avi.") and tmp.suffix == ".avi"
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 24))
+        for _ in range(3):
+            writer.write(np.full((24, 32, 3), 128, np.uint8))
+        writer.release()
+        assert not final.exists()
+    assert cv2.VideoCapture(str(final)).read()[0]
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.avi"]
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with atomic_path(tmp_path / "model.keras") as tmp:
+            tmp.write_bytes(b"half a model")
+            raise Boom()
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.avi"]
