@@ -31,7 +31,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from firmware_host._io import atomic_path, atomic_write_bytes, atomic_write_text, ensure_writable_dir
-from firmware_host.errors import InputError, MissingDependencyError, OutputError
+from firmware_host.errors import InputError, OutputError
 
 __all__ = [
     "ARCHITECTURES",
@@ -54,25 +54,15 @@ LAST_CONV_NAME = "last_conv"
 
 
 def _keras():
-    try:
-        import keras
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise MissingDependencyError(
-            "Training requires Keras 3 with TensorFlow. Install the host extra: "
-            "pip install 'edgecam[host]'."
-        ) from exc
-    return keras
+    from converters.loading import require_host
+
+    return require_host()[1]
 
 
 def _tf():
-    try:
-        import tensorflow as tf
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise MissingDependencyError(
-            "Training requires TensorFlow (tf.data pipeline). Install the host extra: "
-            "pip install 'edgecam[host]'."
-        ) from exc
-    return tf
+    from converters.loading import require_host
+
+    return require_host()[0]
 
 
 def build_model(
