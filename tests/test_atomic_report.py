@@ -175,3 +175,70 @@ def test_atomic_path_for_writers_that_take_a_name(tmp_path):
             tmp.write_bytes(b"half a model")
             raise Boom()
     assert [p.name for p in tmp_path.iterdir()] == ["clip.avi"]
+
+
+# -- edgecam validate: its report, CSV and summary (once toolkit.validate has landed) -----------
+
+# Kills the process inside its N-th os.fsync: every atomic write fsyncs its temp file just
+# before renaming it, so this lands after the bytes are written and before the rename.
+KILL_AT_FSYNC = """
+import os, signal, sys
+calls = [0]
+real_fsync = os.fsync
+def fsync(fd):
+    calls[0] += 1
+    if calls[0] == int(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_fsync(fd)
+os.fsync = fsync
+from toolkit.cli import main
+main(sys.argv[1:])
+"""
+
+
+def _assert_validate_outputs_whole(out: Path, n_images: int) -> None:
+    import csv
+    import json
+
+    for path in out.rglob("*"):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if path.suffix == ".json":
+            json.loads(data)
+        elif path.suffix == ".html":
+            assert data.rstrip().endswith(b"</html>"), path
+        elif path.suffix == ".csv":
+            rows = list(csv.DictReader(data.decode().splitlines()))
+            assert len(rows) == n_images, path
+        elif path.suffix == ".png":
+            assert data.endswith(b"IEND\xaeB`\x82"), path
+
+
+@pytest.mark.parametrize("kill_at", [1, 3, 5])
+def test_kill_9_during_validate_report(tmp_path, kill_at):
+    """Odd fsyncs are an atomic write's file fsync (even ones its directory's): killed there,
+    the output being written must not exist under its final name."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("toolkit.validate")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        (images / f"{i}.png").write_bytes((ROOT / "tests/data/tiny_fog_input.png").read_bytes())
+    out = tmp_path / "report"
+    env = {**subprocess_env(), "KILL_AT": str(kill_at), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AT_FSYNC, "validate", str(ROOT / "tests/data/tiny_fog.keras"),
+         str(ROOT / "tests/data/tiny_fog.tflite"), "--images", str(images), "--out", str(out),
+         "--no-faithfulness", "--quiet"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    if proc.returncode == 0:  # fewer fsyncs than kill_at: it finished; everything must be whole
+        assert (out / "report.html").exists()
+    else:
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        parts = [p.name for p in out.rglob(".*.part")]
+        assert len(parts) == 1, parts  # killed inside one atomic write ...
+        final = parts[0][1:].rsplit(".", 2)[0]
+        assert not any(p.name == final for p in out.rglob("*")), final  # ... not under its name
+    _assert_validate_outputs_whole(out, 3)
