@@ -119,11 +119,11 @@ def load_images(directory: Union[str, Path], limit: Optional[int] = None) -> Tup
     for file in files:
         if limit is not None and len(images) >= limit:
             break
-        frame = read_image(file)
-        if frame is None:
+        image = read_image(file, rgb=True)
+        if image is None:
             skipped += 1
             continue
-        images.append(np.ascontiguousarray(frame[..., ::-1]))
+        images.append(image)
     if not images:
         raise InputError(
             f"Image folder '{root}' has no readable image ({len(files)} image-named files, "

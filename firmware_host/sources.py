@@ -50,15 +50,19 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def read_image(path: Union[str, os.PathLike]) -> Optional[np.ndarray]:
-    """Decode an image file as ``(H, W, 3)`` BGR uint8, or ``None`` if it cannot be decoded.
+def read_image(path: Union[str, os.PathLike], rgb: bool = False) -> Optional[np.ndarray]:
+    """Decode an image file as ``(H, W, 3)`` BGR (or RGB) uint8, or ``None`` if it cannot be decoded.
 
     Never raises: a missing, unreadable, truncated or non-image file, and an image OpenCV
     refuses (too many pixels, unsupported variant), all give ``None``, so a folder reader can
     skip and count it. 16-bit and gray files are converted to 8-bit BGR by ``IMREAD_COLOR``.
 
+    Every edgecam reader of image files goes through here (run's folder source, calibration
+    folders, explain, the fog dataset's photos), so they all skip the same files.
+
     Args:
         path: the file.
+        rgb: return RGB (C-contiguous) instead of OpenCV's BGR.
 
     Returns:
         The image, or ``None``.
@@ -77,7 +81,7 @@ def read_image(path: Union[str, os.PathLike]) -> Optional[np.ndarray]:
         or image.size == 0
     ):
         return None
-    return image
+    return np.ascontiguousarray(image[..., ::-1]) if rgb else image
 
 
 _STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")

@@ -27,6 +27,7 @@ import numpy as np
 
 from firmware_host._io import atomic_write_text, ensure_writable_dir
 from firmware_host.errors import EdgecamError
+from firmware_host.sources import read_image
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo", "DEFAULT", "QUICK"]
 
@@ -69,8 +70,6 @@ class DemoResult:
 
 def _balanced_calibration(data_dir: Path, limit: int) -> List[np.ndarray]:
     """Images taken round-robin from the class folders (a sorted listing would be one class)."""
-    import cv2
-
     folders = sorted(p for p in data_dir.iterdir() if p.is_dir())
     files = [sorted(f.glob("*.png")) for f in folders]
     out: List[np.ndarray] = []
@@ -78,9 +77,9 @@ def _balanced_calibration(data_dir: Path, limit: int) -> List[np.ndarray]:
     while len(out) < limit and any(i < len(f) for f in files):
         for group in files:
             if i < len(group) and len(out) < limit:
-                img = cv2.imread(str(group[i]), cv2.IMREAD_COLOR)
+                img = read_image(group[i], rgb=True)
                 if img is not None:
-                    out.append(np.ascontiguousarray(img[..., ::-1]))
+                    out.append(img)
         i += 1
     return out
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from firmware_host._io import atomic_path, atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from firmware_host.errors import InputError, OutputError, SourceError
+from firmware_host.sources import read_image
 
 __all__ = [
     "CLASS_NAMES",
@@ -775,16 +776,6 @@ def horizon_depth_prior(
     return np.repeat(d[:, None], w, axis=1)
 
 
-def _read_rgb(path: Path) -> Optional[np.ndarray]:
-    import cv2
-
-    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
-    if data is None or data.size == 0:
-        return None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    return None if bgr is None else np.ascontiguousarray(bgr[..., ::-1])
-
-
 def _fit(image: np.ndarray, h: int, w: int) -> np.ndarray:
     """Centre-crop to the target aspect ratio, then resize (area when shrinking)."""
     import cv2
@@ -978,7 +969,7 @@ def _load_photos(directory: Path):
         raise SourceError(f"--images must be a folder of road photos. '{directory}' is not a directory.")
     photos, skipped = [], 0
     for path in _list_images(directory):
-        img = _read_rgb(path)
+        img = read_image(path, rgb=True)
         if img is None:
             skipped += 1
         else:
@@ -1055,7 +1046,7 @@ def load_folder_dataset(directory, size: Size = (64, 64), class_names: Optional[
         if not folder.is_dir():
             continue
         for path in _list_images(folder):
-            img = _read_rgb(path)
+            img = read_image(path, rgb=True)
             if img is None:
                 skipped += 1
                 continue
