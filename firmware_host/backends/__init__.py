@@ -7,6 +7,7 @@ inputs/outputs as :class:`TensorInfo` and ``run(feed) → {name: array}``.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
 
@@ -127,3 +128,9 @@ class PlainModel:
     def run(self, x: np.ndarray) -> Dict[str, np.ndarray]:
         """Invoke once on a prepared input; raw outputs by name."""
         return self.backend.run({self.input.name: x})
+
+    def invoke(self, x: np.ndarray) -> float:
+        """Run once on a prepared input; the call's wall time in ms (benchmarks)."""
+        start = time.perf_counter()
+        self.backend.run({self.input.name: x})
+        return (time.perf_counter() - start) * 1000.0

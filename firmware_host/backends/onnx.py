@@ -189,6 +189,11 @@ class ONNXBackend(Backend):
         self.outputs: Dict[str, TensorInfo] = {a.name: _info(a) for a in self._session.get_outputs()}
         self._output_names = list(self.outputs)
 
+    def describe(self) -> str:
+        """``onnxruntime 1.32.0 (CPUExecutionProvider; not available: TensorrtExecutionProvider, …)``."""
+        extra = f"; not available: {', '.join(self.skipped)}" if self.skipped else ""
+        return f"{self.name} {self.version} ({self.provider}{extra})"
+
     def run(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         unknown = set(feed) - set(self.inputs)
         missing = set(self.inputs) - set(feed)

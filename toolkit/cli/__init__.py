@@ -16,7 +16,7 @@ from firmware_host import __version__
 
 # name → ("module:function", one-line help shown by `edgecam --help` without importing it)
 COMMANDS = {
-    "convert": ("toolkit.cli.convert:convert", "Export a Keras CNN to LiteRT with an explanation head."),
+    "convert": ("toolkit.cli.convert:convert", "Export a Keras CNN to LiteRT/ONNX with an explanation head."),
     "inspect": ("toolkit.cli.inspect:inspect_cmd", "Show a converted model's edgecam metadata."),
     "predict": ("toolkit.cli.predict:predict", "Explain images with a converted model (device path)."),
 }

@@ -1,0 +1,234 @@
+"""ONNX Runtime vs LiteRT on MobileNetV2-224 (issue 8): ``python -m benchmarks.onnx_bench``.
+
+``keras.applications.MobileNetV2(weights=None)`` (1000 classes, so the head emits the
+predicted class's map) is converted once per quantization with ``format="both"`` and
+``emit_baseline=True``: float32 and int8 (LiteRT full-integer; ONNX static QDQ), each explained
+and plain. All eight models are loaded in one process on the CPU with the same thread count and
+timed in interleaved rounds — every round runs every model ``--runs`` times after a warm-up —
+so machine load hits all of them alike. Reported: the median over rounds of each round's median
+interpreter call on one preprocessed image, the ONNX/LiteRT ratios, the explained/plain
+overhead of each runtime, and ``explain()`` end to end. A cross-check prints how well the two
+containers' maps agree on a few images.
+
+It rewrites its section of ``docs/benchmarks.md`` (between the ``onnx_bench`` markers).
+Building the models needs TensorFlow and tf2onnx (host); everything timed runs without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- BEGIN onnx_bench -->", "<!-- END onnx_bench -->"
+QUANTS = {"none": "float32", "int8": "int8"}
+FORMATS = {"tflite": "LiteRT", "onnx": "ONNX Runtime"}
+
+
+def _scene(rng) -> np.ndarray:
+    """A smooth random RGB uint8 image (calibration and timing input)."""
+    import cv2
+
+    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return cv2.resize(small, (224, 224), interpolation=cv2.INTER_CUBIC)
+
+
+def build_models(cache: Path, quantizations) -> Dict[str, Path]:
+    """Convert MobileNetV2-224 to both formats per quantization (cached); stem per quantization."""
+    stems = {q: cache / f"mnv2_{q}" for q in quantizations}
+    todo = [q for q, stem in stems.items()
+            if not all(Path(f"{stem}{s}").exists() for s in (".tflite", ".onnx", ".plain.tflite", ".plain.onnx"))]
+    if todo:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+        import keras
+
+        from converters.export import convert
+
+        keras.utils.set_random_seed(0)
+        model = keras.applications.MobileNetV2(weights=None)
+        rng = np.random.default_rng(0)
+        calibration = [_scene(rng) for _ in range(32)]
+        for q in todo:
+            print(f"converting MobileNetV2-224 ({q}) to LiteRT and ONNX …", file=sys.stderr, flush=True)
+            start = time.perf_counter()
+            convert(model, stems[q], format="both", quantize=q, input_scale=1 / 127.5, input_offset=-1.0,
+                    self_check=False, emit_baseline=True, calibration=calibration if q == "int8" else None)
+            print(f"  {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return stems
+
+
+def _timer(fn, runs: int) -> List[float]:
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1000.0)
+    return out
+
+
+def measure(stems: Dict[str, Path], threads: int, runs: int, rounds: int, warmup: int) -> dict:
+    """Median-of-round-medians latency (ms) of every model, interleaved round by round."""
+    from firmware_host import ExplainableModel
+    from firmware_host.backends import PlainModel
+    from firmware_host.compare import pearson
+    from firmware_host.preprocess import preprocess
+
+    image = _scene(np.random.default_rng(1))
+    jobs = {}
+    info = {}
+    agreement = {}
+    for q, stem in stems.items():
+        models = {}
+        for fmt in FORMATS:
+            explained = ExplainableModel(f"{stem}.{fmt}", num_threads=threads)
+            plain = PlainModel(f"{stem}.plain.{fmt}", num_threads=threads)
+            x = preprocess(image, explained.metadata.preprocessing)[None]
+            feed = {explained.backend.inputs["image"].name: explained.preprocess([image])}
+            px = plain.prepare(x)
+            jobs[(q, fmt, "explained")] = lambda b=explained.backend, f=feed: b.run(f)
+            jobs[(q, fmt, "plain")] = lambda p=plain, v=px: p.run(v)
+            jobs[(q, fmt, "explain()")] = lambda m=explained: m.explain(image)
+            info[fmt] = explained.backend.describe()
+            models[fmt] = explained
+        probe = [_scene(np.random.default_rng(10 + i)) for i in range(4)]
+        a, b = (models[f].explain_batch(probe) for f in FORMATS)
+        agreement[QUANTS[q]] = {
+            "cam_pearson_min": min(pearson(x.cam, y.cam) for x, y in zip(a, b)),
+            "prob_max_abs_diff": float(max(np.abs(x.probabilities - y.probabilities).max() for x, y in zip(a, b))),
+            "top1_agree": float(np.mean([x.predicted_index == y.predicted_index for x, y in zip(a, b)])),
+        }
+    for fn in jobs.values():
+        _timer(fn, warmup)
+    per_round: Dict[tuple, List[float]] = {k: [] for k in jobs}
+    for r in range(rounds):
+        order = list(jobs) if r % 2 == 0 else list(jobs)[::-1]
+        for key in order:
+            per_round[key].append(statistics.median(_timer(jobs[key], runs)))
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    latency = {f"{QUANTS[q]}|{fmt}|{kind}": statistics.median(v) for (q, fmt, kind), v in per_round.items()}
+    sizes = {f"{QUANTS[q]}|{fmt}|{kind}": os.path.getsize(f"{stem}{'.plain' if kind == 'plain' else ''}.{fmt}")
+             for q, stem in stems.items() for fmt in FORMATS for kind in ("explained", "plain")}
+    return {"latency_ms": latency, "sizes": sizes, "runtimes": info, "agreement": agreement}
+
+
+def _machine() -> str:
+    import onnxruntime
+
+    from firmware_host.backends.litert import load_interpreter_class
+
+    _, name, version = load_interpreter_class()
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}, {name} {version}, onnxruntime {onnxruntime.__version__} "
+            f"(providers available: {', '.join(onnxruntime.get_available_providers())})")
+
+
+def render(result: dict, args, load: tuple) -> str:
+    lat = result["latency_ms"]
+    lines = [
+        BEGIN,
+        "## ONNX Runtime vs LiteRT (issue 8)",
+        "",
+        f"Machine: {_machine()}. Load average at start/end: {load[0]:.1f} / {load[1]:.1f} (the "
+        "machine is shared with other engineers' test runs; the interleaved rounds spread that "
+        "load over all models alike, the absolute numbers still carry it).",
+        "",
+        f"Command: `python -m benchmarks.onnx_bench --threads {args.threads} --runs {args.runs} "
+        f"--rounds {args.rounds}`. Model: `keras.applications.MobileNetV2(weights=None)`, 224×224, "
+        "1000 classes (head emits the predicted class's map), converted with "
+        "`convert(..., format='both', emit_baseline=True)`; int8 = LiteRT full-integer / ONNX "
+        f"static QDQ (per-channel symmetric weights, symmetric activations), 32 calibration images. "
+        f"CPU only, {args.threads} threads for both runtimes. Each cell: median over {args.rounds} "
+        f"interleaved rounds of the median of {args.runs} calls on one preprocessed image. "
+        "`explained`/`plain` = the interpreter call alone (`backend.run` / `PlainModel.run`); "
+        "`explain()` adds preprocessing, (de)quantization and picking the map.",
+        "",
+        "| quantization | model | LiteRT ms | ONNX Runtime ms | ONNX / LiteRT |",
+        "|---|---|---|---|---|",
+    ]
+    for q in [QUANTS[k] for k in args.quantize]:
+        for kind in ("plain", "explained", "explain()"):
+            a, b = lat[f"{q}|tflite|{kind}"], lat[f"{q}|onnx|{kind}"]
+            lines.append(f"| {q} | {kind} | {a:.2f} | {b:.2f} | **{b / a:.2f}** |")
+    lines += [
+        "",
+        "| quantization | explained / plain, LiteRT | explained / plain, ONNX Runtime | file MB LiteRT (plain) | file MB ONNX (plain) |",
+        "|---|---|---|---|---|",
+    ]
+    sizes = result["sizes"]
+    for q in [QUANTS[k] for k in args.quantize]:
+        ratio = [lat[f"{q}|{f}|explained"] / lat[f"{q}|{f}|plain"] for f in FORMATS]
+        mb = [f"{sizes[f'{q}|{f}|explained'] / 1e6:.1f} ({sizes[f'{q}|{f}|plain'] / 1e6:.1f})" for f in FORMATS]
+        lines.append(f"| {q} | {ratio[0]:.3f} | {ratio[1]:.3f} | {mb[0]} | {mb[1]} |")
+    lines += [
+        "",
+        "Agreement of the two containers on 4 images (random-weight model): "
+        + "; ".join(
+            f"{q}: CAM Pearson min {v['cam_pearson_min']:.5f}, max |Δp| {v['prob_max_abs_diff']:.2e}, "
+            f"top-1 agreement {v['top1_agree']:.2f}"
+            for q, v in result["agreement"].items()
+        )
+        + ".",
+        "",
+        f"Runtimes: {'; '.join(f'{FORMATS[k]}: {v}' for k, v in result['runtimes'].items())}. No GPU here: "
+        "the TensorRT and CUDA providers were not measured (see docs/onnx.md).",
+        "",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def write_section(section: str) -> None:
+    from firmware_host._io import atomic_write_text
+
+    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# edgecam benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(DOC, text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="threads for both runtimes")
+    parser.add_argument("--runs", type=int, default=20, help="timed calls per model per round")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed calls per model first")
+    parser.add_argument("--quantize", nargs="+", default=list(QUANTS), choices=list(QUANTS))
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgecam_onnx_bench")
+    parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/benchmarks.md")
+    args = parser.parse_args(argv)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    stems = build_models(args.cache, args.quantize)
+    start_load = os.getloadavg()[0]
+    result = measure(stems, args.threads, args.runs, args.rounds, args.warmup)
+    section = render(result, args, (start_load, os.getloadavg()[0]))
+    print(section)
+    print(json.dumps(result, indent=1, default=float), file=sys.stderr)
+    if not args.no_write:
+        write_section(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
