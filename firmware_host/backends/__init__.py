@@ -30,7 +30,7 @@ __all__ = [
 FORMATS = ("tflite", "onnx")
 
 
-def detect_format(path: Union[str, Path]) -> str:
+def detect_format(path: Union[str, Path, bytes]) -> str:
     """``"tflite"`` or ``"onnx"``, from the file's magic where it is decisive, else its suffix.
 
     A LiteRT flatbuffer carries ``TFL3`` at byte 4 whatever its name. ONNX files are plain
@@ -42,15 +42,14 @@ def detect_format(path: Union[str, Path]) -> str:
     """
     from ..metadata import _load_bytes
 
-    path = Path(path)
     head, _ = _load_bytes(path, limit=8)
-    suffix = path.suffix.lower()
+    suffix = "" if isinstance(path, (bytes, bytearray, memoryview)) else Path(path).suffix.lower()
     if head[4:8] == b"TFL3" or suffix == ".tflite":
         return "tflite"
     if suffix == ".onnx" or head[:1] == b"\x08":
         return "onnx"
     raise ModelFileError(
-        f"'{path}' is neither a LiteRT model (no 'TFL3' at byte 4) nor an ONNX model (suffix "
+        f"{_load_bytes(path, limit=0)[1]} is neither a LiteRT model (no 'TFL3' at byte 4) nor an ONNX model (suffix "
         f"{suffix or '(none)'!r}, starts with {head[:4]!r}). Pass a .tflite or .onnx written by "
         "`edgecam convert`."
     )
