@@ -19,6 +19,10 @@ COMMANDS = {
     "convert": ("toolkit.cli.convert:convert", "Export a Keras CNN to LiteRT/ONNX with an explanation head."),
     "inspect": ("toolkit.cli.inspect:inspect_cmd", "Show a converted model's edgecam metadata."),
     "predict": ("toolkit.cli.predict:predict", "Explain images with a converted model (device path)."),
+    "demo": ("toolkit.cli.demo:demo", "The whole story on built-in fog data, in one command."),
+    "bundle": ("toolkit.cli.bundle:bundle", "Package a model + edgecam + installer for a Raspberry Pi/Jetson."),
+    "deploy": ("toolkit.cli.deploy:deploy", "Install a bundle on a device over SSH (or roll it back)."),
+    "doctor": ("toolkit.cli.doctor:doctor", "Check this device: Python, interpreter, cameras, disk, model."),
 }
 
 
