@@ -50,7 +50,7 @@ def calibration_images(n: int = 32) -> List[np.ndarray]:
 
 
 def _fit_batchnorm(model, x: np.ndarray) -> None:
-    """Set every BatchNorm's moving statistics to the batch statistics of ``x``.
+    """Set every BatchNorm's moving statistics to the batch statistics of ``x``; widen the logits.
 
     A ``weights=None`` MobileNetV2 has moving mean 0 / variance 1 everywhere, so its activations
     shrink layer after layer to ~0: uniform probabilities and empty maps would make the
@@ -65,6 +65,10 @@ def _fit_batchnorm(model, x: np.ndarray) -> None:
     model(x, training=True)
     for layer, momentum in zip(layers, saved):
         layer.momentum = momentum
+    # A random classifier spreads 1000 logits over ±1.3 (max probability ≈ 0.004): an int8
+    # probability (step 1/256) cannot rank them. Widen them as training would.
+    dense = model.get_layer("predictions")
+    dense.kernel.assign(dense.kernel * 5.0)
 
 
 def build_models(cache: Path, quantizations) -> Dict[str, Path]:
@@ -113,6 +117,7 @@ def measure(stems: Dict[str, Path], threads: int, runs: int, rounds: int, warmup
     image = _scene(np.random.default_rng(1))
     jobs = {}
     info = {}
+    notes = {}
     agreement = {}
     for q, stem in stems.items():
         models = {}
@@ -127,10 +132,13 @@ def measure(stems: Dict[str, Path], threads: int, runs: int, rounds: int, warmup
             jobs[(q, fmt, "explain()")] = lambda m=explained: m.explain(image)
             info[fmt] = explained.backend.describe()
             models[fmt] = explained
-        probe = [_scene(np.random.default_rng(10 + i)) for i in range(4)]
+        probe = [_scene(np.random.default_rng(10 + i)) for i in range(8)]
         a, b = (models[f].explain_batch(probe) for f in FORMATS)
+        # Maps of the same class (LiteRT's prediction) in both containers.
+        same = models["onnx"].explain_batch(probe, class_index=[e.predicted_index for e in a])
         agreement[QUANTS[q]] = {
-            "cam_pearson_min": min(pearson(x.cam, y.cam) for x, y in zip(a, b)),
+            "cam_pearson_median": float(np.median([pearson(x.cam, y.cam) for x, y in zip(a, same)])),
+            "cam_pearson_min": min(pearson(x.cam, y.cam) for x, y in zip(a, same)),
             "prob_max_abs_diff": float(max(np.abs(x.probabilities - y.probabilities).max() for x, y in zip(a, b))),
             "top1_agree": float(np.mean([x.predicted_index == y.predicted_index for x, y in zip(a, b)])),
         }
@@ -139,7 +147,7 @@ def measure(stems: Dict[str, Path], threads: int, runs: int, rounds: int, warmup
         # int8 (S8S8) edgecam writes. Time a U8S8 quantization of the same plain network too.
         u8 = _u8s8_plain(stems["none"], threads)
         jobs[("int8", "onnx", "plain U8S8")] = lambda p=u8[0], v=u8[1]: p.run(v)
-        info["u8s8"] = u8[2]
+        notes = {"u8s8": u8[2]}
     for fn in jobs.values():
         _timer(fn, warmup)
     per_round: Dict[tuple, List[float]] = {k: [] for k in jobs}
@@ -155,7 +163,8 @@ def measure(stems: Dict[str, Path], threads: int, runs: int, rounds: int, warmup
 
     checks = {f"{QUANTS[q]}|{fmt}": dict(read_metadata(f"{stem}.{fmt}").self_check or {})
               for q, stem in stems.items() for fmt in FORMATS}
-    return {"latency_ms": latency, "sizes": sizes, "runtimes": info, "agreement": agreement, "self_check": checks}
+    return {"latency_ms": latency, "sizes": sizes, "runtimes": info, "agreement": agreement, "self_check": checks,
+            "notes": notes}
 
 
 def _u8s8_plain(stem: Path, threads: int):
@@ -234,9 +243,10 @@ def render(result: dict, args, load: tuple) -> str:
         lines.append(f"| {q} | {ratio[0]:.3f} | {ratio[1]:.3f} | {mb[0]} | {mb[1]} |")
     lines += [
         "",
-        "Agreement of the two containers on 4 images (random-weight model): "
+        "Agreement of the two containers on 8 images (maps of the class LiteRT predicts): "
         + "; ".join(
-            f"{q}: CAM Pearson min {v['cam_pearson_min']:.5f}, max |Δp| {v['prob_max_abs_diff']:.2e}, "
+            f"{q}: CAM Pearson median {v['cam_pearson_median']:.5f} / min {v['cam_pearson_min']:.5f}, "
+            f"max |Δp| {v['prob_max_abs_diff']:.2e}, "
             f"top-1 agreement {v['top1_agree']:.2f}"
             for q, v in result["agreement"].items()
         )
@@ -250,7 +260,9 @@ def render(result: dict, args, load: tuple) -> str:
             f"top-1 {v.get('top1_agreement', float('nan')):.2f}"
             for key, v in result["self_check"].items()
         )
-        + ".",
+        + " (the classifier's random kernel was scaled ×5 so that 1000 classes can be ranked in "
+        "int8; an untrained network remains a hard case for int8 — the bounds the tests hold are "
+        "on tiny models, tests/test_onnx.py and tests/test_convert.py).",
         "",
         f"Runtimes: {'; '.join(f'{FORMATS[k]}: {v}' for k, v in result['runtimes'].items())}. No GPU here: "
         "the TensorRT and CUDA providers were not measured (see docs/onnx.md).",
@@ -276,8 +288,8 @@ def write_section(section: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="threads for both runtimes")
-    parser.add_argument("--runs", type=int, default=20, help="timed calls per model per round")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--runs", type=int, default=25, help="timed calls per model per round")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls per model first")
     parser.add_argument("--quantize", nargs="+", default=list(QUANTS), choices=list(QUANTS))
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgecam_onnx_bench")
@@ -287,6 +299,7 @@ def main(argv=None) -> int:
     stems = build_models(args.cache, args.quantize)
     start_load = os.getloadavg()[0]
     result = measure(stems, args.threads, args.runs, args.rounds, args.warmup)
+    (args.cache / "result.json").write_text(json.dumps(result, indent=1, default=float))
     section = render(result, args, (start_load, os.getloadavg()[0]))
     print(section)
     print(json.dumps(result, indent=1, default=float), file=sys.stderr)

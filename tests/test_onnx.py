@@ -310,3 +310,21 @@ def test_onnxruntime_only_imported_for_onnx(exported, tiny_fog_model):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "pip install 'edgecam[onnx]'" in out.stdout
+
+
+def test_metadata_props_parser_only_raises_metadata_error():
+    """Whatever strings a file's metadata_props hold, parsing fails with MetadataError only."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from firmware_host.metadata import EdgecamMetadata
+
+    keys = st.sampled_from(["edgecam", "edgecam.weights", "other"])
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.dictionaries(keys, st.text(max_size=200)))
+    def check(props):
+        with pytest.raises(MetadataError):
+            EdgecamMetadata.from_props(props)
+
+    check()
