@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,9 +28,9 @@ from typing import Dict, List
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- BEGIN onnx_bench -->", "<!-- END onnx_bench -->"
+from ._report import machine, write_section
+
+NAME = "onnx_bench"
 QUANTS = {"none": "float32", "int8": "int8"}
 FORMATS = {"tflite": "LiteRT", "onnx": "ONNX Runtime"}
 
@@ -187,24 +186,12 @@ def _u8s8_plain(stem: Path, threads: int):
 def _machine() -> str:
     import onnxruntime
 
-    from firmware_host.backends.litert import load_interpreter_class
-
-    _, name, version = load_interpreter_class()
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, {name} {version}, onnxruntime {onnxruntime.__version__} "
-            f"(providers available: {', '.join(onnxruntime.get_available_providers())})")
+    return f"{machine()}; onnxruntime providers available: {', '.join(onnxruntime.get_available_providers())}"
 
 
 def render(result: dict, args, load: tuple) -> str:
     lat = result["latency_ms"]
     lines = [
-        BEGIN,
         "## ONNX Runtime vs LiteRT (issue 8)",
         "",
         f"Machine: {_machine()}. Load average at start/end: {load[0]:.1f} / {load[1]:.1f} (the "
@@ -266,23 +253,8 @@ def render(result: dict, args, load: tuple) -> str:
         "",
         f"Runtimes: {'; '.join(f'{FORMATS[k]}: {v}' for k, v in result['runtimes'].items())}. No GPU here: "
         "the TensorRT and CUDA providers were not measured (see docs/onnx.md).",
-        "",
-        END,
     ]
     return "\n".join(lines)
-
-
-def write_section(section: str) -> None:
-    from firmware_host._io import atomic_write_text
-
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# edgecam benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(DOC, text)
 
 
 def main(argv=None) -> int:
@@ -304,7 +276,7 @@ def main(argv=None) -> int:
     print(section)
     print(json.dumps(result, indent=1, default=float), file=sys.stderr)
     if not args.no_write:
-        write_section(section)
+        write_section(NAME, section)
     return 0
 
 
