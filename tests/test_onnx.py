@@ -328,3 +328,25 @@ def test_metadata_props_parser_only_raises_metadata_error():
             EdgecamMetadata.from_props(props)
 
     check()
+
+
+def test_run_and_bench_take_onnx_unchanged(exported, tmp_path):
+    """`edgecam run` and `edgecam bench` (with a plain ONNX baseline) accept .onnx as they are."""
+    from click.testing import CliRunner
+
+    from tests._run_helpers import write_video
+    from toolkit.cli import cli
+
+    _, result = exported("gap_dense")
+    onnx_result = result.others[0]
+    video = write_video(tmp_path / "in.avi", 6, size=(24, 24))
+    log = tmp_path / "log.jsonl"
+    ran = CliRunner().invoke(cli, ["run", str(onnx_result.path), "--source", str(video), "--log", str(log), "--json"])
+    assert ran.exit_code == 0, ran.output
+    assert len(log.read_text().splitlines()) == 6
+    benched = CliRunner().invoke(cli, ["bench", str(onnx_result.path), "--baseline", str(onnx_result.baseline_path),
+                                       "--runs", "5", "--warmup", "1", "--threads", "1", "--json"])
+    assert benched.exit_code == 0, benched.output
+    report = json.loads(benched.output)
+    assert "onnxruntime" in report["backend"] and "CPUExecutionProvider" in report["backend"]
+    assert report["overhead_ratio"] > 0

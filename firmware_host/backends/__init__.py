@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -107,6 +107,15 @@ class PlainModel:
                 "--emit-baseline`."
             )
         self.input: TensorInfo = next(iter(self.backend.inputs.values()))
+
+    @property
+    def input_shape(self) -> Tuple[int, ...]:
+        """The input's shape, -1 for a dynamic batch."""
+        return self.input.shape
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return self.input.dtype
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         """Float ``(N, H, W, C)`` input → this model's input dtype (quantized if it is int8).
