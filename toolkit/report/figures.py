@@ -90,7 +90,10 @@ def metric_histograms(records: Sequence[Mapping], prefix: str = "") -> Optional[
     for i, (key, label) in enumerate(present):
         ax = fig.add_subplot(rows, cols, i + 1)
         x = _column(records, key)
-        ax.hist(x, bins=min(30, max(5, x.size // 3)), color="#3b6ea5", edgecolor="white")
+        lo, hi = float(x.min()), float(x.max())
+        if hi - lo < 1e-6:  # all equal (e.g. identical maps): give the bars a visible width
+            lo, hi = lo - 0.05, hi + 0.05
+        ax.hist(x, bins=min(30, max(5, x.size // 3)), range=(lo, hi), color="#3b6ea5", edgecolor="white")
         ax.axvline(float(np.median(x)), color="#c0392b", linewidth=1.5, label="median")
         ax.set_xlabel(label)
         ax.set_ylabel("images")

@@ -68,6 +68,7 @@ td.k,th.k{text-align:left}
 .case img{width:180px;height:auto;image-rendering:auto;border:1px solid #ccc}
 .meta{font-size:.85em;color:#444;margin:2px 0 14px}
 .fig img{max-width:100%;height:auto}
+.warn{background:#fff8e1;border:1px solid #ffcc80;padding:8px 14px;border-radius:6px;margin-bottom:12px}
 """
 
 
@@ -117,13 +118,31 @@ def _banner(summary: Mapping) -> str:
     ) + "</div>"
 
 
+def _fact_value(value: Any) -> Optional[str]:
+    """A scalar, a flat mapping (``skipped``, ``thresholds``) or a list of scalars; else None."""
+    if isinstance(value, Mapping):
+        if any(isinstance(v, (Mapping, list, tuple)) for v in value.values()):
+            return None
+        return ", ".join(f"{html.escape(str(k))}: {_fmt(v)}" for k, v in value.items()) or "–"
+    if isinstance(value, (list, tuple)):
+        if any(isinstance(v, (Mapping, list, tuple)) for v in value):
+            return None
+        return " × ".join(_fmt(v) for v in value)
+    return _fmt(value)
+
+
 def _facts(summary: Mapping) -> str:
     rows = "".join(
-        f'<tr><th class="k">{html.escape(str(k))}</th><td class="k">{_fmt(v)}</td></tr>'
-        for k, v in summary.items()
-        if not isinstance(v, (Mapping, list, tuple)) and k not in ("passed",)
+        f'<tr><th class="k">{html.escape(str(k))}</th><td class="k">{text}</td></tr>'
+        for k, text in ((k, _fact_value(v)) for k, v in summary.items())
+        if text is not None and k not in ("passed", "warnings", "checks")
     )
     return f"<table>{rows}</table>" if rows else ""
+
+
+def _warnings(summary: Mapping) -> str:
+    items = "".join(f"<li>{html.escape(str(w))}</li>" for w in summary.get("warnings") or [])
+    return f'<div class="warn"><strong>Warnings</strong><ul>{items}</ul></div>' if items else ""
 
 
 def _stats_table(summary: Mapping) -> str:
@@ -207,6 +226,7 @@ def render_report(
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         _banner(summary),
+        _warnings(summary),
         _facts(summary),
         "<h2>Metrics</h2>",
         _stats_table(summary),
