@@ -1,0 +1,541 @@
+"""Build the explainable multi-output model, convert it to LiteRT, embed metadata, self-check.
+
+``convert(model, "out.tflite")`` is the Python API behind ``edgecam convert``:
+
+1. load the Keras model (``safe_mode`` on), find the explanation layer, split off the softmax;
+2. analyse the head and choose the most exact CAM mode (linear / flatten / gradient), or
+   average gradient weights over calibration images with ``approximate=True``;
+3. build ``serving_default(image[, class_index]) → {probabilities, logits, feature_maps,
+   cam | cams}`` and convert it with builtin ops only (a Flex op cannot run on the device);
+4. embed the edgecam metadata and write the file atomically;
+5. self-check: run the file through ``firmware_host`` and compare it with a GradientTape
+   Grad-CAM of the Keras model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from firmware_host import cam as _cam
+from firmware_host._io import atomic_write_bytes
+from firmware_host._version import __version__
+from firmware_host.compare import pearson
+from firmware_host.errors import ConversionError, InputError, UnsupportedHeadError
+from firmware_host.metadata import EdgecamMetadata, Preprocessing, embed_tflite_metadata
+from firmware_host.preprocess import check_image, preprocess
+
+from .head import HeadAnalysis, analyze_head
+from .heads import gradient_cam, linear_cams
+from .layers import ModelSplit, head_chain, split_model
+from .loading import file_sha256, load_keras_model
+from .reference import feature_gradients, gradcam_reference
+
+__all__ = ["convert", "ConversionResult", "SelfCheck", "QUANTIZATIONS", "THRESHOLDS", "load_images"]
+
+log = logging.getLogger("edgecam.convert")
+
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+# Self-check thresholds (docs/convert.md): below them the converter warns.
+THRESHOLDS = {
+    "none": {"pearson": 0.999, "top1": 1.0},
+    "float16": {"pearson": 0.99, "top1": 0.95},
+    "dynamic": {"pearson": 0.95, "top1": 0.9},
+    "int8": {"pearson": 0.9, "top1": 0.85},
+}
+ALL_CLASSES_LIMIT = 32
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """Agreement of the exported model with a GradientTape Grad-CAM of the Keras model.
+
+    Pearson is computed per image between the edge map and the reference map (both ReLU'd, at
+    feature-map resolution) for the class the Keras model predicts.
+    """
+
+    images: int
+    source: str
+    top1_agreement: float
+    pearson_median: float
+    pearson_min: float
+    prob_max_abs_diff: float
+    threshold_pearson: float
+    threshold_top1: float
+
+    @property
+    def passed(self) -> bool:
+        return self.pearson_median >= self.threshold_pearson and self.top1_agreement >= self.threshold_top1
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "images": self.images,
+            "source": self.source,
+            "top1_agreement": round(self.top1_agreement, 6),
+            "pearson_median": round(self.pearson_median, 6),
+            "pearson_min": round(self.pearson_min, 6),
+            "prob_max_abs_diff": round(self.prob_max_abs_diff, 6),
+            "threshold_pearson": self.threshold_pearson,
+            "threshold_top1": self.threshold_top1,
+            "passed": self.passed,
+        }
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What ``convert`` produced."""
+
+    path: Path
+    metadata: EdgecamMetadata
+    reason: str
+    self_check: Optional[SelfCheck]
+    baseline_path: Optional[Path]
+    size_bytes: int
+
+
+# -- inputs ----------------------------------------------------------------------------------
+def load_images(directory: Union[str, Path], limit: Optional[int] = None) -> Tuple[List[np.ndarray], int]:
+    """RGB uint8 images from a folder (recursively, sorted); unreadable files skipped and counted.
+
+    Raises:
+        InputError: the folder is missing or holds no readable image.
+    """
+    import cv2
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise InputError(f"Image folder '{root}' does not exist or is not a directory.")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images, skipped = [], 0
+    for file in files:
+        if limit is not None and len(images) >= limit:
+            break
+        frame = cv2.imread(str(file), cv2.IMREAD_COLOR)
+        if frame is None or frame.size == 0:
+            skipped += 1
+            continue
+        images.append(np.ascontiguousarray(frame[..., ::-1]))
+    if not images:
+        raise InputError(
+            f"Image folder '{root}' has no readable image ({len(files)} image-named files, "
+            f"{skipped} unreadable). Supported: {', '.join(IMAGE_SUFFIXES)}."
+        )
+    return images, skipped
+
+
+def _sample_images(pre: Preprocessing, n: int = 8, seed: int = 0) -> List[np.ndarray]:
+    """Smooth random images (low-res noise upscaled) standing in for calibration data."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        small = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+        out.append(cv2.resize(small, (pre.width, pre.height), interpolation=cv2.INTER_CUBIC))
+    return out
+
+
+def _first_layers(model):
+    for layer in model.layers:
+        if type(layer).__name__ == "InputLayer":
+            continue
+        if hasattr(layer, "layers") and getattr(layer, "layers", None):
+            yield from _first_layers(layer)
+        else:
+            yield layer
+        return
+
+
+def detect_preprocessing(model, color=None, input_scale=None, input_offset=None, mean=None, std=None,
+                         input_size=None) -> Tuple[Preprocessing, str]:
+    """The preprocessing to record, and a sentence on where it came from."""
+    shape = tuple(model.inputs[0].shape)
+    if len(shape) != 4:
+        raise ConversionError(
+            f"Model input has shape {shape}; edgecam converts image classifiers with an "
+            "(N, H, W, C) input."
+        )
+    _, h, w, c = shape
+    if input_size is not None:
+        h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if h is None or w is None:
+        raise ConversionError(
+            f"Model input has no fixed size {shape}. Pass --input-size H W (input_size=(H, W))."
+        )
+    if c not in (1, 3):
+        raise ConversionError(f"Model input has {c} channels; edgecam handles 1 (gray) or 3.")
+    if color is None:
+        color = "gray" if c == 1 else "rgb"
+    if (color == "gray") != (c == 1):
+        raise ConversionError(f"--color {color} does not fit a model input with {c} channel(s).")
+    if input_scale is not None or input_offset is not None:
+        scale = np.atleast_1d(1.0 if input_scale is None else input_scale)
+        offset = np.atleast_1d(0.0 if input_offset is None else input_offset)
+        return Preprocessing(int(h), int(w), color, tuple(scale), tuple(offset)), "given (scale/offset)"
+    if mean is not None or std is not None:
+        pre = Preprocessing.from_mean_std(int(h), int(w), 0.0 if mean is None else mean,
+                                          1.0 if std is None else std, color)
+        return pre, "given (mean/std)"
+    first = next(_first_layers(model), None)
+    if first is not None and type(first).__name__ in ("Rescaling", "Normalization"):
+        return (
+            Preprocessing(int(h), int(w), color, (1.0,), (0.0,)),
+            f"detected: the model starts with {type(first).__name__} layer {first.name!r}, so "
+            "raw 0-255 pixels are fed",
+        )
+    log.warning(
+        "No preprocessing given and none detected (no leading Rescaling/Normalization layer): "
+        "assuming pixels/255. Pass --input-scale/--input-offset (or --mean/--std) if the model "
+        "expects something else."
+    )
+    return Preprocessing(int(h), int(w), color, (1.0 / 255.0,), (0.0,)), "assumed pixels/255"
+
+
+def _read_labels(labels, num_classes: int, binary: bool) -> Tuple[str, ...]:
+    if labels is None:
+        if binary:
+            return ("negative", "positive")
+        return tuple(f"class_{i}" for i in range(num_classes))
+    if isinstance(labels, (str, Path)):
+        path = Path(labels)
+        try:
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError as exc:
+            raise InputError(f"Cannot read labels file '{path}': {exc.strerror}.") from exc
+        where = f"labels file '{path}'"
+    else:
+        names, where = [str(v) for v in labels], "labels"
+    if len(names) != num_classes:
+        raise InputError(
+            f"{where} has {len(names)} names but the model has {num_classes} classes"
+            + (" (a single sigmoid output is two classes: negative, positive)" if binary else "")
+            + ". Give one name per line, in class-index order."
+        )
+    return tuple(names)
+
+
+# -- the exported graph ----------------------------------------------------------------------
+def _approximate_weights(split: ModelSplit, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Channel weights averaged over images: ``α_kc = mean_images mean_ij ∂z_c/∂A_ijk``."""
+    k = split.num_logits
+    total = np.zeros((split.target.shape[2], k), np.float64)
+    for c in range(k):
+        for start in range(0, len(x), batch_size):
+            _, _, grads, _ = feature_gradients(split.grad_model, x[start : start + batch_size], c)
+            total[:, c] += grads.mean(axis=(1, 2)).sum(axis=0)
+    return (total / len(x)).astype(np.float32)
+
+
+def _serve_fn(split: ModelSplit, analysis: Optional[HeadAnalysis], weights, cam_output: str, method: str):
+    import tensorflow as tf
+
+    grad_model = split.grad_model
+    act = split.activation
+
+    def outputs(image, class_index=None):
+        A, logits = grad_model(image, training=False)
+        probs = tf.sigmoid(logits) if act == "sigmoid" else tf.nn.softmax(logits)
+        out = {"probabilities": probs, "logits": logits, "feature_maps": A}
+        if cam_output == "selected":
+            out["cam"] = gradient_cam(A, analysis.steps, class_index, split.num_logits, method)["cam"]
+        else:
+            out.update(linear_cams(A, logits, weights, cam_output))
+        return out
+
+    return outputs
+
+
+def _converter_bytes(saved_dir: str, quantize: str, representative: Optional[List[Dict[str, np.ndarray]]]):
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_dir)
+    # Builtin ops only: a Flex (SELECT_TF_OPS) op cannot run on the device interpreters.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantize == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: iter(representative)
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    try:
+        return converter.convert()
+    except Exception as exc:  # the converter raises ConverterError/RuntimeError/ValueError
+        text = str(exc)
+        flex = "Flex" in text or "ops are not supported" in text or "Select TF" in text
+        first = next((line.strip() for line in text.splitlines() if "error" in line.lower()), text[:300])
+        hint = (
+            "The graph needs a TensorFlow (Flex) op, which the device interpreters cannot run; "
+            "replace the layer that needs it."
+            if flex
+            else "See the converter message above."
+        )
+        raise ConversionError(f"LiteRT conversion ({quantize}) failed: {first} {hint}") from exc
+
+
+def _export_tflite(fn, signature, track, quantize: str, representative) -> bytes:
+    import keras
+
+    with tempfile.TemporaryDirectory(prefix="edgecam-export-") as tmp:
+        archive = keras.export.ExportArchive()
+        for obj in track:
+            archive.track(obj)
+        archive.add_endpoint("serving_default", fn, input_signature=signature)
+        archive.write_out(tmp, verbose=False)
+        return _converter_bytes(tmp, quantize, representative)
+
+
+# -- self-check ------------------------------------------------------------------------------
+def _self_check(path: Path, split: ModelSplit, images: List[np.ndarray], x: np.ndarray, quantize: str,
+                source: str) -> SelfCheck:
+    from firmware_host.model import ExplainableModel
+
+    ref_raw, ref_cls = gradcam_reference(split.grad_model, x)
+    _, logits, _, _ = feature_gradients(split.grad_model, x[:1])  # warm, shapes
+    edge = ExplainableModel(path)
+    agree, corr, pdiff = [], [], []
+    batch = 16
+    import tensorflow as tf
+
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        classes = ref_cls[start : start + batch]
+        exps = edge.explain_batch(chunk, class_index=classes)
+        preds = edge.explain_batch(chunk) if edge.metadata.cam_output != "all" else exps
+        _, logits = split.grad_model(x[start : start + batch], training=False)
+        logits = np.asarray(logits)
+        probs = (1 / (1 + np.exp(-logits))) if split.activation == "sigmoid" else np.asarray(tf.nn.softmax(logits))
+        for i, exp in enumerate(exps):
+            agree.append(float(preds[i].predicted_index == classes[i]))
+            corr.append(pearson(exp.cam, _cam.relu(ref_raw[start + i])))
+            pdiff.append(float(np.abs(exp.probabilities - probs[i]).max()))
+    limits = THRESHOLDS[quantize]
+    return SelfCheck(
+        images=len(images),
+        source=source,
+        top1_agreement=float(np.mean(agree)),
+        pearson_median=float(np.median(corr)),
+        pearson_min=float(np.min(corr)),
+        prob_max_abs_diff=float(np.max(pdiff)),
+        threshold_pearson=limits["pearson"],
+        threshold_top1=limits["top1"],
+    )
+
+
+# -- the API ---------------------------------------------------------------------------------
+def convert(
+    model,
+    output: Union[str, Path],
+    *,
+    quantize: str = "none",
+    calibration: Union[str, Path, Sequence[np.ndarray], None] = None,
+    labels=None,
+    target_layer: Optional[str] = None,
+    color: Optional[str] = None,
+    input_scale=None,
+    input_offset=None,
+    mean=None,
+    std=None,
+    input_size=None,
+    cam_output: str = "auto",
+    cam_method: str = "gradcam",
+    approximate: bool = False,
+    safe_mode: bool = True,
+    self_check: bool = True,
+    emit_baseline: bool = False,
+    max_calibration: int = 200,
+) -> ConversionResult:
+    """Export a Keras CNN classifier to LiteRT with an explanation head.
+
+    Args:
+        model: a ``keras.Model`` or the path of a ``.keras``/``.h5`` file or SavedModel dir.
+        output: the ``.tflite`` to write (atomically).
+        quantize: ``none``, ``float16``, ``dynamic`` or ``int8`` (int8 input and output; needs
+            ``calibration``).
+        calibration: a folder of images or a list of RGB uint8 images: int8 calibration,
+            approximate weights and the self-check.
+        labels: class names, or a file with one per line.
+        target_layer: explanation layer (``outer/inner``); default: the last spatial layer.
+        color, input_scale, input_offset, mean, std, input_size: preprocessing to record
+            (``x = pixel·scale + offset``); detected from a leading Rescaling/Normalization.
+        cam_output: ``auto`` (all classes when K ≤ 32, else the predicted class), ``all`` or
+            ``predicted``; non-linear heads always emit the selected class.
+        cam_method: ``gradcam`` or ``hirescam`` (exact for Flatten heads and gradient heads).
+        approximate: for heads the analyser cannot make exact, average gradient weights over
+            the calibration images (recorded as ``cam_mode: approximate``).
+        safe_mode: Keras safe_mode when loading a file.
+        self_check: compare the export with a GradientTape Grad-CAM and record the result.
+        emit_baseline: also write ``<output stem>.plain.tflite`` without the explanation head
+            (same quantization), for ``edgecam bench --baseline``.
+
+    Returns:
+        :class:`ConversionResult`.
+
+    Raises:
+        ModelFileError, LayerError, UnsupportedHeadError, ConversionError, InputError.
+    """
+    import tensorflow as tf
+    import keras
+
+    output = Path(output)
+    if output.suffix != ".tflite":
+        raise InputError(f"The output must end with '.tflite'. Got: '{output}'")
+    if quantize not in QUANTIZATIONS:
+        raise InputError(f"quantize must be one of {QUANTIZATIONS}. Got: {quantize!r}")
+    if cam_output not in ("auto", "all", "predicted"):
+        raise InputError(f"cam_output must be auto, all or predicted. Got: {cam_output!r}")
+    if cam_method not in ("gradcam", "hirescam"):
+        raise InputError(f"cam_method must be gradcam or hirescam. Got: {cam_method!r}")
+    if quantize == "int8" and calibration is None:
+        raise InputError(
+            "int8 quantization needs calibration images: pass --calibration DIR (a folder of "
+            "representative images, ~100 is plenty)."
+        )
+    if not output.parent.exists():
+        raise InputError(f"Output folder '{output.parent}' does not exist. Create it first.")
+
+    source: Dict[str, Any] = {}
+    if isinstance(model, (str, Path)):
+        source = {"name": Path(model).name, "sha256": file_sha256(model)}
+        model = load_keras_model(model, safe_mode=safe_mode)
+    else:
+        source = {"name": getattr(model, "name", "model"), "sha256": None}
+
+    split = split_model(model, target_layer)
+    h, w, c = split.target.shape
+    pre, pre_note = detect_preprocessing(model, color, input_scale, input_offset, mean, std, input_size)
+    classes = _read_labels(labels, split.num_logits, split.binary)
+
+    # Images for calibration, approximate weights and the self-check.
+    if calibration is None:
+        images, image_source = _sample_images(pre), "random smooth sample images"
+    elif isinstance(calibration, (str, Path)):
+        images, skipped = load_images(calibration, limit=max_calibration)
+        image_source = f"{len(images)} calibration images from '{calibration}'" + (
+            f" ({skipped} unreadable skipped)" if skipped else ""
+        )
+    else:
+        images = [check_image(img, f"calibration image {i}") for i, img in enumerate(calibration)]
+        image_source = f"{len(images)} calibration images"
+    x = np.stack([preprocess(img, pre) for img in images]).astype(np.float32)
+
+    # Head analysis: the most exact mode the head allows.
+    analysis: Optional[HeadAnalysis] = None
+    weights = None
+    try:
+        chain = head_chain(model, split.target)
+        analysis = analyze_head(chain, split.target.shape, split.num_logits, split.activation, split.binary)
+        mode = analysis.mode
+        reason = analysis.reason
+    except UnsupportedHeadError as exc:
+        if not approximate:
+            raise UnsupportedHeadError(
+                f"{exc} edgecam refuses rather than export an inexact CAM. Pass --approximate to "
+                "use class weights averaged from gradients over the calibration images "
+                "(marked approximate), or choose another --target-layer."
+            ) from exc
+        mode = "approximate"
+        reason = f"approximate: {exc} Weights averaged from gradients over {image_source}."
+        if calibration is None:
+            log.warning("Approximate weights from random sample images; pass --calibration for real ones.")
+
+    if mode == "gradient":
+        resolved_output = "selected"
+    else:
+        k = split.num_logits
+        resolved_output = cam_output if cam_output != "auto" else ("all" if k <= ALL_CLASSES_LIMIT else "predicted")
+        if mode == "approximate":
+            weights = _approximate_weights(split, x)
+        elif mode == "flatten" and cam_method == "hirescam":
+            weights = analysis.jacobian
+        else:
+            weights = analysis.alpha
+    method = cam_method if mode in ("flatten", "gradient") else "gradcam"
+
+    image_spec = tf.TensorSpec([None, pre.height, pre.width, pre.channels], tf.float32, name="image")
+    serve = _serve_fn(split, analysis, weights, resolved_output, method)
+    if resolved_output == "selected":
+        signature = [image_spec, tf.TensorSpec([None], tf.int32, name="class_index")]
+        fn = lambda image, class_index: serve(image, class_index)  # noqa: E731
+        inputs = {"image": "image", "class_index": "class_index"}
+    else:
+        signature = [image_spec]
+        fn = lambda image: serve(image)  # noqa: E731
+        inputs = {"image": "image"}
+    representative = None
+    if quantize == "int8":
+        representative = [
+            {"image": x[i : i + 1], **({"class_index": np.array([-1], np.int32)} if "class_index" in inputs else {})}
+            for i in range(len(x))
+        ]
+    log.info("Exporting %s head (%s) at %s, quantization %s", mode, resolved_output, split.target.path, quantize)
+    content = _export_tflite(fn, signature, [split.grad_model], quantize, representative)
+
+    cam_key = "cams" if resolved_output == "all" else "cam"
+    metadata = EdgecamMetadata(
+        classes=classes,
+        preprocessing=pre,
+        target_layer=split.target.path,
+        feature_map_shape=(h, w, c),
+        cam_mode=mode,
+        cam_method=method,
+        cam_output=resolved_output,
+        activation=split.activation,
+        inputs=inputs,
+        outputs={"probabilities": "probabilities", "logits": "logits", "feature_maps": "feature_maps", cam_key: cam_key},
+        quantization=quantize,
+        class_weights=weights,
+        source=source,
+        converter={
+            "edgecam": __version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "preprocessing": pre_note,
+            "reason": reason,
+        },
+    )
+    atomic_write_bytes(output, embed_tflite_metadata(content, metadata))
+
+    check = None
+    if self_check:
+        check = _self_check(output, split, images, x, quantize, image_source)
+        metadata = replace(metadata, self_check=check.as_dict())
+        atomic_write_bytes(output, embed_tflite_metadata(content, metadata))
+        if not check.passed:
+            log.warning(
+                "Self-check below threshold for %s: top-1 agreement %.3f (≥ %.2f), median Pearson "
+                "%.4f (≥ %.3f). The edge heatmaps may not match full Grad-CAM; validate with "
+                "`edgecam validate` on real images.",
+                quantize, check.top1_agreement, check.threshold_top1, check.pearson_median,
+                check.threshold_pearson,
+            )
+
+    baseline = None
+    if emit_baseline:
+        baseline = output.with_name(output.stem + ".plain.tflite")
+        plain = lambda image: {"probabilities": model(image, training=False)}  # noqa: E731
+        rep = None if representative is None else [{"image": r["image"]} for r in representative]
+        atomic_write_bytes(baseline, _export_tflite(plain, [image_spec], [model], quantize, rep))
+
+    return ConversionResult(
+        path=output,
+        metadata=metadata,
+        reason=reason,
+        self_check=check,
+        baseline_path=baseline,
+        size_bytes=os.path.getsize(output),
+    )
