@@ -262,9 +262,7 @@ def test_validate_from_log_compares_recorded_cams(fakes, tmp_path):
 # -- end to end with a real converted model ----------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    converters = pytest.importorskip("converters", reason="needs the converter")
-    if not hasattr(converters, "convert"):
-        pytest.skip("converters.convert has not landed yet")
+    export = pytest.importorskip("converters.export", reason="needs the converter")
     explain = pytest.importorskip("toolkit.explain", reason="needs the host explainer")
     if not hasattr(explain, "explain"):
         pytest.skip("toolkit.explain.explain has not landed yet")
@@ -283,8 +281,13 @@ def tiny_models(tmp_path_factory):
     model.save(keras_path)
     good = root / "good.tflite"
     wrong = root / "wrong_layer.tflite"
-    converters.convert(model, good, labels=list(CLASSES))
-    converters.convert(model, wrong, labels=list(CLASSES), target_layer="conv_a")
+    export.convert(model, good, labels=list(CLASSES))
+    # The deliberately wrong model: explained at the first conv layer, whose head (pool + conv)
+    # is not linear, so its CAM is the approximate (averaged-gradient) kind.
+    rng = np.random.default_rng(1)
+    calibration = [_image(rng) for _ in range(8)]
+    export.convert(model, wrong, labels=list(CLASSES), target_layer="conv_a", approximate=True,
+                   calibration=calibration)
     return keras_path, good, wrong
 
 
