@@ -262,10 +262,10 @@ def test_validate_from_log_compares_recorded_cams(fakes, tmp_path):
 # -- end to end with a real converted model ----------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    export = pytest.importorskip("converters.export", reason="needs the converter")
     explain = pytest.importorskip("toolkit.explain", reason="needs the host explainer")
     if not hasattr(explain, "explain"):
         pytest.skip("toolkit.explain.explain has not landed yet")
+    export = pytest.importorskip("converters.export", reason="needs the converter")
     import keras
 
     keras.utils.set_random_seed(0)
@@ -307,3 +307,61 @@ def test_cli_gate_passes_for_a_good_model_and_fails_for_a_wrong_layer(tiny_model
     bad = runner.invoke(cli, ["validate", str(keras_path), str(wrong), "--out", str(tmp_path / "w"), *args])
     assert bad.exit_code == 1, bad.output
     assert "FAIL" in bad.output and "pearson.median" in bad.output
+
+
+# -- the CLI on the stand-in model -------------------------------------------------------------
+def _cli(args):
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    return CliRunner().invoke(cli, ["validate", *args])
+
+
+@pytest.fixture
+def model_files(tmp_path):
+    (tmp_path / "m.keras").write_bytes(b"stand-in")
+    (tmp_path / "m.tflite").write_bytes(b"stand-in")
+    return [str(tmp_path / "m.keras"), str(tmp_path / "m.tflite")]
+
+
+def test_cli_exit_codes_follow_the_gate(fakes, image_dir, model_files, tmp_path):
+    common = [*model_files, "--images", str(image_dir), "--quiet", "--no-faithfulness"]
+    ok = _cli([*common, "--out", str(tmp_path / "a"), "--min-pearson", "0.99", "--min-top1", "1"])
+    assert ok.exit_code == 0, ok.output
+    assert ok.output.startswith("PASS: 7 images") and "[ok  ] pearson.median" in ok.output
+    fakes["edge"].damage = lambda maps: np.roll(maps, 2, axis=1)
+    bad = _cli([*common, "--out", str(tmp_path / "b"), "--min-pearson", "0.99"])
+    assert bad.exit_code == 1
+    assert bad.output.startswith("FAIL") and "[FAIL] pearson.median" in bad.output
+    ungated = _cli([*common, "--out", str(tmp_path / "c")])
+    assert ungated.exit_code == 0 and ungated.output.startswith("NO GATE")
+
+
+def test_cli_needs_exactly_one_source(model_files, image_dir, tmp_path):
+    neither = _cli([*model_files, "--out", str(tmp_path / "o")])
+    assert neither.exit_code == 2 and "exactly one of --images DIR or --from-log" in neither.output
+    log = tmp_path / "run.jsonl"
+    log.write_text("")
+    both = _cli([*model_files, "--out", str(tmp_path / "o"), "--images", str(image_dir), "--from-log", str(log)])
+    assert both.exit_code == 2
+
+
+def test_cli_reports_library_errors_in_one_line(fakes, model_files, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _cli([*model_files, "--images", str(empty), "--out", str(tmp_path / "o"), "--quiet"])
+    assert result.exit_code == 1
+    assert "Error: No usable image in" in result.output and "Traceback" not in result.output
+
+
+def test_metrics_and_validate_import_without_scipy_or_tensorflow():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['scipy'] = None; sys.modules['tensorflow'] = None; "
+        "import toolkit.metrics, toolkit.validate, toolkit.report, toolkit.cli.validate; "
+        "assert 'keras' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
