@@ -240,3 +240,11 @@ def test_chromium_check_catches_a_broken_page(tmp_path):
     methods = {e["method"] for e in page["errors"]}
     assert "Runtime.exceptionThrown" in methods
     assert page["images"][0]["w"] == 0
+
+
+def test_facts_table_shows_flat_fields_once(report_inputs):
+    summary, records, _ = report_inputs
+    page = render_report(dict(summary, skipped={"unreadable": 3}, input_size=[32, 32]), records)
+    assert "unreadable: 3" in page and "32 × 32" in page
+    # Statistics appear in the metrics table only (one row per block), not as a fact line.
+    assert "n: 40" not in page and page.count(">pearson<") == 1

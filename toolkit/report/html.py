@@ -121,7 +121,8 @@ def _banner(summary: Mapping) -> str:
 def _fact_value(value: Any) -> Optional[str]:
     """A scalar, a flat mapping (``skipped``, ``thresholds``) or a list of scalars; else None."""
     if isinstance(value, Mapping):
-        if any(isinstance(v, (Mapping, list, tuple)) for v in value.values()):
+        # Metric statistics belong to the metrics table, nested blocks to nothing here.
+        if "median" in value or any(isinstance(v, (Mapping, list, tuple)) for v in value.values()):
             return None
         return ", ".join(f"{html.escape(str(k))}: {_fmt(v)}" for k, v in value.items()) or "–"
     if isinstance(value, (list, tuple)):
