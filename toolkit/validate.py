@@ -279,7 +279,9 @@ class _HostModel:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """``(N, H, W, C)`` float32 → ``(N, K)`` probabilities (a 1-unit sigmoid becomes 2)."""
-        out = self.model(x, training=False)
+        # predict_on_batch runs a compiled function: ~2x faster than an eager call on the many
+        # small batches of the deletion/insertion curves.
+        out = self.model.predict_on_batch(x)
         if isinstance(out, Mapping):
             out = next(iter(out.values()))
         elif isinstance(out, (list, tuple)):
@@ -457,7 +459,9 @@ class _Run:
         faith = None
         if self.faithfulness:
             faith = [
-                M.faithfulness(self.host.predict, x, heat, cam_classes, steps=self.steps, batch_size=self.batch_size)
+                # Perturbed copies are small and many: 4 batches' worth per model call.
+                M.faithfulness(self.host.predict, x, heat, cam_classes, steps=self.steps,
+                               batch_size=4 * self.batch_size)
                 for heat in (edge_in, full_in)
             ]
         for i, it in enumerate(items):
