@@ -34,7 +34,7 @@ from firmware_host.preprocess import check_image, preprocess
 from .head import HeadAnalysis, analyze_head
 from .heads import gradient_cam, linear_cams
 from .layers import ModelSplit, head_chain, split_model
-from .loading import file_sha256, load_keras_model
+from .loading import file_sha256, load_keras_model, require_host
 from .reference import feature_gradients, gradcam_reference
 
 __all__ = ["convert", "ConversionResult", "SelfCheck", "QUANTIZATIONS", "THRESHOLDS", "load_images"]
@@ -50,6 +50,8 @@ THRESHOLDS = {
     "int8": {"pearson": 0.9, "top1": 0.85},
 }
 ALL_CLASSES_LIMIT = 32
+# Ops under this name scope stay float32 in int8 models (see _quantize_int8).
+FLOAT_SCOPE = "edgecam_float_head"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -244,7 +246,11 @@ def _serve_fn(split: ModelSplit, analysis: Optional[HeadAnalysis], weights, cam_
         probs = tf.sigmoid(logits) if act == "sigmoid" else tf.nn.softmax(logits)
         out = {"probabilities": probs, "logits": logits, "feature_maps": A}
         if cam_output == "selected":
-            out["cam"] = gradient_cam(A, analysis.steps, class_index, split.num_logits, method)["cam"]
+            with tf.name_scope(FLOAT_SCOPE):
+                head = gradient_cam(A, analysis.steps, class_index, split.num_logits, method)
+            out["cam"] = head["cam"]
+            if "alpha" in head and os.environ.get("EDGECAM_DEBUG_ALPHA"):
+                out["alpha"] = head["alpha"]
         else:
             out.update(linear_cams(A, logits, weights, cam_output))
         return out
@@ -252,7 +258,37 @@ def _serve_fn(split: ModelSplit, analysis: Optional[HeadAnalysis], weights, cam_
     return outputs
 
 
-def _converter_bytes(saved_dir: str, quantize: str, representative: Optional[List[Dict[str, np.ndarray]]]):
+def _quantize_int8_with_float_head(converter) -> bytes:
+    """Full-integer quantization that keeps the in-graph gradient head in float32.
+
+    The gradient of a non-linear head multiplies ReLU masks and small gradients; in int8 the
+    masks of units near zero flip and the map decorrelates. The head is a few hundred
+    multiply-adds, so it stays float: calibrate, then quantize with the head's tensors
+    (name scope FLOAT_SCOPE) denylisted — the mechanism behind TF's QuantizationDebugger.
+    """
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tfl_convert  # private, used by the debugger
+
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True  # noqa: SLF001 - as QuantizationDebugger does
+    calibrated = converter.convert()
+    from firmware_host.backends.litert import load_interpreter_class
+
+    Interpreter, _, _ = load_interpreter_class()
+    names = [d["name"] for d in Interpreter(model_content=calibrated).get_tensor_details()]
+    denylist = sorted({n for n in names if FLOAT_SCOPE in n})
+    return tfl_convert.mlir_quantize(
+        calibrated,
+        fully_quantize=True,
+        inference_type=tfl_convert._types_pb2.QUANTIZED_INT8,  # noqa: SLF001
+        input_data_type=tf.int8,
+        output_data_type=tf.int8,
+        denylisted_nodes=denylist,
+    )
+
+
+def _converter_bytes(saved_dir: str, quantize: str, representative: Optional[List[Dict[str, np.ndarray]]],
+                     float_head: bool = False):
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_dir)
@@ -273,6 +309,8 @@ def _converter_bytes(saved_dir: str, quantize: str, representative: Optional[Lis
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     try:
+        if quantize == "int8" and float_head:
+            return _quantize_int8_with_float_head(converter)
         return converter.convert()
     except Exception as exc:  # the converter raises ConverterError/RuntimeError/ValueError
         text = str(exc)
@@ -287,7 +325,7 @@ def _converter_bytes(saved_dir: str, quantize: str, representative: Optional[Lis
         raise ConversionError(f"LiteRT conversion ({quantize}) failed: {first} {hint}") from exc
 
 
-def _export_tflite(fn, signature, track, quantize: str, representative) -> bytes:
+def _export_tflite(fn, signature, track, quantize: str, representative, float_head: bool = False) -> bytes:
     import keras
 
     with tempfile.TemporaryDirectory(prefix="edgecam-export-") as tmp:
@@ -296,7 +334,7 @@ def _export_tflite(fn, signature, track, quantize: str, representative) -> bytes
             archive.track(obj)
         archive.add_endpoint("serving_default", fn, input_signature=signature)
         archive.write_out(tmp, verbose=False)
-        return _converter_bytes(tmp, quantize, representative)
+        return _converter_bytes(tmp, quantize, representative, float_head)
 
 
 # -- self-check ------------------------------------------------------------------------------
@@ -388,8 +426,7 @@ def convert(
     Raises:
         ModelFileError, LayerError, UnsupportedHeadError, ConversionError, InputError.
     """
-    import tensorflow as tf
-    import keras
+    tf, keras = require_host()
 
     output = Path(output)
     if output.suffix != ".tflite":
@@ -483,7 +520,8 @@ def convert(
             for i in range(len(x))
         ]
     log.info("Exporting %s head (%s) at %s, quantization %s", mode, resolved_output, split.target.path, quantize)
-    content = _export_tflite(fn, signature, [split.grad_model], quantize, representative)
+    content = _export_tflite(fn, signature, [split.grad_model], quantize, representative,
+                             float_head=resolved_output == "selected")
 
     cam_key = "cams" if resolved_output == "all" else "cam"
     metadata = EdgecamMetadata(

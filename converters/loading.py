@@ -12,11 +12,27 @@ from typing import Union
 
 from firmware_host.errors import ModelFileError
 
-__all__ = ["load_keras_model", "file_sha256"]
+__all__ = ["load_keras_model", "file_sha256", "require_host"]
 
 log = logging.getLogger("edgecam.convert")
 
 _UNSAFE_HINTS = ("safe_mode", "lambda", "arbitrary code")
+
+
+def require_host():
+    """Import TensorFlow and Keras, or say which extra to install."""
+    from firmware_host.errors import MissingDependencyError
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf
+        import keras
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"This needs TensorFlow and Keras ({exc}). Install the host extra: "
+            "pip install 'edgecam[host]'"
+        ) from exc
+    return tf, keras
 
 
 def file_sha256(path: Union[str, Path]) -> str:
@@ -44,7 +60,7 @@ def load_keras_model(path: Union[str, Path], safe_mode: bool = True):
     Raises:
         ModelFileError: missing file, not a Keras model, or Lambda layers under safe_mode.
     """
-    import keras
+    _, keras = require_host()
 
     path = Path(path)
     if not path.exists():
@@ -62,6 +78,18 @@ def load_keras_model(path: Union[str, Path], safe_mode: bool = True):
         raise ModelFileError(
             f"'{path}' is not a Keras model file: expected a .keras or .h5 file or a SavedModel "
             f"directory, got suffix {suffix or '(none)'!r}."
+        )
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise ModelFileError(
+            f"'{path}' is not a readable Keras .keras model (not a zip archive; starts with "
+            f"{head!r}). Save the model again with model.save('model.keras')."
+        )
+    if suffix in (".h5", ".hdf5") and head != b"\x89HDF\r\n\x1a\n":
+        raise ModelFileError(
+            f"'{path}' is not a readable Keras .h5 model (no HDF5 signature; starts with "
+            f"{head!r}). Save the model again with model.save('model.keras')."
         )
     try:
         model = keras.models.load_model(path, compile=False, safe_mode=safe_mode)

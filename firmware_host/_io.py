@@ -39,6 +39,11 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
         raise OutputError(
             f"Cannot write '{final}': {exc.strerror}. Choose a writable output directory."
         ) from exc
+    # mkstemp creates 0600; give the file the mode a plain open() would (0666 & ~umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, 0o666 & ~umask)
     kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
     try:
         with os.fdopen(fd, mode, **kwargs) as handle:

@@ -157,11 +157,25 @@ def gradient_cam(A, steps: Sequence[Step], class_index, num_logits: int, method:
     predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
     chosen = tf.where(class_index < 0, predicted, class_index)
     g = tf.one_hot(chosen, num_logits, dtype=tf.float32)
-    for step, keep in zip(reversed(steps), reversed(saved)):
+    collapse = next(i for i, s in enumerate(steps) if s.kind in ("gap", "gmp", "flatten"))
+    spatial_linear = all(s.kind in ("identity", "affine") for s in steps[:collapse])
+    for index in range(len(steps) - 1, -1, -1):
+        step, keep = steps[index], saved[index]
+        if method == "gradcam" and index == collapse and step.kind in ("gap", "gmp") and spatial_linear:
+            # Shortcut: the spatial mean of the gradient through a global pooling is g / (h·w)
+            # (for max pooling too: the mask sums to its tie count). Staying in (N, C) avoids a
+            # broadcast (N, h, w, C) tensor, which int8 quantization handles poorly.
+            h, w = int(keep.shape[1]), int(keep.shape[2])
+            alpha = tf.reshape(g, [-1, int(keep.shape[3])]) / float(h * w)
+            for earlier in reversed(steps[:collapse]):
+                if earlier.kind == "affine":
+                    alpha = alpha * tf.constant(earlier.scale, tf.float32)
+            cam = tf.reduce_sum(A * alpha[:, None, None, :], axis=-1)
+            return {"cam": cam, "logits_head": logits, "alpha": alpha}
         g = _backward(tf, step, keep, g)
     if method == "hirescam":
         cam = tf.reduce_sum(A * g, axis=-1)
-    else:
-        alpha = tf.reduce_mean(g, axis=[1, 2], keepdims=True)
-        cam = tf.reduce_sum(A * alpha, axis=-1)
-    return {"cam": cam, "logits_head": logits}
+        return {"cam": cam, "logits_head": logits}
+    alpha = tf.reduce_mean(g, axis=[1, 2])
+    cam = tf.reduce_sum(A * alpha[:, None, None, :], axis=-1)
+    return {"cam": cam, "logits_head": logits, "alpha": alpha}

@@ -1,0 +1,78 @@
+"""``edgecam convert``: Keras model → LiteRT with an explanation head."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from ._common import cli_errors, quiet_tensorflow
+
+
+@click.command("convert")
+@click.argument("model", type=click.Path(exists=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .tflite to write.")
+@click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]), default="none", show_default=True)
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False), help="Folder of representative images (needed for int8).")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line.")
+@click.option("--target-layer", help="Explanation layer; 'outer/inner' inside nested models.")
+@click.option("--color", type=click.Choice(["rgb", "bgr", "gray"]), help="Channel order the model expects.")
+@click.option("--input-scale", type=float, multiple=True, help="x = pixel*scale + offset (1 or 3 values).")
+@click.option("--input-offset", type=float, multiple=True, help="See --input-scale.")
+@click.option("--mean", type=float, multiple=True, help="x = (pixel - mean) / std, instead of scale/offset.")
+@click.option("--std", type=float, multiple=True, help="See --mean.")
+@click.option("--input-size", type=int, nargs=2, help="H W, for models built without a fixed input size.")
+@click.option("--cam-output", type=click.Choice(["auto", "all", "predicted"]), default="auto", show_default=True,
+              help="Emit every class's map (1x1 conv) or only the predicted class's.")
+@click.option("--cam-method", type=click.Choice(["gradcam", "hirescam"]), default="gradcam", show_default=True,
+              help="HiResCAM is exact for Flatten heads.")
+@click.option("--approximate", is_flag=True, help="Allow approximate CAM weights for heads that cannot be made exact.")
+@click.option("--unsafe", is_flag=True, help="Turn Keras safe_mode off (runs code stored in the file!).")
+@click.option("--no-self-check", is_flag=True, help="Skip the comparison with GradientTape Grad-CAM.")
+@click.option("--emit-baseline", is_flag=True, help="Also write OUT.plain.tflite without the explanation head.")
+def convert(model, output, quantize, calibration, labels, target_layer, color, input_scale, input_offset,
+            mean, std, input_size, cam_output, cam_method, approximate, unsafe, no_self_check, emit_baseline):
+    """Export MODEL (.keras, .h5 or SavedModel dir) to a LiteRT .tflite that explains itself."""
+    quiet_tensorflow()
+    logging.basicConfig(level=logging.WARNING, format="edgecam: %(levelname)s: %(message)s")
+    with cli_errors():
+        from converters import convert as run_convert
+
+        click.echo(f"Converting {model} → {output} (quantization: {quantize})…", err=True)
+        result = run_convert(
+            model,
+            output,
+            quantize=quantize,
+            calibration=calibration,
+            labels=labels,
+            target_layer=target_layer,
+            color=color,
+            input_scale=list(input_scale) or None,
+            input_offset=list(input_offset) or None,
+            mean=list(mean) or None,
+            std=list(std) or None,
+            input_size=tuple(input_size) if input_size else None,
+            cam_output=cam_output,
+            cam_method=cam_method,
+            approximate=approximate,
+            safe_mode=not unsafe,
+            self_check=not no_self_check,
+            emit_baseline=emit_baseline,
+        )
+    meta = result.metadata
+    pre = meta.preprocessing
+    click.echo(f"wrote {result.path} ({result.size_bytes / 1024:.1f} KiB)")
+    click.echo(f"  classes        {len(meta.classes)}: {', '.join(meta.classes[:8])}{' …' if len(meta.classes) > 8 else ''}")
+    click.echo(f"  target layer   {meta.target_layer} {meta.feature_map_shape}")
+    click.echo(f"  CAM mode       {meta.cam_mode} / {meta.cam_output} ({meta.cam_method}) — {result.reason}")
+    click.echo(f"  preprocessing  {pre.height}x{pre.width} {pre.color}, x = pixel*{list(pre.scale)} + {list(pre.offset)} ({meta.converter.get('preprocessing')})")
+    if result.self_check is not None:
+        c = result.self_check
+        verdict = "ok" if c.passed else "BELOW THRESHOLD"
+        click.echo(
+            f"  self-check     {verdict}: top-1 agreement {c.top1_agreement:.3f} (≥ {c.threshold_top1}), "
+            f"Pearson median {c.pearson_median:.4f} / min {c.pearson_min:.4f} (≥ {c.threshold_pearson}) "
+            f"on {c.source}"
+        )
+    if result.baseline_path is not None:
+        click.echo(f"  baseline       {result.baseline_path}")

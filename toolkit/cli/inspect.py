@@ -1,0 +1,37 @@
+"""``edgecam inspect``: print a converted model's edgecam metadata (no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ._common import cli_errors
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the raw metadata JSON.")
+def inspect_cmd(model, as_json):
+    """Show MODEL.tflite's edgecam metadata: classes, preprocessing, CAM mode, self-check."""
+    from firmware_host.metadata import read_tflite_metadata
+
+    with cli_errors():
+        meta = read_tflite_metadata(model)
+    if as_json:
+        click.echo(json.dumps(meta.to_json_dict(), indent=2))
+        return
+    pre = meta.preprocessing
+    click.echo(f"{model}: edgecam metadata {meta.format_version}")
+    click.echo(f"  classes        {len(meta.classes)}: {', '.join(meta.classes)}")
+    click.echo(f"  input          {pre.height}x{pre.width} {pre.color}, x = pixel*{list(pre.scale)} + {list(pre.offset)}")
+    click.echo(f"  target layer   {meta.target_layer} {meta.feature_map_shape}")
+    click.echo(f"  CAM            mode={meta.cam_mode} output={meta.cam_output} method={meta.cam_method}")
+    click.echo(f"  quantization   {meta.quantization}")
+    click.echo(f"  source         {meta.source.get('name')} sha256={str(meta.source.get('sha256'))[:16]}")
+    if meta.self_check:
+        sc = meta.self_check
+        click.echo(
+            f"  self-check     top-1 {sc['top1_agreement']:.3f}, Pearson median {sc['pearson_median']:.4f} "
+            f"({'passed' if sc['passed'] else 'BELOW THRESHOLD'})"
+        )
