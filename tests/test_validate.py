@@ -220,7 +220,7 @@ def _write_log(tmp_path, fakes):
         x = preprocess(img, meta.preprocessing)[None]
         probs = host.probs(x)[0]
         c = int(probs.argmax())
-        rec = {"frame": i, "timestamp": 1700000000.0 + i, "class_index": c,
+        rec = {"frame": i, "timestamp": 1700000000.0 + i, "class_index": c, "predicted_index": c,
                "probabilities": probs.tolist(), "cam": host.cams(x, [c])[0].tolist(), "peak": [0, 0],
                "extra_field": "ignored"}
         if i % 2 == 0:  # every 2nd frame saved

@@ -156,6 +156,8 @@ class LogFrame:
         frame: frame number (``frame``).
         timestamp: ``timestamp`` as recorded (seconds or ISO string), or None.
         class_index: the class the recorded CAM explains.
+        predicted_index: the device's top-1 (``predicted_index``, else argmax of
+            ``probabilities``).
         probabilities: ``(K,)`` float32 recorded probabilities.
         cam: ``(h, w)`` float32 recorded CAM (ReLU'd, feature-map resolution).
         frame_path: absolute path of the saved frame image.
@@ -165,6 +167,7 @@ class LogFrame:
     frame: int
     timestamp: Any
     class_index: int
+    predicted_index: int
     probabilities: np.ndarray
     cam: np.ndarray
     frame_path: Path
@@ -176,7 +179,8 @@ class RunLogReader:
 
     Fields relied on (docs/validate.md): ``frame`` (int), ``class_index`` (int),
     ``probabilities`` (list of K floats), ``cam`` (h×w nested list), ``frame_path`` (image path
-    relative to the log's directory, or absolute); ``timestamp`` and ``peak`` are read if present.
+    relative to the log's directory, or absolute); ``predicted_index`` (else the argmax of
+    ``probabilities``), ``timestamp`` and ``peak`` are read if present.
     Unknown keys are ignored. Records are skipped, and counted in :attr:`skipped`, when they are
     not JSON objects (``malformed``), have no ``frame_path`` (``no_frame_path``: the device saves
     every Nth frame only), lack or break a required field or disagree with the model's shapes
@@ -242,6 +246,7 @@ class RunLogReader:
             cam = np.asarray(rec["cam"], dtype=np.float32)
             probs = np.asarray(rec["probabilities"], dtype=np.float32).ravel()
             class_index = int(rec["class_index"])
+            predicted = int(rec["predicted_index"]) if "predicted_index" in rec else int(np.argmax(probs))
             frame = int(rec.get("frame", number - 1))
         except (KeyError, TypeError, ValueError):
             return None
@@ -251,13 +256,14 @@ class RunLogReader:
             return None
         if self.num_classes is not None and probs.size != self.num_classes:
             return None
-        if not 0 <= class_index < probs.size:
+        if not (0 <= class_index < probs.size and 0 <= predicted < probs.size):
             return None
         path = Path(str(rec["frame_path"]))
         return LogFrame(
             frame=frame,
             timestamp=rec.get("timestamp"),
             class_index=class_index,
+            predicted_index=predicted,
             probabilities=probs,
             cam=_cam.relu(cam),
             frame_path=path if path.is_absolute() else base / path,
@@ -424,7 +430,7 @@ class _Run:
             probs = np.stack([it.frame.probabilities for it in items])
             cams = np.stack([it.frame.cam for it in items])
             classes = np.array([it.frame.class_index for it in items])
-            return probs, probs.argmax(axis=1), classes, cams
+            return probs, np.array([it.frame.predicted_index for it in items]), classes, cams
         images = [it.image for it in items]
         try:
             exps = self.edge.explain_batch(images, class_index=keras_classes)
@@ -723,8 +729,8 @@ def validate_log(
 
     The edge model file gives the metadata (classes, preprocessing, feature-map shape); the
     edge maps, probabilities and classes are the recorded ones. Full Grad-CAM explains the
-    recorded ``class_index``; top-1 agreement compares ``argmax(probabilities)`` with the
-    Keras prediction on the saved frame. Arguments as :func:`validate`, with ``log_path`` the
+    recorded ``class_index``; top-1 agreement compares the recorded ``predicted_index`` (else
+    ``argmax(probabilities)``) with the Keras prediction on the saved frame. Arguments as :func:`validate`, with ``log_path`` the
     JSONL file; records without ``frame_path`` are skipped and counted (``skipped``).
     """
     run = _start(keras_model, edge_model_path, out_dir, mode="log", source=Path(log_path), total=None,
