@@ -259,55 +259,107 @@ def test_validate_from_log_compares_recorded_cams(fakes, tmp_path):
     assert fakes["edge"].batches == []  # the device's maps were used, not a re-run
 
 
-# -- end to end with a real converted model ----------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
+# -- end to end with real models (the committed tiny fog model) --------------------------------
+DATA = Path(__file__).parent / "data"
+
+
+def _needs_explainer():
     explain = pytest.importorskip("toolkit.explain", reason="needs the host explainer")
     if not hasattr(explain, "explain"):
-        pytest.skip("toolkit.explain.explain has not landed yet")
-    export = pytest.importorskip("converters.export", reason="needs the converter")
-    import keras
+        pytest.skip("toolkit.explain.explain has not landed on main yet")
 
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv_a")(inputs)
-    x = keras.layers.MaxPooling2D(2)(x)
-    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv_b")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(3, activation="softmax")(x)
-    model = keras.Model(inputs, outputs)
-    root = tmp_path_factory.mktemp("tiny")
-    keras_path = root / "tiny.keras"
-    model.save(keras_path)
-    good = root / "good.tflite"
-    wrong = root / "wrong_layer.tflite"
-    export.convert(model, good, labels=list(CLASSES))
-    # The deliberately wrong model: explained at the first conv layer, whose head (pool + conv)
-    # is not linear, so its CAM is the approximate (averaged-gradient) kind.
+
+@pytest.fixture(scope="module")
+def fog_models(tmp_path_factory):
+    """The committed tiny fog model, its float conversion, and a deliberately wrong conversion."""
+    _needs_explainer()
+    converters = pytest.importorskip("converters", reason="needs the converter")
+    keras_path, good = DATA / "tiny_fog.keras", DATA / "tiny_fog.tflite"
+    wrong = tmp_path_factory.mktemp("fog") / "wrong_layer.tflite"
+    # Wrong: explained at the first conv layer, whose head (pool + conv) is not linear, so its
+    # CAM is the approximate (averaged-gradient) kind.
     rng = np.random.default_rng(1)
-    calibration = [_image(rng) for _ in range(8)]
-    export.convert(model, wrong, labels=list(CLASSES), target_layer="conv_a", approximate=True,
-                   calibration=calibration)
+    converters.convert(keras_path, wrong, labels=DATA / "tiny_fog_labels.txt", target_layer="conv1",
+                       approximate=True, calibration=[_image(rng) for _ in range(8)])
     return keras_path, good, wrong
 
 
-def test_cli_gate_passes_for_a_good_model_and_fails_for_a_wrong_layer(tiny_models, image_dir, tmp_path):
-    from click.testing import CliRunner
-
-    from toolkit.cli import cli
-
-    keras_path, good, wrong = tiny_models
-    runner = CliRunner()
+def test_cli_gate_passes_for_the_right_model_and_fails_for_a_wrong_layer(fog_models, image_dir, tmp_path):
+    keras_path, good, wrong = fog_models
     args = ["--images", str(image_dir), "--min-pearson", "0.9", "--min-top1", "0.9", "--quiet", "--steps", "2"]
-    ok = runner.invoke(cli, ["validate", str(keras_path), str(good), "--out", str(tmp_path / "g"), *args])
+    ok = _cli([str(keras_path), str(good), "--out", str(tmp_path / "g"), *args])
     assert ok.exit_code == 0, ok.output
     assert ok.output.startswith("PASS")
     s = json.loads((tmp_path / "g" / "summary.json").read_text())
     assert s["images"] == 7 and s["top1_agreement"] == 1.0 and s["pearson"]["min"] > 0.99
-    bad = runner.invoke(cli, ["validate", str(keras_path), str(wrong), "--out", str(tmp_path / "w"), *args])
+    assert s["edge_target_layer"] == s["full_target_layer"] == "last_conv" and s["warnings"] == []
+    bad = _cli([str(keras_path), str(wrong), "--out", str(tmp_path / "w"), *args])
     assert bad.exit_code == 1, bad.output
-    assert "FAIL" in bad.output and "pearson.median" in bad.output
+    assert "[FAIL] pearson.median" in bad.output and "'conv1'" in bad.output
 
+
+def test_summary_matches_an_independent_computation(fog_models, image_dir, tmp_path):
+    """Pearson and top-1 recomputed from the runtime and a GradientTape Grad-CAM, to 1e-3."""
+    import cv2
+    import keras
+    import tensorflow as tf
+
+    from firmware_host import ExplainableModel
+
+    keras_path, good, _ = fog_models
+    result = V.validate(keras_path, good, image_dir, tmp_path / "o", faithfulness=False, progress=False)
+    model = keras.models.load_model(keras_path)
+    edge = ExplainableModel(good)
+    conv = model.get_layer("last_conv")
+    features = keras.Model(model.inputs, [conv.output, model.get_layer("gap").output])
+    dense = model.get_layer("fog_level")
+    pearsons, agree = [], []
+    for path in V.iter_image_files(image_dir):
+        img = cv2.imread(str(path))
+        if img is None:
+            continue
+        rgb = np.ascontiguousarray(img[..., ::-1])
+        x = preprocess(rgb, edge.metadata.preprocessing)[None]
+        probs = model.predict_on_batch(x)[0]
+        c = int(np.argmax(probs))
+        with tf.GradientTape() as tape:
+            a, pooled = features(x)
+            tape.watch(a)
+            logit = tf.matmul(tf.reduce_mean(a, axis=(1, 2)), dense.kernel) + dense.bias
+            score = logit[0, c]
+        grads = tape.gradient(score, a).numpy()[0]
+        full = np.maximum(np.sum(a.numpy()[0] * grads.mean(axis=(0, 1)), axis=-1), 0)
+        exp = edge.explain(rgb, class_index=c)
+        pearsons.append(stats.pearsonr(full.ravel(), exp.cam.ravel()).statistic)
+        agree.append(exp.predicted_index == c)
+    s = result.summary
+    assert s["images"] == len(pearsons) == 7
+    assert s["pearson"]["median"] == pytest.approx(np.median(pearsons), abs=1e-3)
+    assert s["pearson"]["min"] == pytest.approx(np.min(pearsons), abs=1e-3)
+    assert s["top1_agreement"] == pytest.approx(np.mean(agree), abs=1e-3)
+
+
+def test_from_log_written_by_the_run_loop(fog_models, tmp_path):
+    """A log written by the run loop's own TelemetryLog validates against full Grad-CAM."""
+    sinks = pytest.importorskip("firmware_host.sinks", reason="needs `edgecam run` (firmware_host.sinks)")
+    if not hasattr(sinks, "TelemetryLog"):
+        pytest.skip("firmware_host.sinks.TelemetryLog has not landed on main yet")
+    from firmware_host import ExplainableModel
+
+    keras_path, good, _ = fog_models
+    edge = ExplainableModel(good)
+    log = sinks.TelemetryLog(tmp_path / "run.jsonl", save_frames=2, frame_format="png")
+    rng = np.random.default_rng(7)
+    for i in range(6):
+        rgb = _image(rng)
+        log.write(frame=i, timestamp=1.0 + i, explanation=edge.explain(rgb), image_bgr=rgb[..., ::-1].copy())
+    log.close()
+    result = V.validate_log(keras_path, good, tmp_path / "run.jsonl", tmp_path / "o", min_pearson=0.99,
+                            min_top1=1.0, faithfulness=False, progress=False)
+    s = result.summary
+    assert s["images"] == 3 and s["skipped"]["no_frame_path"] == 3
+    # The log keeps 4 significant digits of the CAM: agreement stays near exact.
+    assert result.passed and s["pearson"]["min"] > 0.999
 
 # -- the CLI on the stand-in model -------------------------------------------------------------
 def _cli(args):
