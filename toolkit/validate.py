@@ -27,7 +27,7 @@ import itertools
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -337,11 +337,6 @@ class _Item:
     frame: Optional[LogFrame] = None
 
 
-@dataclass
-class _Counts:
-    skipped: Dict[str, int] = field(default_factory=lambda: {"unreadable": 0})
-
-
 def _batches(items: Iterable, size: int) -> Iterator[list]:
     it = iter(items)
     while True:
@@ -374,18 +369,18 @@ class _Cases:
         if self.k <= 0 or not math.isfinite(score):
             return
         tick = next(self._tick)
+        data = None  # built at most once, and only for an image that makes it into a heap
         for heap, key in ((self._worst, -score), (self._best, score)):
-            if len(heap) < self.k:
-                heapq.heappush(heap, (key, tick, make()))
-            elif key > heap[0][0]:
-                heapq.heapreplace(heap, (key, tick, make()))
+            if len(heap) < self.k or key > heap[0][0]:
+                data = data if data is not None else make()
+                (heapq.heappush if len(heap) < self.k else heapq.heapreplace)(heap, (key, tick, data))
 
     def cases(self) -> list:
         from toolkit.report import ReportCase
 
         worst = sorted(self._worst, key=lambda t: -t[0])
-        best_ticks = {t for _, t, _ in worst}
-        best = [e for e in sorted(self._best, key=lambda t: -t[0]) if e[1] not in best_ticks]
+        shown = {t for _, t, _ in worst}  # with few images, one can be both worst and best
+        best = [e for e in sorted(self._best, key=lambda t: -t[0]) if e[1] not in shown]
         out = []
         for group, entries in (("worst cases (lowest Pearson)", worst), ("best cases (highest Pearson)", best)):
             out.extend(ReportCase(group=group, **data) for _, _, data in entries)
@@ -409,7 +404,7 @@ class _Run:
         self.steps = faithfulness_steps
         self.cases = _Cases(n_cases)
         self.records: List[Dict[str, Any]] = []
-        self.counts = _Counts()
+        self.skipped: Dict[str, int] = {"unreadable": 0}
         self.progress_total = progress_total
         self.progress = progress
         self.fm_size = tuple(int(v) for v in self.meta.feature_map_shape[:2])
@@ -421,7 +416,7 @@ class _Run:
         """The image at ``path`` as RGB uint8, or None (counted as ``unreadable``)."""
         image = read_rgb(path)
         if image is None:
-            self.counts.skipped["unreadable"] += 1
+            self.skipped["unreadable"] += 1
         return image
 
     def _edge_side(self, items: Sequence[_Item], keras_classes: np.ndarray):
@@ -522,7 +517,7 @@ class _Run:
                 self.process(batch)
                 bar.update(len(batch))
             if not self.records:
-                skipped = ", ".join(f"{v} {k}" for k, v in self.counts.skipped.items() if v) or "none"
+                skipped = ", ".join(f"{v} {k}" for k, v in self.skipped.items() if v) or "none"
                 raise InputError(
                     f"No usable image in {self.source} (skipped: {skipped}). Pass a folder of "
                     "JPEG/PNG images" + (" or a log whose records have frame_path." if self.mode == "log" else ".")
@@ -558,7 +553,7 @@ class _Run:
             "cam_mode": meta.cam_mode,
             "quantization": meta.quantization,
             "images": len(self.records),
-            "skipped": dict(self.counts.skipped),
+            "skipped": dict(self.skipped),
             "top1_agreement": top1,
             "prob_max_abs_diff": M.summarize(col("prob_max_abs_diff")),
         }
@@ -745,6 +740,6 @@ def validate_log(
             image = run.read(frame.frame_path)
             if image is not None:
                 yield _Item(os.path.relpath(frame.frame_path, reader.path.parent), image, frame)
-        run.counts.skipped.update(reader.skipped)
+        run.skipped.update(reader.skipped)
 
     return run.run(items())
