@@ -60,12 +60,16 @@ class Chromium:
         self._next_id = 0
         self.events: list = []
         self._replies: "queue.Queue" = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         buf = b""
         while True:
-            chunk = self._in.read(65536)
+            try:
+                chunk = self._in.read(65536)
+            except (OSError, ValueError):
+                chunk = b""
             if not chunk:
                 self._replies.put(None)
                 return
@@ -116,6 +120,11 @@ class Chromium:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self._out.close()
+        self._reader.join(timeout=10)  # Chromium exited: its end of the pipe is closed
+        if not self._reader.is_alive():
+            self._in.close()
+        self.proc.stderr.close()
 
 
 def load_in_chromium(path: Path, tmp_path: Path) -> dict:
