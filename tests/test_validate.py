@@ -417,3 +417,17 @@ def test_metrics_and_validate_import_without_scipy_or_tensorflow():
         "assert 'keras' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_read_rgb_decides_by_content_not_suffix(tmp_path):
+    import cv2
+
+    img = np.zeros((5, 6, 3), np.uint8)
+    img[..., 0] = 200  # red in RGB
+    cv2.imwrite(str(tmp_path / "a.png"), img[..., ::-1])
+    (tmp_path / "no_suffix").write_bytes((tmp_path / "a.png").read_bytes())
+    (tmp_path / "fake.jpg").write_text("text")
+    np.testing.assert_array_equal(V.read_rgb(tmp_path / "no_suffix"), img)
+    assert V.read_rgb(tmp_path / "fake.jpg") is None
+    assert V.read_rgb(tmp_path / "missing.png") is None
+    assert V.read_rgb(tmp_path) is None

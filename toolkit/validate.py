@@ -135,6 +135,11 @@ def read_rgb(path: Union[str, Path]) -> Optional[np.ndarray]:
     """Decode an image file to ``(H, W, 3)`` RGB uint8; ``None`` if it is not a readable image."""
     import cv2
 
+    path = Path(path)
+    # Check the signature before reading: a stray video or archive in the folder is skipped
+    # without being loaded into memory.
+    if not path.is_file() or not cv2.haveImageReader(str(path)):
+        return None
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError:
