@@ -23,7 +23,10 @@ def _grad_fn(grad_model, target: str):
     if key in _FUNCTIONS and _FUNCTIONS[key][0] is grad_model:
         return _FUNCTIONS[key][1]
 
-    @tf.function(reduce_retracing=True)
+    shape = [None, *[int(d) for d in grad_model.inputs[0].shape[1:]]]
+
+    # One trace for every batch size: the signature leaves the batch dimension open.
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32), tf.TensorSpec([None], tf.int32)])
     def run(x, class_index):
         with tf.GradientTape() as tape:
             A, logits = grad_model(x, training=False)
@@ -61,19 +64,22 @@ def feature_gradients(grad_model, x: np.ndarray, class_index=None, target: str =
     return A.numpy(), logits.numpy(), grads.numpy(), chosen.numpy()
 
 
-def gradcam_reference(grad_model, x: np.ndarray, class_index=None, batch_size: Optional[int] = 32):
-    """Raw (pre-ReLU) Grad-CAM maps ``(N, h, w)`` and the explained classes ``(N,)``.
+def gradcam_reference(grad_model, x: np.ndarray, class_index=None, batch_size: Optional[int] = 32,
+                      return_logits: bool = False):
+    """Raw (pre-ReLU) Grad-CAM maps ``(N, h, w)`` and the explained classes ``(N,)`` (and logits).
 
     ``L^c = Σ_k α_k^c A^k`` with ``α_k^c = mean_ij ∂y^c/∂A^k_ij`` (Selvaraju et al. 2017, Eq. 1-2;
     the ReLU is applied by ``firmware_host.cam``).
     """
     x = np.asarray(x, dtype=np.float32)
     step = len(x) if not batch_size else batch_size
-    maps, classes = [], []
+    maps, classes, all_logits = [], [], []
     for start in range(0, len(x), step):
         ci = None if class_index is None else np.broadcast_to(np.asarray(class_index), (len(x),))[start : start + step]
-        A, _, grads, chosen = feature_gradients(grad_model, x[start : start + step], ci)
+        A, logits, grads, chosen = feature_gradients(grad_model, x[start : start + step], ci)
         alpha = grads.mean(axis=(1, 2), keepdims=True)
         maps.append(np.sum(A * alpha, axis=-1))
         classes.append(chosen)
-    return np.concatenate(maps).astype(np.float32), np.concatenate(classes)
+        all_logits.append(logits)
+    out = (np.concatenate(maps).astype(np.float32), np.concatenate(classes))
+    return out + (np.concatenate(all_logits),) if return_logits else out

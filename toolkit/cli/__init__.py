@@ -20,6 +20,7 @@ COMMANDS = {
     "inspect": ("toolkit.cli.inspect:inspect_cmd", "Show a converted model's edgecam metadata."),
     "predict": ("toolkit.cli.predict:predict", "Explain images with a converted model (device path)."),
     "validate": ("toolkit.cli.validate:validate_cmd", "Compare edge heatmaps with full Grad-CAM; gate CI on it."),
+    "demo": ("toolkit.cli.demo:demo", "The whole story on built-in fog data, in one command."),
 }
 
 

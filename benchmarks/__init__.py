@@ -1,0 +1,1 @@
+"""On-demand benchmarks. ``python -m benchmarks`` runs them all and rewrites docs/benchmarks.md."""
