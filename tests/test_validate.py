@@ -323,7 +323,7 @@ def test_summary_matches_an_independent_computation(fog_models, image_dir, tmp_p
         probs = model.predict_on_batch(x)[0]
         c = int(np.argmax(probs))
         with tf.GradientTape() as tape:
-            a, pooled = features(x)
+            a, _ = features([x])
             tape.watch(a)
             logit = tf.matmul(tf.reduce_mean(a, axis=(1, 2)), dense.kernel) + dense.bias
             score = logit[0, c]
