@@ -186,6 +186,18 @@ def test_damaged_edge_maps_fail_the_gate_and_match_an_independent_pearson(fakes,
     assert "FAIL" in result.describe() and "pearson.median" in result.describe()
 
 
+def test_faithfulness_is_scored_on_an_evenly_spread_sample(fakes, image_dir, tmp_path):
+    out = tmp_path / "o"
+    # 9 files (7 images) and at most 3 scored: every ceil(9 / 3) = 3rd image, from the first.
+    result = V.validate("k.keras", "e.tflite", image_dir, out, faithfulness_steps=2,
+                        faithfulness_images=3, batch_size=2, progress=False)
+    rows = _rows(out / "per_image.csv")
+    scored = [int(r["index"]) for r in rows if r["deletion_auc_edge"] != ""]
+    assert scored == [0, 3, 6]
+    assert result.summary["faithfulness"]["images"] == 3
+    assert result.summary["faithfulness"]["edge"]["insertion_auc"]["n"] == 3
+
+
 def test_no_thresholds_means_no_gate(fakes, image_dir, tmp_path):
     result = V.validate("k.keras", "e.tflite", image_dir, tmp_path / "o", faithfulness=False, progress=False)
     assert result.passed and result.verdict == "NO GATE" and result.summary["checks"] == []
@@ -237,6 +249,7 @@ def _write_log(tmp_path, fakes):
 def test_log_reader_is_tolerant(fakes, tmp_path):
     log = _write_log(tmp_path, fakes)
     reader = V.RunLogReader(log, (GRID, GRID), len(CLASSES))
+    assert reader.count_saved_frames() == 5  # 3 saved + 2 broken records that name a frame
     frames = list(reader)
     assert [f.frame for f in frames] == [0, 2, 4, 91]
     assert frames[0].cam.shape == (GRID, GRID) and frames[0].frame_path == log.parent / "frames/000000.png"

@@ -218,6 +218,11 @@ class RunLogReader:
         self.skipped: Dict[str, int] = {"malformed": 0, "no_frame_path": 0, "invalid": 0}
         self.records = 0
 
+    def count_saved_frames(self) -> int:
+        """Lines that mention ``frame_path``: a cheap upper bound of the frames to validate."""
+        with open(self.path, "rb") as handle:
+            return sum(1 for line in handle if b'"frame_path"' in line)
+
     def __iter__(self) -> Iterator[LogFrame]:
         base = self.path.parent
         try:
@@ -396,7 +401,7 @@ class _Run:
     """Accumulates per-image records over batches and writes the outputs."""
 
     def __init__(self, edge, host, *, mode, source, out_dir, thresholds, batch_size, faithfulness,
-                 faithfulness_steps, n_cases, progress_total, progress) -> None:
+                 faithfulness_steps, faithfulness_images, n_cases, progress_total, progress) -> None:
         self.edge = edge
         self.host = host
         self.meta = edge.metadata
@@ -405,8 +410,12 @@ class _Run:
         self.out_dir = out_dir
         self.thresholds = thresholds
         self.batch_size = batch_size
-        self.faithfulness = faithfulness
+        self.faithfulness = faithfulness and faithfulness_images != 0
         self.steps = faithfulness_steps
+        # Faithfulness costs 4·(steps+1) model passes per image: score an evenly spread sample.
+        self.faith_left = faithfulness_images
+        known = progress_total is not None and faithfulness_images is not None
+        self.faith_stride = max(1, math.ceil(progress_total / faithfulness_images)) if known else 1
         self.cases = _Cases(n_cases)
         self.records: List[Dict[str, Any]] = []
         self.skipped: Dict[str, int] = {"unreadable": 0}
@@ -462,14 +471,7 @@ class _Run:
         full_fm = _cam.heatmap(full_raw, self.fm_size)
         edge_in = _cam.heatmap(edge_raw, self.in_size)
         full_in = _cam.heatmap(full_raw, self.in_size)
-        faith = None
-        if self.faithfulness:
-            faith = [
-                # Perturbed copies are small and many: 4 batches' worth per model call.
-                M.faithfulness(self.host.predict, x, heat, cam_classes, steps=self.steps,
-                               batch_size=4 * self.batch_size)
-                for heat in (edge_in, full_in)
-            ]
+        faith = self._faithfulness(x, edge_in, full_in, cam_classes)
         for i, it in enumerate(items):
             fm = M.compare_maps(edge_fm[i], full_fm[i])
             inr = M.compare_maps(edge_in[i], full_in[i], cells=self.fm_size)
@@ -490,11 +492,8 @@ class _Run:
             }
             rec.update(fm.as_dict())
             rec.update(inr.as_dict("in_"))
-            if faith is not None:
-                rec["deletion_auc_edge"] = float(faith[0].deletion_auc[i])
-                rec["deletion_auc_full"] = float(faith[1].deletion_auc[i])
-                rec["insertion_auc_edge"] = float(faith[0].insertion_auc[i])
-                rec["insertion_auc_full"] = float(faith[1].insertion_auc[i])
+            if i in faith:
+                rec.update(faith[i])
             self.records.append(rec)
             self.writer.writerow({k: _csv_value(rec.get(k, "")) for k in CSV_COLUMNS})
             self.cases.offer(fm.pearson, lambda i=i, it=it, rec=rec, fm=fm: {
@@ -507,6 +506,27 @@ class _Run:
                             f"{rec['edge_label']} {rec['edge_confidence']:.2f}"
                             + ("" if rec["cam_class"] == kc else f" · maps of class {rec['cam_class']}")),
             })
+
+    def _faithfulness(self, x, edge_in, full_in, classes) -> Dict[int, Dict[str, float]]:
+        """Deletion/insertion AUC of both maps for this batch's sampled images, by position."""
+        if not self.faithfulness:
+            return {}
+        first = len(self.records)
+        chosen = [i for i in range(len(x)) if (first + i) % self.faith_stride == 0]
+        if self.faith_left is not None:
+            chosen = chosen[: self.faith_left]
+            self.faith_left -= len(chosen)
+        if not chosen:
+            return {}
+        idx = np.asarray(chosen)
+        scores = {}
+        for side, heat in (("edge", edge_in), ("full", full_in)):
+            # Perturbed copies are many: 4 batches' worth per model call.
+            f = M.faithfulness(self.host.predict, x[idx], heat[idx], classes[idx], steps=self.steps,
+                               batch_size=4 * self.batch_size)
+            scores[f"deletion_auc_{side}"] = f.deletion_auc
+            scores[f"insertion_auc_{side}"] = f.insertion_auc
+        return {i: {k: float(v[j]) for k, v in scores.items()} for j, i in enumerate(chosen)}
 
     # -- whole run ---------------------------------------------------------------------------
     def run(self, items: Iterable[_Item]) -> ValidationResult:
@@ -568,6 +588,7 @@ class _Run:
         out["faithfulness"] = None
         if self.faithfulness:
             out["faithfulness"] = {
+                "images": len(col("deletion_auc_edge")),
                 "steps": self.steps,
                 "baseline": "blur",
                 "judge": "keras",
@@ -639,15 +660,17 @@ def _open(edge_model_path, keras_model, method, target_layer):
 
 
 def _start(keras_model, edge_model_path, out_dir, *, mode, source, total, method, min_pearson,
-           min_top1, batch_size, faithfulness, progress, target_layer, faithfulness_steps, cases) -> "_Run":
+           min_top1, batch_size, faithfulness, progress, target_layer, faithfulness_steps,
+           faithfulness_images, cases) -> "_Run":
     """Check the arguments and the output folder, open both models, and set up a run."""
     _check_args(method, min_pearson, min_top1, batch_size, faithfulness_steps)
     out = ensure_writable_dir(out_dir)
     edge, host = _open(edge_model_path, keras_model, method, target_layer)
     return _Run(edge, host, mode=mode, source=source, out_dir=out,
                 thresholds={"min_pearson": min_pearson, "min_top1": min_top1}, batch_size=batch_size,
-                faithfulness=faithfulness, faithfulness_steps=faithfulness_steps, n_cases=cases,
-                progress_total=total, progress=progress)
+                faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
+                faithfulness_images=faithfulness_images, n_cases=cases, progress_total=total,
+                progress=progress)
 
 
 def validate(
@@ -663,6 +686,7 @@ def validate(
     progress: bool = True,
     target_layer: Optional[str] = None,
     faithfulness_steps: int = 16,
+    faithfulness_images: Optional[int] = 100,
     cases: int = 4,
 ) -> ValidationResult:
     """Compare the edge model's heatmaps with full Grad-CAM over a folder of images.
@@ -676,13 +700,15 @@ def validate(
         min_pearson: gate: median feature-map Pearson must be at least this.
         min_top1: gate: top-1 agreement (edge vs Keras) must be at least this.
         batch_size: images per batch (memory is O(batch_size)).
-        faithfulness: also score deletion/insertion AUC of both maps (slower: 2 × 2 ×
-            (faithfulness_steps + 1) Keras predictions per image).
+        faithfulness: also score deletion/insertion AUC of both maps (2 × 2 ×
+            (faithfulness_steps + 1) Keras predictions per scored image).
         progress: show a tqdm progress bar on stderr.
         target_layer: layer of the full Grad-CAM; ``None`` picks it as ``edgecam convert``
             does (the last spatial layer), so a model converted at another layer shows up as a
             mismatch. Pass the edge's layer to compare at a custom conversion layer.
         faithfulness_steps: perturbation steps K of the deletion/insertion curves.
+        faithfulness_images: score faithfulness on at most this many images, spread evenly
+            over the run (every ceil(total / n)-th image); ``None`` scores every image.
         cases: how many worst and best images the report shows.
 
     Returns:
@@ -699,7 +725,8 @@ def validate(
     run = _start(keras_model, edge_model_path, out_dir, mode="images", source=root, total=len(files),
                  method=method, min_pearson=min_pearson, min_top1=min_top1, batch_size=batch_size,
                  faithfulness=faithfulness, progress=progress, target_layer=target_layer,
-                 faithfulness_steps=faithfulness_steps, cases=cases)
+                 faithfulness_steps=faithfulness_steps, faithfulness_images=faithfulness_images,
+                 cases=cases)
 
     def items() -> Iterator[_Item]:
         for path in files:
@@ -723,6 +750,7 @@ def validate_log(
     progress: bool = True,
     target_layer: Optional[str] = None,
     faithfulness_steps: int = 16,
+    faithfulness_images: Optional[int] = 100,
     cases: int = 4,
 ) -> ValidationResult:
     """Compare the CAMs a device recorded (``edgecam run`` JSONL) with full Grad-CAM.
@@ -733,12 +761,14 @@ def validate_log(
     ``argmax(probabilities)``) with the Keras prediction on the saved frame. Arguments as :func:`validate`, with ``log_path`` the
     JSONL file; records without ``frame_path`` are skipped and counted (``skipped``).
     """
-    run = _start(keras_model, edge_model_path, out_dir, mode="log", source=Path(log_path), total=None,
+    reader = RunLogReader(log_path)  # fails early on a missing log; shape checks come below
+    run = _start(keras_model, edge_model_path, out_dir, mode="log", source=Path(log_path),
+                 total=reader.count_saved_frames(),
                  method=method, min_pearson=min_pearson, min_top1=min_top1, batch_size=batch_size,
                  faithfulness=faithfulness, progress=progress, target_layer=target_layer,
-                 faithfulness_steps=faithfulness_steps, cases=cases)
-    meta = run.meta
-    reader = RunLogReader(log_path, meta.feature_map_shape[:2], meta.num_classes)
+                 faithfulness_steps=faithfulness_steps, faithfulness_images=faithfulness_images,
+                 cases=cases)
+    reader = RunLogReader(log_path, run.meta.feature_map_shape[:2], run.meta.num_classes)
 
     def items() -> Iterator[_Item]:
         for frame in reader:

@@ -26,10 +26,13 @@ from ._common import cli_errors, quiet_tensorflow
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--steps", "faithfulness_steps", type=click.IntRange(min=1), default=16, show_default=True,
               help="Deletion/insertion steps.")
+@click.option("--faithfulness-images", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Score deletion/insertion AUC on at most N images spread over the set (0: all).")
 @click.option("--no-faithfulness", is_flag=True, help="Skip deletion/insertion AUC (much faster).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def validate_cmd(keras_model, edge_model, images_dir, from_log, out_dir, method, target_layer,
-                 min_pearson, min_top1, batch_size, faithfulness_steps, no_faithfulness, quiet):
+                 min_pearson, min_top1, batch_size, faithfulness_steps, faithfulness_images,
+                 no_faithfulness, quiet):
     """Compare EDGE_MODEL's heatmaps with full Grad-CAM of KERAS_MODEL.
 
     Writes summary.json, per_image.csv and report.html to --out. Exits with code 1 when a
@@ -42,7 +45,7 @@ def validate_cmd(keras_model, edge_model, images_dir, from_log, out_dir, method,
 
     kwargs = dict(method=method, min_pearson=min_pearson, min_top1=min_top1, batch_size=batch_size,
                   faithfulness=not no_faithfulness, progress=not quiet, target_layer=target_layer,
-                  faithfulness_steps=faithfulness_steps)
+                  faithfulness_steps=faithfulness_steps, faithfulness_images=faithfulness_images or None)
     with cli_errors():
         if from_log is not None:
             result = validate_log(keras_model, edge_model, from_log, out_dir, **kwargs)
