@@ -74,14 +74,16 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> float:
     """
     dx = x - x.mean()
     dy = y - y.mean()
-    sx = math.sqrt(float(dx @ dx))
-    sy = math.sqrt(float(dy @ dy))
+    # Elementwise sums, not BLAS dot products: a threaded BLAS next to TensorFlow's thread pools
+    # on a busy 2-core machine took 20 ms per 224×224 dot product, np.sum 0.05 ms.
+    sx = math.sqrt(float(np.sum(dx * dx)))
+    sy = math.sqrt(float(np.sum(dy * dy)))
     # Relative tolerance: a map whose spread is float round-off of its level is constant.
     tx = sx <= 1e-12 * max(1.0, float(np.abs(x).max(initial=0.0))) * math.sqrt(x.size)
     ty = sy <= 1e-12 * max(1.0, float(np.abs(y).max(initial=0.0))) * math.sqrt(y.size)
     if tx or ty:
         return 1.0 if (tx and ty) else 0.0
-    return float(np.clip((dx @ dy) / (sx * sy), -1.0, 1.0))
+    return float(np.clip(np.sum(dx * dy) / (sx * sy), -1.0, 1.0))
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -297,11 +299,13 @@ def emd(
     a, b = _pair(a, b, "emd")
     if np.any(a < 0) or np.any(b < 0):
         raise InputError("emd needs non-negative maps (ReLU'd CAMs or heatmaps).")
-    diff = (_as_distribution(a) - _as_distribution(b)).ravel()
+    diff = (_as_distribution(a) - _as_distribution(b)).ravel().astype(np.float32)
     orders, gaps, norm = _projections(a.shape, _cell_scale(a.shape, cells), int(directions))
     # Per direction: W1 = Σ_i |CDF_a - CDF_b|(p_i) · (p_{i+1} - p_i) over the sorted projections.
-    cdf = np.abs(np.cumsum(diff[orders], axis=1))[:, :-1]
-    return float(np.sum(cdf * gaps)) / directions / norm
+    # float32 halves the memory traffic of this (directions × pixels) pass; relative error ~1e-6.
+    cdf = np.cumsum(diff[orders], axis=1)
+    np.abs(cdf, out=cdf)
+    return float(np.sum(cdf[:, :-1] * gaps, dtype=np.float64)) / directions / norm
 
 
 @functools.lru_cache(maxsize=16)
@@ -317,7 +321,8 @@ def _projections(shape: Tuple[int, int], scale: Scale, directions: int):
     theta = np.arange(directions) * (np.pi / directions)
     proj = np.cos(theta)[:, None] * xs[None, :] + np.sin(theta)[:, None] * ys[None, :]
     orders = np.argsort(proj, axis=1, kind="stable")
-    gaps = np.diff(np.take_along_axis(proj, orders, axis=1), axis=1)
+    gaps = np.diff(np.take_along_axis(proj, orders, axis=1), axis=1).astype(np.float32)
+    orders = orders.astype(np.int32 if orders.shape[1] < 2**31 else np.int64)
     orders.setflags(write=False)
     gaps.setflags(write=False)
     return orders, gaps, float(np.mean(np.abs(np.cos(theta))))
