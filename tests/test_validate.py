@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from firmware_host import cam
-from firmware_host.errors import InputError, SourceError
+from firmware_host.errors import InputError, MetadataError, SourceError
 from firmware_host.metadata import EdgecamMetadata, Preprocessing
 from firmware_host.model import Explanation
 from firmware_host.preprocess import preprocess
@@ -69,7 +69,9 @@ class FakeHost(BlockModel):
         return self.probs(x)
 
     def explain(self, x, classes, batch_size):
-        return self.cams(x, classes)
+        probs = self.probs(x)
+        classes = probs.argmax(axis=1) if classes is None else np.asarray(classes)
+        return probs, classes, self.cams(x, classes)
 
 
 class FakeEdge(BlockModel):
@@ -84,10 +86,16 @@ class FakeEdge(BlockModel):
         self.damage = damage
         self.batches = []
 
+    own_class_only = False  # like a 'predicted'-output model without class weights
+
     def explain_batch(self, images, class_index=None):
         self.batches.append(len(images))
         x = np.stack([preprocess(img, self.meta.preprocessing) for img in images])
         p = self.probs(x)
+        if self.own_class_only:
+            p = np.roll(p, 1, axis=1)  # and a different top-1 than the Keras model
+            if class_index is not None and np.any(np.asarray(class_index) != p.argmax(axis=1)):
+                raise MetadataError("only the predicted class can be explained")
         pred = p.argmax(axis=1)
         chosen = pred if class_index is None else np.asarray(class_index)
         maps = self.cams(x, chosen)
@@ -198,6 +206,20 @@ def test_faithfulness_is_scored_on_an_evenly_spread_sample(fakes, image_dir, tmp
     assert result.summary["faithfulness"]["edge"]["insertion_auc"]["n"] == 3
 
 
+def test_edge_that_explains_only_its_own_class_is_compared_on_that_class(fakes, image_dir, tmp_path):
+    fakes["edge"].own_class_only = True
+    result = V.validate("k.keras", "e.tflite", image_dir, tmp_path / "o", min_top1=0.5,
+                        faithfulness=False, progress=False)
+    s = result.summary
+    rows = _rows(tmp_path / "o" / "per_image.csv")
+    assert all(r["cam_class"] == r["edge_class"] != r["keras_class"] for r in rows)
+    # The full maps were recomputed for the edge's class, so the maps still agree exactly...
+    assert s["pearson"]["min"] == pytest.approx(1.0)
+    # ...while the disagreement shows in top-1, the gate and a warning.
+    assert s["top1_agreement"] == 0.0 and not result.passed
+    assert any("could not explain the Keras class" in w for w in s["warnings"])
+
+
 def test_no_thresholds_means_no_gate(fakes, image_dir, tmp_path):
     result = V.validate("k.keras", "e.tflite", image_dir, tmp_path / "o", faithfulness=False, progress=False)
     assert result.passed and result.verdict == "NO GATE" and result.summary["checks"] == []
@@ -278,8 +300,8 @@ DATA = Path(__file__).parent / "data"
 
 def _needs_explainer():
     explain = pytest.importorskip("toolkit.explain", reason="needs the host explainer")
-    if not hasattr(explain, "explain"):
-        pytest.skip("toolkit.explain.explain has not landed on main yet")
+    if not hasattr(explain, "explain_full"):
+        pytest.skip("toolkit.explain.explain_full has not landed on main yet")
 
 
 @pytest.fixture(scope="module")

@@ -307,15 +307,25 @@ class _HostModel:
             probs = np.concatenate([1.0 - probs, probs], axis=1)
         return probs
 
-    def explain(self, x: np.ndarray, classes: np.ndarray, batch_size: int) -> np.ndarray:
-        """Raw ReLU'd full maps ``(N, h, w)`` at the explanation layer's resolution."""
-        from toolkit.explain import explain
+    def explain(self, x: np.ndarray, classes: Optional[np.ndarray], batch_size: int):
+        """Full maps and what they explain, from one forward/backward pass.
 
-        maps = explain(
+        Args:
+            x: ``(N, H, W, C)`` preprocessed inputs.
+            classes: ``(N,)`` classes to explain, or None for the Keras prediction.
+
+        Returns:
+            ``(probabilities (N, K), explained classes (N,), raw ReLU'd maps (N, h, w))`` at the
+            explanation layer's resolution.
+        """
+        from toolkit.explain import explain_full
+
+        out = explain_full(
             self.model, x, method=self.method, target_layer=self.layer, class_index=classes,
             upsample=False, batch_size=batch_size,
         )
-        return _cam.relu(np.asarray(maps, dtype=np.float32))
+        return (np.asarray(out.probabilities, dtype=np.float32), np.asarray(out.class_index),
+                _cam.relu(np.asarray(out.maps, dtype=np.float32)))
 
 
 def _load_keras(keras_model):
@@ -454,7 +464,10 @@ class _Run:
     def process(self, items: Sequence[_Item]) -> None:
         meta = self.meta
         x = np.stack([preprocess(it.image, meta.preprocessing) for it in items]).astype(np.float32)
-        keras_probs = self.host.predict(x)
+        # The Keras prediction and its full map come from one pass; the log mode explains the
+        # class the device recorded a CAM for.
+        recorded = np.array([it.frame.class_index for it in items]) if self.mode == "log" else None
+        keras_probs, explained, full_raw = self.host.explain(x, recorded, self.batch_size)
         keras_classes = keras_probs.argmax(axis=1)
         edge_probs, edge_pred, cam_classes, edge_raw = self._edge_side(items, keras_classes)
         if edge_probs.shape != keras_probs.shape:
@@ -463,7 +476,9 @@ class _Run:
                 f"model gives {keras_probs.shape[1]}: they are not the same model. Pass the Keras "
                 "model that was converted."
             )
-        full_raw = self.host.explain(x, cam_classes, self.batch_size)
+        redo = np.flatnonzero(cam_classes != explained)
+        if redo.size:  # the edge explained another class (see _edge_side): match it
+            full_raw[redo] = self.host.explain(x[redo], cam_classes[redo], self.batch_size)[2]
         self.full_fm_size = tuple(full_raw.shape[1:3])
         # One post-processing path for both maps (firmware_host.cam). The edge grid is the
         # feature-map resolution; a full map from another layer is resized onto it.
