@@ -701,7 +701,7 @@ def validate(
     progress: bool = True,
     target_layer: Optional[str] = None,
     faithfulness_steps: int = 16,
-    faithfulness_images: Optional[int] = 100,
+    faithfulness_images: Optional[int] = 50,
     cases: int = 4,
 ) -> ValidationResult:
     """Compare the edge model's heatmaps with full Grad-CAM over a folder of images.
@@ -765,7 +765,7 @@ def validate_log(
     progress: bool = True,
     target_layer: Optional[str] = None,
     faithfulness_steps: int = 16,
-    faithfulness_images: Optional[int] = 100,
+    faithfulness_images: Optional[int] = 50,
     cases: int = 4,
 ) -> ValidationResult:
     """Compare the CAMs a device recorded (``edgecam run`` JSONL) with full Grad-CAM.

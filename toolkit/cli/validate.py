@@ -26,7 +26,7 @@ from ._common import cli_errors, quiet_tensorflow
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--steps", "faithfulness_steps", type=click.IntRange(min=1), default=16, show_default=True,
               help="Deletion/insertion steps.")
-@click.option("--faithfulness-images", type=click.IntRange(min=0), default=100, show_default=True,
+@click.option("--faithfulness-images", type=click.IntRange(min=0), default=50, show_default=True,
               help="Score deletion/insertion AUC on at most N images spread over the set (0: all).")
 @click.option("--no-faithfulness", is_flag=True, help="Skip deletion/insertion AUC (much faster).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
