@@ -17,6 +17,7 @@ __all__ = [
     "ConversionError",
     "SourceError",
     "OutputError",
+    "DeployError",
 ]
 
 
@@ -58,3 +59,7 @@ class SourceError(EdgecamError):
 
 class OutputError(EdgecamError):
     """An output location is not writable, or writing to it failed."""
+
+
+class DeployError(EdgecamError):
+    """A deployment bundle is invalid, unsafe or tampered, or installing it on a device failed."""

@@ -133,9 +133,11 @@ class ExplainableModel:
     # -- inference ---------------------------------------------------------------------
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Checked uint8 images → the input tensor ``(N, H, W, C)`` in the model's dtype."""
-        batch = np.stack(
-            [preprocess(check_image(img, f"image {i}"), self.metadata.preprocessing) for i, img in enumerate(images)]
-        )
+        pre = self.metadata.preprocessing
+        if len(images) == 1:  # the per-frame case: no stack copy
+            batch = preprocess(check_image(images[0], "image"), pre)[None]
+        else:
+            batch = np.stack([preprocess(check_image(img, f"image {i}"), pre) for i, img in enumerate(images)])
         info = self._image_info
         if info.quantization is not None:
             scale, zero = info.quantization
@@ -163,8 +165,15 @@ class ExplainableModel:
             )
         return idx.astype(np.int64)
 
-    def run(self, images: Sequence[np.ndarray], class_index=None) -> dict:
-        """Invoke once on a batch; return dequantized outputs by role plus ``latency_ms``."""
+    def run(self, images: Sequence[np.ndarray], class_index=None, outputs: Optional[Sequence[str]] = None) -> dict:
+        """Invoke once on a batch; return dequantized outputs by role plus ``latency_ms``.
+
+        Args:
+            images: uint8 images.
+            class_index: ``None`` or one int / one int per image.
+            outputs: roles to dequantize (default: all); the others are returned raw under
+                ``"raw"`` so they can be dequantized later with :meth:`dequantize`.
+        """
         x = self.preprocess(images)
         n = len(x)
         selected = self._class_indices(class_index, n)
@@ -176,13 +185,16 @@ class ExplainableModel:
         start = time.perf_counter()
         raw = self.backend.run(feed)
         latency = (time.perf_counter() - start) * 1000.0
-        outputs = {
-            role: _dequantize(raw[name], self.backend.outputs[name].quantization)
-            for role, name in self._out.items()
-        }
-        outputs["latency_ms"] = latency
-        outputs["selected"] = selected
-        return outputs
+        wanted = self._out if outputs is None else {r: self._out[r] for r in outputs if r in self._out}
+        result = {role: self.dequantize(role, raw[name]) for role, name in wanted.items()}
+        result["raw"] = raw
+        result["latency_ms"] = latency
+        result["selected"] = selected
+        return result
+
+    def dequantize(self, role: str, value: np.ndarray) -> np.ndarray:
+        """Real values of output ``role`` (int8 outputs: ``(q - zero_point) · scale``)."""
+        return _dequantize(value, self.backend.outputs[self._out[role]].quantization)
 
     def explain_batch(self, images: Sequence[np.ndarray], class_index=None) -> List[Explanation]:
         """Explain a batch of uint8 images (each gray ``H×W`` or RGB ``H×W×3``, any size).
@@ -200,8 +212,9 @@ class ExplainableModel:
             images = list(images)
         if len(images) == 0:
             raise InputError("explain_batch got an empty batch.")
-        out = self.run(images, class_index)
         meta = self.metadata
+        cam_role = "cams" if meta.cam_output == "all" else "cam"
+        out = self.run(images, class_index, outputs=("probabilities", cam_role))
         probs = out["probabilities"]
         predicted = np.argmax(probs, axis=-1)
         chosen = predicted if out["selected"] is None else out["selected"]
@@ -237,7 +250,7 @@ class ExplainableModel:
         meta = self.metadata
         if meta.cam_output == "all":
             cams = out["cams"]  # (N, h, w, K)
-            raw = np.take_along_axis(cams, chosen[:, None, None, None], axis=-1)[..., 0]
+            raw = cams[np.arange(len(chosen)), :, :, chosen]
         elif meta.cam_output == "selected":
             raw = out["cam"]
         else:  # "predicted": the graph's map is right unless another class was asked for
@@ -249,7 +262,7 @@ class ExplainableModel:
                         f"'{self.path}' stores no class weights, so only the predicted class can "
                         "be explained. Convert again with this edgecam version."
                     )
-                fmaps = out["feature_maps"]
+                fmaps = self.dequantize("feature_maps", out["raw"][self._out["feature_maps"]])
                 for i in other:
                     raw[i] = _cam.combine(fmaps[i], meta.class_weights[..., int(chosen[i])])
         return _cam.relu(raw)

@@ -19,8 +19,13 @@ COMMANDS = {
     "convert": ("toolkit.cli.convert:convert", "Export a Keras CNN to LiteRT with an explanation head."),
     "inspect": ("toolkit.cli.inspect:inspect_cmd", "Show a converted model's edgecam metadata."),
     "predict": ("toolkit.cli.predict:predict", "Explain images with a converted model (device path)."),
+    "run": ("toolkit.cli.run:run_cmd", "Explain a camera, video, folder or stream live (device path)."),
+    "bench": ("toolkit.cli.bench:bench_cmd", "Latency, fps and memory of a model vs its plain baseline (device path)."),
     "validate": ("toolkit.cli.validate:validate_cmd", "Compare edge heatmaps with full Grad-CAM; gate CI on it."),
     "demo": ("toolkit.cli.demo:demo", "The whole story on built-in fog data, in one command."),
+    "bundle": ("toolkit.cli.bundle:bundle", "Package a model + edgecam + installer for a Raspberry Pi/Jetson."),
+    "deploy": ("toolkit.cli.deploy:deploy", "Install a bundle on a device over SSH (or roll it back)."),
+    "doctor": ("toolkit.cli.doctor:doctor", "Check this device: Python, interpreter, cameras, disk, model."),
 }
 
 

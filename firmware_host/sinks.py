@@ -1,0 +1,546 @@
+"""Outputs of ``edgecam run``: annotated video, JSONL telemetry (+ saved frames), snapshots.
+
+* :class:`VideoSink` — the annotated stream through ``cv2.VideoWriter``; :meth:`close`
+  releases the writer, which is what makes an MP4 playable (it writes the index).
+* :class:`TelemetryLog` — one JSON object per line and per frame (schema in ``docs/run.md``).
+  A writer thread saves the frame (atomically) and then writes, flushes and ``os.fsync``'s the
+  line (every ``fsync_every`` records); :meth:`TelemetryLog.write` first waits for the previous
+  record to be on disk, so with the default of 1 a power cut loses at most the last record,
+  possibly as a truncated final line that :func:`read_jsonl` skips, while the disk flush
+  overlaps the next inference instead of stalling the loop. The log is rotated into segments
+  and old segments (with their frames) are deleted to stay under a disk budget.
+* :class:`SnapshotSink` — frame + overlay JPEGs on class changes and every N seconds, oldest
+  deleted first to stay under a disk budget.
+
+Images are BGR uint8 as OpenCV uses them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from ._io import atomic_write_bytes, ensure_writable_dir
+from .errors import InputError, OutputError
+
+__all__ = [
+    "annotate",
+    "encode_jpeg",
+    "VideoSink",
+    "TelemetryLog",
+    "SnapshotSink",
+    "read_jsonl",
+    "LogRecords",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+_MB = 1 << 20
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:
+    """BGR uint8 image → JPEG bytes."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise OutputError(f"OpenCV could not encode a {image.shape} {image.dtype} image as JPEG.")
+    return buf.tobytes()
+
+
+def _encode(image: np.ndarray, suffix: str) -> bytes:
+    import cv2
+
+    if suffix in (".jpg", ".jpeg"):
+        return encode_jpeg(image, 92)
+    ok, buf = cv2.imencode(suffix, image)
+    if not ok:
+        raise OutputError(f"OpenCV could not encode an image as {suffix}.")
+    return buf.tobytes()
+
+
+def annotate(
+    frame_bgr: np.ndarray,
+    heat: np.ndarray,
+    label: str,
+    confidence: float,
+    fps: Optional[float] = None,
+    alpha: float = 0.45,
+) -> np.ndarray:
+    """The annotated frame: heatmap overlay plus label, confidence and fps text.
+
+    Args:
+        frame_bgr: ``(H, W, 3)`` BGR uint8.
+        heat: heatmap in [0, 1] at any resolution (resized by :func:`firmware_host.cam.overlay`).
+        label / confidence / fps: drawn in the top-left corner.
+
+    Returns:
+        A new ``(H, W, 3)`` BGR uint8 image.
+    """
+    import cv2
+
+    from . import cam as _cam
+
+    rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)  # a fresh array: the input is never drawn on
+    out = cv2.cvtColor(_cam.overlay(rgb, heat, alpha=alpha), cv2.COLOR_RGB2BGR)
+    height = out.shape[0]
+    scale = max(0.35, min(1.0, height / 480.0))
+    thick = 1 if scale < 0.6 else 2
+    lines = [f"{label} {confidence * 100:.0f}%"]
+    if fps is not None:
+        lines.append(f"{fps:.1f} fps")
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    pad = max(3, int(6 * scale))
+    sizes = [cv2.getTextSize(text, font, scale, thick)[0] for text in lines]
+    line_h = max(h for _, h in sizes) + 2 * pad
+    box_w = max(w for w, _ in sizes) + 2 * pad
+    # Darken a box behind the text (50%): readable on any heatmap colour, frame still visible.
+    box = out[: line_h * len(lines), :box_w]
+    box[...] = box // 2
+    for i, text in enumerate(lines):
+        y = (i + 1) * line_h - pad
+        cv2.putText(out, text, (pad, y), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return out
+
+
+def _keep_existing(path: Path) -> Optional[Path]:
+    """Rename an earlier output to ``<stem>.<its UTC mtime><suffix>`` so a restart never overwrites it."""
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(path.stat().st_mtime))
+    kept, n = path.with_name(f"{path.stem}.{stamp}{path.suffix}"), 1
+    while kept.exists():
+        kept, n = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}"), n + 1
+    os.replace(path, kept)
+    return kept
+
+
+class VideoSink:
+    """Annotated video through ``cv2.VideoWriter``, opened at the first frame.
+
+    ``.avi`` uses Motion-JPEG (every frame stands alone: the most robust choice when power can
+    be cut); ``.mp4``/``.m4v``/``.mov`` use ``mp4v`` (smaller; playable only after
+    :meth:`close`, which the runner guarantees on exit and on SIGINT/SIGTERM). An existing file
+    at ``path`` (an earlier run) is renamed ``<stem>.<UTC time><suffix>``, never overwritten.
+
+    Args:
+        path: output file; its directory is checked up front.
+        fps: frame rate written into the container.
+    """
+
+    CODECS = {".avi": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "MJPG"}
+
+    def __init__(self, path: PathLike, fps: float = 15.0) -> None:
+        self.path = Path(path)
+        if self.path.suffix.lower() not in self.CODECS:
+            raise InputError(
+                f"--out-video must end with one of {', '.join(self.CODECS)}. Got: '{self.path}'."
+            )
+        if not (fps > 0 and math.isfinite(fps)):
+            raise InputError(f"Video fps must be positive. Got: {fps}")
+        ensure_writable_dir(self.path.parent if str(self.path.parent) else ".")
+        self.kept = _keep_existing(self.path)
+        self.fps = float(fps)
+        self.frames = 0
+        self._writer = None
+        self._size: Optional[Tuple[int, int]] = None
+
+    def write(self, image: np.ndarray) -> None:
+        """Append one BGR frame; frames of another size are resized to the first one's."""
+        import cv2
+
+        if self._writer is None:
+            height, width = image.shape[:2]
+            fourcc = cv2.VideoWriter_fourcc(*self.CODECS[self.path.suffix.lower()])
+            writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (width, height))
+            if not writer.isOpened():
+                raise OutputError(
+                    f"OpenCV cannot write video '{self.path}' ({self.CODECS[self.path.suffix.lower()]}, "
+                    f"{width}x{height}). Try an .avi output (Motion-JPEG is always available)."
+                )
+            self._writer, self._size = writer, (width, height)
+        if image.shape[1::-1] != self._size:
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+        self._writer.write(image)
+        self.frames += 1
+
+    def close(self) -> None:
+        """Finalise the container. Idempotent."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+# -- telemetry ---------------------------------------------------------------------------------
+
+
+def _round_list(values: np.ndarray, digits: int) -> list:
+    """Rounded floats; NaN/inf become ``null`` (JSON has no NaN, and a log must never fail)."""
+    arr = np.round(np.asarray(values, dtype=np.float64), digits)
+    return [None if not np.isfinite(v) else v for v in arr.tolist()]
+
+
+def _significant(values: np.ndarray, digits: int):
+    """Nested list with ``digits`` significant digits (small maps keep their shape); NaN → null."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim == 0:
+        value = float(arr)
+        return float(f"{value:.{digits}g}") if np.isfinite(value) else None
+    return [_significant(row, digits) for row in arr]
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    if path.is_dir():
+        for root, _, files in os.walk(path):
+            for name in files:
+                try:
+                    total += os.path.getsize(os.path.join(root, name))
+                except OSError:
+                    pass
+    return total
+
+
+class TelemetryLog:
+    """JSONL telemetry, one record per frame, durable line by line, rotated under a budget.
+
+    Layout beside ``path`` (say ``run.jsonl``):
+
+    * ``run.jsonl`` — the current segment (what ``edgecam validate --from-log`` reads);
+    * ``run.<SEGMENT>.jsonl`` — older segments after rotation (or an earlier run's log found
+      at start, which is never overwritten);
+    * ``run_frames/<SEGMENT>/<frame>.jpg`` — frames saved for validation; ``frame_path`` in
+      each record is relative to the log's directory.
+
+    Args:
+        path: the ``.jsonl`` file.
+        save_frames: save every Nth frame (1 = all, 0 = none).
+        frame_format: ``jpg`` or ``png`` (lossless; bigger and slower).
+        fsync_every: ``os.fsync`` after every N records (1 = each record; power cut loses at
+            most one record; each fsync costs a disk flush, measured in ``docs/run.md``).
+        max_mb: disk budget for all segments plus their frames (``None``: unlimited). A segment
+            is rotated at a quarter of the budget; the oldest segments are deleted beyond it.
+        cam_digits: significant digits kept in the logged CAM.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        save_frames: int = 0,
+        frame_format: str = "jpg",
+        fsync_every: int = 1,
+        max_mb: Optional[float] = None,
+        cam_digits: int = 4,
+    ) -> None:
+        self.path = Path(path)
+        if self.path.suffix.lower() != ".jsonl":
+            raise InputError(f"--log must name a .jsonl file. Got: '{self.path}'.")
+        if save_frames < 0 or fsync_every < 1:
+            raise InputError(
+                f"--save-frames must be >= 0 and --fsync-every >= 1. Got {save_frames}, {fsync_every}."
+            )
+        if frame_format.lower().lstrip(".") not in ("jpg", "jpeg", "png"):
+            raise InputError(f"Frame format must be jpg or png. Got: {frame_format!r}")
+        if max_mb is not None and max_mb < 1:
+            raise InputError(f"--log-max-mb must be at least 1. Got: {max_mb}")
+        self.dir = self.path.parent if str(self.path.parent) else Path(".")
+        ensure_writable_dir(self.dir)
+        self.save_frames = int(save_frames)
+        self.suffix = "." + frame_format.lower().lstrip(".").replace("jpeg", "jpg")
+        self.fsync_every = int(fsync_every)
+        self.budget = None if max_mb is None else int(max_mb * _MB)
+        self.cam_digits = int(cam_digits)
+        self.frames_root = self.dir / f"{self.path.stem}_frames"
+        self.records = 0
+        self._pending = 0
+        # One worker writes frames and lines in order, off the inference loop; write() waits
+        # for the previous record before handing over the next, so at most one is in flight.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgecam-log")
+        self._inflight: Optional[Future] = None
+        self._fh = None
+        self._segments: List[Tuple[str, int]] = []  # rotated (segment id, bytes), oldest first
+        self._seq = 0
+        self._scan_old_segments()
+        self._start_segment()
+
+    # -- segments ------------------------------------------------------------------------------
+    def _segment_file(self, sid: str) -> Path:
+        return self.dir / f"{self.path.stem}.{sid}.jsonl"
+
+    def _new_sid(self) -> str:
+        # UTC start time + a counter: names sort in creation order and are never reused.
+        while True:
+            self._seq += 1
+            sid = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{self._seq:04d}"
+            if not (self._segment_file(sid).exists() or (self.frames_root / sid).exists()):
+                return sid
+
+    def _scan_old_segments(self) -> None:
+        if self.path.exists():
+            # An earlier run's log (maybe cut by a power loss): keep it as a rotated segment.
+            sid = _segment_of(self.path, self.path.stem) or self._new_sid()
+            os.replace(self.path, self._segment_file(sid))
+        prefix = f"{self.path.stem}."
+        found = []
+        for p in self.dir.glob(f"{self.path.stem}.*.jsonl"):
+            sid = p.name[len(prefix) : -len(".jsonl")]
+            size = p.stat().st_size + _dir_size(self.frames_root / sid)
+            found.append((p.stat().st_mtime, sid, size))
+        self._segments = [(sid, size) for _, sid, size in sorted(found)]
+
+    def _start_segment(self) -> None:
+        self.sid = self._new_sid()
+        self.segment_bytes = 0
+        try:
+            self._fh = open(self.path, "x", encoding="utf-8", newline="\n")
+        except OSError as exc:
+            raise OutputError(f"Cannot create log '{self.path}': {exc}. Check the --log path.") from exc
+        self._frames_dir = self.frames_root / self.sid
+
+    def _rotate(self) -> None:
+        self._sync()
+        self._fh.close()
+        os.replace(self.path, self._segment_file(self.sid))
+        self._segments.append((self.sid, self.segment_bytes))
+        self._start_segment()
+
+    def _enforce_budget(self) -> None:
+        if self.budget is None:
+            return
+        if self.segment_bytes > self.budget // 4:
+            self._rotate()
+        total = self.segment_bytes + sum(size for _, size in self._segments)
+        while total > self.budget and self._segments:
+            sid, size = self._segments.pop(0)
+            self._segment_file(sid).unlink(missing_ok=True)
+            shutil.rmtree(self.frames_root / sid, ignore_errors=True)
+            total -= size
+
+    # -- writing -------------------------------------------------------------------------------
+    def wants_frame(self, index: int) -> bool:
+        """True when frame ``index`` is one to save (every ``save_frames``-th)."""
+        return self.save_frames > 0 and index % self.save_frames == 0
+
+    def write(
+        self,
+        *,
+        frame: int,
+        timestamp: float,
+        explanation,
+        image_bgr: Optional[np.ndarray] = None,
+        extra: Optional[Dict[str, Any]] = None,
+    ) -> Dict[str, Any]:
+        """Append one record (and save the frame first when it is one to save).
+
+        Args:
+            frame: frame index in the source.
+            timestamp: unix seconds when the frame was grabbed.
+            explanation: the raw :class:`~firmware_host.Explanation` of this frame.
+            image_bgr: the frame as read (saved when :meth:`wants_frame`).
+            extra: more fields (smoothed state, …) merged into the record.
+
+        Returns:
+            The record written.
+        """
+        record: Dict[str, Any] = {
+            "timestamp": round(float(timestamp), 6),
+            "frame": int(frame),
+            "class_index": int(explanation.class_index),
+            "label": explanation.label,
+            "predicted_index": int(explanation.predicted_index),
+            "confidence": _round_list([explanation.confidence], 6)[0],
+            "probabilities": _round_list(explanation.probabilities, 6),
+            "latency_ms": round(float(explanation.latency_ms), 3),
+            "cam": _significant(explanation.cam, self.cam_digits),
+            "peak": list(explanation.peak()),
+        }
+        save = image_bgr is not None and self.wants_frame(frame)
+        self._wait()  # the previous record (and its frame) is on disk: at most one in flight
+        if save:
+            record["frame_path"] = (Path(self.frames_root.name) / self.sid / f"{int(frame):08d}{self.suffix}").as_posix()
+        if extra:
+            record.update(extra)
+        self._inflight = self._worker.submit(self._persist, record, image_bgr if save else None)
+        self.records += 1
+        return record
+
+    def _persist(self, record: Dict[str, Any], image_bgr: Optional[np.ndarray]) -> None:
+        """Worker thread: frame file (atomic, fsync'd), then the line, flush, fsync."""
+        written = 0
+        try:
+            if image_bgr is not None:
+                self._frames_dir.mkdir(parents=True, exist_ok=True)
+                data = _encode(image_bgr, self.suffix)
+                atomic_write_bytes(self.dir / record["frame_path"], data)
+                written = len(data)
+            line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+            self._fh.write(line)
+            self._fh.flush()
+            self._pending += 1
+            if self._pending >= self.fsync_every:
+                self._sync()
+        except OSError as exc:
+            raise OutputError(f"Writing log '{self.path}' failed: {exc}. Check free space.") from exc
+        self.segment_bytes += len(line.encode("utf-8")) + written
+        self._enforce_budget()
+
+    def _wait(self) -> None:
+        """Block until the record in flight is durable; re-raise its error if it failed."""
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            inflight.result()
+
+    def sync(self) -> None:
+        """Wait until every record written so far is on disk."""
+        self._wait()
+        self._sync()
+
+    def _sync(self) -> None:
+        if self._fh is not None and self._pending:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._pending = 0
+
+    def close(self) -> None:
+        """Finish the record in flight, fsync and close. Idempotent."""
+        if self._fh is not None:
+            try:
+                self._wait()
+            finally:
+                self._worker.shutdown(wait=True)
+                self._sync()
+                self._fh.close()
+                self._fh = None
+
+
+def _segment_of(path: Path, stem: str) -> Optional[str]:
+    """Segment id of an existing log, read from its first ``frame_path`` (None if none)."""
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                try:
+                    rel = json.loads(line).get("frame_path")
+                except (ValueError, AttributeError):
+                    continue
+                if rel:
+                    parts = Path(rel).parts
+                    if len(parts) >= 3 and parts[0] == f"{stem}_frames":
+                        return parts[1]
+                    return None
+    except OSError:
+        return None
+    return None
+
+
+class LogRecords(List[Dict[str, Any]]):
+    """Records read by :func:`read_jsonl`; ``truncated`` is True when a cut last line was skipped."""
+
+    truncated: bool = False
+
+
+def read_jsonl(path: PathLike) -> LogRecords:
+    """Read a telemetry log, tolerating a truncated last line (a power cut mid-write).
+
+    Args:
+        path: the ``.jsonl`` file.
+
+    Returns:
+        The records, in file order (``.truncated`` tells whether the last line was cut).
+
+    Raises:
+        InputError: a line other than the last is not valid JSON (the file is corrupt).
+    """
+    records = LogRecords()
+    with open(path, "r", encoding="utf-8", errors="replace") as fh:
+        lines = fh.read().split("\n")
+    # A file ending in "\n" splits into [..., ""]; a cut file ends in a partial line instead.
+    last = len(lines) - 1
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as exc:
+            if number == last:
+                records.truncated = True
+                break
+            raise InputError(
+                f"'{path}' line {number + 1} is not valid JSON ({exc}); only the last line may be "
+                "cut by a power loss. The file is corrupt."
+            ) from exc
+    return records
+
+
+# -- snapshots ---------------------------------------------------------------------------------
+
+
+class SnapshotSink:
+    """Frame + overlay JPEG pairs on class changes and every ``every_s`` seconds.
+
+    Files: ``DIR/<UTC time>_<frame>_<label>_<reason>_frame.jpg`` and ``…_overlay.jpg``. The
+    oldest pairs (by name, which sorts by time) are deleted to keep ``DIR`` under ``max_mb``.
+
+    Args:
+        directory: where snapshots go (created).
+        every_s: periodic interval in seconds (0 = only on class changes).
+        max_mb: disk budget of the directory's snapshot files.
+    """
+
+    def __init__(self, directory: PathLike, every_s: float = 60.0, max_mb: float = 100.0) -> None:
+        if every_s < 0 or max_mb <= 0:
+            raise InputError(
+                f"--snapshot-every must be >= 0 and --snapshot-max-mb > 0. Got {every_s}, {max_mb}."
+            )
+        self.dir = ensure_writable_dir(directory)
+        self.every_s = float(every_s)
+        self.budget = int(max_mb * _MB)
+        self.saved = 0
+        self._last = -math.inf
+        # Snapshot pairs (base name, bytes of both files), oldest first; earlier runs' count too.
+        pairs: Dict[str, int] = {}
+        for p in self.dir.glob("*.jpg"):
+            for kind in ("_frame.jpg", "_overlay.jpg"):
+                if p.name.endswith(kind):
+                    base = p.name[: -len(kind)]
+                    pairs[base] = pairs.get(base, 0) + p.stat().st_size
+        self._pairs: List[Tuple[str, int]] = sorted(pairs.items())
+        self._total = sum(pairs.values())
+
+    def maybe_save(
+        self, *, frame: int, image_bgr: np.ndarray, annotated_bgr: np.ndarray, label: str, changed: bool, now: Optional[float] = None
+    ) -> Optional[str]:
+        """Save a pair if the class changed or the interval elapsed; returns the reason or None."""
+        now = time.monotonic() if now is None else now
+        periodic = self.every_s > 0 and now - self._last >= self.every_s
+        if not (changed or periodic):
+            return None
+        reason = "change" if changed else "periodic"
+        self._last = now
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.3f}"[1:]
+        safe = "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in label)[:40]
+        base = f"{stamp}_{int(frame):08d}_{safe}_{reason}"
+        size = 0
+        for kind, img in (("frame", image_bgr), ("overlay", annotated_bgr)):
+            data = encode_jpeg(img, 90)
+            atomic_write_bytes(self.dir / f"{base}_{kind}.jpg", data)
+            size += len(data)
+        self._pairs.append((base, size))
+        self._total += size
+        self.saved += 1
+        while self._total > self.budget and len(self._pairs) > 1:
+            old, old_size = self._pairs.pop(0)
+            for kind in ("frame", "overlay"):
+                (self.dir / f"{old}_{kind}.jpg").unlink(missing_ok=True)
+            self._total -= old_size
+        return reason
+
+    def close(self) -> None:
+        pass
+

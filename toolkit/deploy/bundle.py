@@ -1,0 +1,368 @@
+"""``edgecam bundle``: one self-contained, checksummed tarball that installs edgecam on a device.
+
+Layout of ``BUNDLE.tar.gz`` (one top-level directory ``edgecam-<bundle-id>/``)::
+
+    MANIFEST.sha256     sha256 of every other file, `sha256sum -c` format
+    README.md           how to install, roll back, check
+    install.sh          POSIX sh installer (verifies the manifest first)
+    edgecam.service     systemd unit template (install.sh fills in the paths)
+    run.toml            [run] table: the options of `edgecam run`
+    requirements.txt    pinned device packages with environment markers
+    bundle.env          target defaults read by install.sh (never sourced)
+    bundle.json         build information
+    <model>.tflite      the model
+    dist/edgecam-*.whl  edgecam itself; must not require TensorFlow
+    wheels/*.whl        with --with-wheels: every device package, for an offline install
+
+The bundle id is the first 12 hex digits of the manifest's sha256, so it names the exact
+content; install.sh uses it as the release directory name (a re-install is a no-op).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from firmware_host._io import atomic_open, ensure_writable_dir
+from firmware_host.errors import DeployError, InputError, ModelFileError
+from firmware_host.manifest import bundle_id, sha256_file, write_manifest
+from firmware_host.runconfig import dumps_run_config, load_run_config
+
+from .requirements import DEVICE_PINS, PLATFORM_TAGS, pins_for, render_requirements
+
+__all__ = [
+    "TARGETS",
+    "Target",
+    "Bundle",
+    "build_bundle",
+    "build_wheel",
+    "check_wheel",
+    "download_wheels",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+TEMPLATES = Path(__file__).with_name("templates")
+# install.sh and the systemd unit only accept these characters in paths.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A device family: which Pythons to fetch wheels for, and install defaults.
+
+    Attributes:
+        name: ``rpi`` or ``jetson``.
+        description: shown in the README.
+        python_versions: device CPython versions ``--with-wheels`` downloads for by default.
+        system_site_packages: make the OS's Python packages visible in the venv (JetPack ships
+            its CUDA/GStreamer builds system-wide).
+    """
+
+    name: str
+    description: str
+    python_versions: Tuple[str, ...]
+    system_site_packages: bool
+
+
+TARGETS: Dict[str, Target] = {
+    # Raspberry Pi OS 64-bit: Bullseye (3.9), Bookworm (3.11), Trixie (3.13).
+    "rpi": Target("rpi", "Raspberry Pi 4/5 (64-bit Raspberry Pi OS)", ("3.9", "3.11", "3.13"), False),
+    # JetPack 6 (Ubuntu 22.04, Python 3.10); JetPack 5 images upgraded to 3.9+.
+    "jetson": Target("jetson", "NVIDIA Jetson (JetPack 6, aarch64)", ("3.10",), True),
+}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A written bundle.
+
+    Attributes:
+        path: the ``.tar.gz``.
+        bundle_id: 12 hex digits naming the content (the release directory on the device).
+        top: the archive's top-level directory name.
+        files: ``{relative path: sha256}`` of every file (the manifest).
+    """
+
+    path: Path
+    bundle_id: str
+    top: str
+    files: Dict[str, str]
+
+
+# ------------------------------------------------------------------------- wheel
+def _source_root() -> Path:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file() or not (root / "firmware_host").is_dir():
+        raise DeployError(
+            f"edgecam's source tree was not found above '{Path(__file__).resolve()}' (edgecam is "
+            "installed as a package). Pass --wheel with an edgecam wheel to bundle."
+        )
+    return root
+
+
+def build_wheel(dest: PathLike, source: Optional[PathLike] = None) -> Path:
+    """Build the edgecam wheel from the source tree into ``dest`` and return its path.
+
+    The tree is copied to a scratch directory first, so a stale ``build/`` cannot leak deleted
+    files into the wheel and the source tree is left untouched.
+
+    Raises:
+        DeployError: no source tree, or pip failed (its output is included).
+    """
+    root = Path(source) if source else _source_root()
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
+    with tempfile.TemporaryDirectory(prefix="edgecam-wheel-") as tmp:
+        src = Path(tmp, "src")
+        src.mkdir()
+        for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg"):
+            if (root / name).is_file():
+                shutil.copy2(root / name, src / name)
+        for package in ("converters", "firmware_host", "toolkit"):
+            shutil.copytree(root / package, src / package, ignore=ignore)
+        out = Path(tmp, "out")
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q", "-w", str(out)]
+        try:
+            import setuptools  # noqa: F401  (build offline with the installed backend when present)
+
+            cmd.append("--no-build-isolation")
+        except ImportError:
+            pass
+        proc = subprocess.run(cmd + [str(src)], capture_output=True, text=True)
+        wheels = sorted(out.glob("edgecam-*.whl")) if out.is_dir() else []
+        if proc.returncode != 0 or len(wheels) != 1:
+            raise DeployError(
+                f"Building the edgecam wheel failed (pip exit {proc.returncode}): "
+                f"{(proc.stderr or proc.stdout).strip()[-2000:]}. Pass --wheel with a prebuilt wheel."
+            )
+        final = dest / wheels[0].name
+        shutil.copy2(wheels[0], final)
+    return final
+
+
+def check_wheel(wheel: PathLike) -> str:
+    """Check an edgecam wheel is usable on a device; return its version.
+
+    Raises:
+        DeployError: not an edgecam wheel, not pure Python, or it requires TensorFlow/Keras
+            outside an extra.
+    """
+    wheel = Path(wheel)
+    if not re.match(r"^edgecam-[^-]+-py3-none-any\.whl$", wheel.name):
+        raise DeployError(
+            f"'{wheel.name}' is not a pure-Python edgecam wheel (expected edgecam-<version>-py3-none-any.whl)."
+        )
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            meta_name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+            metadata = zf.read(meta_name).decode("utf-8")
+    except (OSError, zipfile.BadZipFile, StopIteration) as exc:
+        raise DeployError(f"'{wheel}' is not a readable wheel ({exc}). Build it again.") from exc
+    version = re.search(r"^Version: (.+)$", metadata, re.M)
+    for line in re.findall(r"^Requires-Dist: (.+)$", metadata, re.M):
+        name = re.split(r"[ ;<>=!~\[(]", line, maxsplit=1)[0].lower()
+        if name in ("tensorflow", "tensorflow-cpu", "keras", "tf-keras") and "extra ==" not in line:
+            raise DeployError(
+                f"'{wheel.name}' requires {line!r} unconditionally; the device install must not pull "
+                "TensorFlow. Move it to the [host] extra in pyproject.toml."
+            )
+    return version.group(1).strip() if version else "?"
+
+
+# ------------------------------------------------------------------------- wheels for offline
+def download_wheels(dest: PathLike, python_versions: Sequence[str], pins=DEVICE_PINS) -> List[Path]:
+    """``pip download`` every device package for aarch64 and each Python version into ``dest``.
+
+    Markers are applied here (see :mod:`toolkit.deploy.requirements`), one pip call per version.
+
+    Raises:
+        DeployError: pip failed (no network, or no wheel for a version/platform).
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for version in python_versions:
+        lines = pins_for(version, "aarch64", pins)
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as req:
+            req.write("\n".join(lines) + "\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q",
+               "--only-binary=:all:", "--python-version", version, "-d", str(dest), "-r", req.name]
+        for tag in PLATFORM_TAGS:
+            cmd += ["--platform", tag]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        finally:
+            os.unlink(req.name)
+        if proc.returncode != 0:
+            raise DeployError(
+                f"Downloading the device wheels for Python {version} failed: "
+                f"{(proc.stderr or proc.stdout).strip()[-1500:]}. Check the network, or bundle "
+                "without --with-wheels (the device then installs from the index)."
+            )
+    return sorted(dest.glob("*.whl"))
+
+
+# ------------------------------------------------------------------------- the bundle
+def _run_options(model_name: str, config: Optional[PathLike]) -> Dict[str, object]:
+    options: Dict[str, object] = {"source": "0", "log": "telemetry.jsonl"}
+    if config is not None:
+        user = load_run_config(config)
+        if "model" in user:
+            # The bundle ships exactly one model; a path from the build machine means nothing there.
+            user.pop("model")
+        options.update(user)
+    return {"model": model_name, **options}
+
+
+def _tar(staging: Path, top: str, out: Path, mtime: int) -> None:
+    def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = mtime
+        executable = info.isdir() or info.name.endswith("/install.sh")
+        info.mode = 0o755 if executable else 0o644
+        return info
+
+    with atomic_open(out, "wb") as raw:
+        # A fixed gzip header time and sorted members make the archive reproducible.
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=mtime) as gz:
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                tar.add(staging, arcname=top, recursive=False, filter=normalise)
+                for path in sorted(staging.rglob("*")):
+                    rel = path.relative_to(staging).as_posix()
+                    tar.add(path, arcname=f"{top}/{rel}", recursive=False, filter=normalise)
+
+
+def build_bundle(
+    model: PathLike,
+    target: str = "rpi",
+    out: Optional[PathLike] = None,
+    config: Optional[PathLike] = None,
+    with_wheels: bool = False,
+    wheel: Optional[PathLike] = None,
+    python_versions: Optional[Sequence[str]] = None,
+) -> Bundle:
+    """Write a deploy bundle for ``model``.
+
+    Args:
+        model: a converted ``.tflite``.
+        target: a key of :data:`TARGETS`.
+        out: the ``.tar.gz`` to write (default ``<model stem>-<target>.tar.gz`` beside the model).
+        config: a run.toml whose ``[run]`` options go into the bundle's run.toml.
+        with_wheels: also download every device package (aarch64) for an offline install.
+        wheel: a prebuilt edgecam wheel (default: build one from the source tree).
+        python_versions: device Pythons for ``with_wheels`` (default: the target's).
+
+    Returns:
+        The written :class:`Bundle`.
+
+    Raises:
+        InputError: unknown target, or a bad run.toml.
+        ModelFileError: the model is missing or not a ``.tflite``.
+        DeployError: the wheel cannot be built or requires TensorFlow; downloads failed.
+        OutputError: the output directory is not writable.
+    """
+    if target not in TARGETS:
+        raise InputError(f"Unknown target {target!r}. Choose one of: {', '.join(TARGETS)}.")
+    profile = TARGETS[target]
+    model = Path(model)
+    if model.suffix != ".tflite" or not model.is_file():
+        raise ModelFileError(
+            f"The bundle needs a converted .tflite model file. Got: '{model}'"
+            f"{'' if model.exists() else ' (not found)'}. Convert one with `edgecam convert`."
+        )
+    if not SAFE_NAME.match(model.name):
+        raise ModelFileError(
+            f"Model file name {model.name!r} may only contain letters, digits and . _ + - (it becomes "
+            "a path in a systemd unit and a shell script). Rename the file."
+        )
+    out = Path(out) if out else model.with_name(f"{model.stem}-{target}.tar.gz")
+    ensure_writable_dir(out.parent if str(out.parent) else ".")
+    options = _run_options(model.name, config)
+    versions = tuple(python_versions or profile.python_versions)
+    mtime = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
+
+    with tempfile.TemporaryDirectory(prefix="edgecam-bundle-", dir=out.parent if str(out.parent) else None) as tmp:
+        staging = Path(tmp, "bundle")
+        (staging / "dist").mkdir(parents=True)
+        if wheel is None:
+            wheel_path = build_wheel(staging / "dist")
+        else:
+            wheel_path = staging / "dist" / Path(wheel).name
+            shutil.copy2(wheel, wheel_path)
+        version = check_wheel(wheel_path)
+        shutil.copy2(model, staging / model.name)
+        if with_wheels:
+            download_wheels(staging / "wheels", versions)
+        header = (
+            f"edgecam run options for {model.name} (target {target}), read by "
+            "`edgecam run --config run.toml`.\n'model' is relative to this file; other paths are "
+            "relative to the working directory\n(the service runs in <prefix>/data). Keys: docs/deploy.md."
+        )
+        (staging / "run.toml").write_text(dumps_run_config(options, header), encoding="utf-8")
+        (staging / "requirements.txt").write_text(
+            render_requirements(
+                header=(
+                    f"edgecam {version} device requirements ({profile.description}); install with\n"
+                    "pip install -r requirements.txt, then the edgecam wheel with --no-deps."
+                )
+            ),
+            encoding="utf-8",
+        )
+        (staging / "bundle.env").write_text(
+            f"EDGECAM_TARGET={target}\nEDGECAM_SYSTEM_SITE_PACKAGES={int(profile.system_site_packages)}\n",
+            encoding="utf-8",
+        )
+        info = {
+            "format": 1,
+            "target": target,
+            "created": created,
+            "edgecam_version": version,
+            "model": model.name,
+            "model_sha256": sha256_file(model),
+            "wheel": wheel_path.name,
+            "with_wheels": bool(with_wheels),
+            "python_versions": list(versions),
+        }
+        (staging / "bundle.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        shutil.copy2(TEMPLATES / "install.sh", staging / "install.sh")
+        shutil.copy2(TEMPLATES / "edgecam.service.in", staging / "edgecam.service")
+        # The README names the bundle, so write it last but one; the id covers it via the manifest.
+        readme = Template((TEMPLATES / "README.md.in").read_text(encoding="utf-8"))
+        (staging / "README.md").write_text(
+            readme.safe_substitute(
+                bundle_name=out.name[: -len(".tar.gz")] if out.name.endswith(".tar.gz") else out.stem,
+                model=model.name,
+                target_description=profile.description,
+                version=version,
+                created=created,
+            ),
+            encoding="utf-8",
+        )
+        files = write_manifest(staging)
+        ident = bundle_id(staging)
+        top = f"edgecam-{ident}"
+        _tar(staging, top, out, mtime)
+    return Bundle(path=out, bundle_id=ident, top=top, files=files)
+
+
+def iter_bundle_lines(bundle: Bundle) -> Iterable[str]:
+    """Human-readable summary lines of a written bundle (for the CLI)."""
+    size = bundle.path.stat().st_size
+    yield f"Wrote {bundle.path} ({size / 2**20:.1f} MiB, bundle id {bundle.bundle_id})"
+    for name in bundle.files:
+        yield f"  {name}"
