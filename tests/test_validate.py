@@ -263,7 +263,9 @@ def _write_log(tmp_path, fakes):
         lines.append(json.dumps(rec))
     bad_shape = dict(json.loads(lines[0]), cam=[[0.0, 1.0]], frame=90)
     missing = dict(json.loads(lines[0]), frame_path="frames/gone.png", frame=91)
-    lines += [json.dumps(bad_shape), json.dumps(missing), "[1, 2]", '{"frame": 7, "cam": [[0']
+    failed = json.loads(lines[0])  # a failing model: non-finite values are logged as null
+    failed.update(frame=92, probabilities=[None] * len(CLASSES))
+    lines += [json.dumps(bad_shape), json.dumps(missing), json.dumps(failed), "[1, 2]", '{"frame": 7, "cam": [[0']
     (run / "run.jsonl").write_text("\n".join(lines) + "\n\n")
     return run / "run.jsonl"
 
@@ -271,11 +273,11 @@ def _write_log(tmp_path, fakes):
 def test_log_reader_is_tolerant(fakes, tmp_path):
     log = _write_log(tmp_path, fakes)
     reader = V.RunLogReader(log, (GRID, GRID), len(CLASSES))
-    assert reader.count_saved_frames() == 5  # 3 saved + 2 broken records that name a frame
+    assert reader.count_saved_frames() == 6  # 3 saved + 3 broken records that name a frame
     frames = list(reader)
     assert [f.frame for f in frames] == [0, 2, 4, 91]
     assert frames[0].cam.shape == (GRID, GRID) and frames[0].frame_path == log.parent / "frames/000000.png"
-    assert reader.skipped == {"malformed": 2, "no_frame_path": 3, "invalid": 1}
+    assert reader.skipped == {"malformed": 2, "no_frame_path": 3, "invalid": 2}
     with pytest.raises(SourceError, match="does not exist"):
         V.RunLogReader(tmp_path / "none.jsonl")
 
@@ -286,7 +288,7 @@ def test_validate_from_log_compares_recorded_cams(fakes, tmp_path):
                             min_top1=1.0, faithfulness_steps=2, progress=False)
     s = result.summary
     assert s["mode"] == "log" and s["images"] == 3
-    assert s["skipped"] == {"unreadable": 1, "malformed": 2, "no_frame_path": 3, "invalid": 1}
+    assert s["skipped"] == {"unreadable": 1, "malformed": 2, "no_frame_path": 3, "invalid": 2}
     # The recorded maps were exact, and the saved PNG frames are lossless: full agreement.
     assert result.passed and s["pearson"]["min"] == pytest.approx(1.0, abs=1e-6)
     rows = _rows(tmp_path / "out" / "per_image.csv")
