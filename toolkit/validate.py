@@ -331,21 +331,15 @@ class _HostModel:
 def _load_keras(keras_model):
     if not isinstance(keras_model, (str, os.PathLike)):
         return keras_model
-    try:
-        from converters.loading import load_keras_model
-    except ImportError:  # pragma: no cover - the converter package ships with the host extra
-        import keras
+    from converters.loading import load_keras_model
 
-        return keras.models.load_model(keras_model, compile=False)
     return load_keras_model(keras_model)
 
 
-def _resolve_layer(model, target_layer: Optional[str]) -> Optional[str]:
+def _resolve_layer(model, target_layer: Optional[str]) -> str:
     """The path of the layer full Grad-CAM uses (the converter's automatic choice by default)."""
-    try:
-        from converters.layers import find_target
-    except ImportError:  # pragma: no cover - only before the converter landed
-        return target_layer
+    from converters.layers import find_target
+
     return find_target(model, target_layer).path
 
 
