@@ -18,6 +18,7 @@ Layer paths use ``/`` between nesting levels: ``"mobilenetv2_1.00_224/out_relu"`
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -31,6 +32,9 @@ __all__ = [
     "final_activation",
     "split_model",
     "head_chain",
+    "replay_graph",
+    "linear_clone",
+    "sync_clones",
 ]
 
 SEP = "/"
@@ -59,8 +63,9 @@ class ModelSplit:
     """``model`` split at ``target``: ``grad_model(x) → [A, logits]``.
 
     Attributes:
-        grad_model: Keras model with outputs ``[A (N, h, w, C), logits (N, K)]``.
-        target: the explanation layer.
+        grad_model: Keras model with outputs ``[A (N, h, w, C), logits (N, K)]`` (only
+            ``logits`` when split with ``features=False``).
+        target: the explanation layer (``None`` with ``features=False``).
         activation: the final activation split off: ``softmax``, ``sigmoid`` or ``linear``.
         num_logits: K (2 for a single sigmoid output, see ``binary``).
         binary: the model has one sigmoid output, explained as two classes whose logits are
@@ -69,7 +74,7 @@ class ModelSplit:
     """
 
     grad_model: object
-    target: Target
+    target: Optional[Target]
     activation: str
     num_logits: int
     binary: bool = False
@@ -214,8 +219,8 @@ def find_target(model, target_layer: Optional[str] = None) -> Target:
     """The explanation layer of ``model``.
 
     With ``target_layer=None``: walk back from the output to the first tensor that is still
-    spatial ``(N, H, W, C)`` — the last layer before the spatial collapse — descending into
-    nested models. Otherwise the named layer (``outer/inner`` for nested models; a bare inner
+    spatial ``(N, H, W, C)`` with ``H·W > 1`` — the last layer before the spatial collapse —
+    descending into nested models. Otherwise the named layer (``outer/inner`` for nested models; a bare inner
     name is accepted when it is unique).
 
     Raises:
@@ -239,7 +244,9 @@ def find_target(model, target_layer: Optional[str] = None) -> Target:
                 f"the output reached the input. Grad-CAM needs a convolutional feature map; "
                 f"{_candidates_hint(model)}."
             )
-        if len(shape) == 4:
+        # A 1×1 "map" is already collapsed (MobileNetV3 classifies with 1×1 convs after a
+        # keepdims pooling): keep walking back to a real spatial layer.
+        if len(shape) == 4 and tuple(shape[1:3]) != (1, 1):
             path = prefix + op.name
             if _is_container(op):
                 return _descend_to_output(op, path, containers + (op,))
@@ -296,8 +303,13 @@ def final_activation(model) -> Tuple[List[str], str, bool]:
         return path, "linear", False
 
 
-def _linear_clone(layer):
-    """A copy of ``layer`` with ``activation='linear'`` and the same weights."""
+# Clone → the layer it copies, so clones can follow later weight updates (training goes on
+# after a split was built and cached). Weak keys: a dropped split frees its clones.
+_CLONE_SOURCES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def linear_clone(layer):
+    """A copy of ``layer`` with ``activation='linear'`` and the same weights (see :func:`sync_clones`)."""
     keras = _keras()
     config = layer.get_config()
     config["activation"] = "linear"
@@ -306,30 +318,59 @@ def _linear_clone(layer):
     clone.build(layer.input.shape)
     for dst, src in zip(clone.weights, layer.weights):
         dst.assign(keras.ops.convert_to_tensor(src))
+    _CLONE_SOURCES[clone] = weakref.ref(layer)
     return clone
 
 
+def sync_clones(layers) -> None:
+    """Copy the current weights of the original layers into their :func:`linear_clone`\ s.
+
+    Args:
+        layers: layers or models to scan (models are walked, nested ones included); anything
+            that is not a clone is skipped.
+    """
+    for item in layers:
+        inner = [layer for _, layer, _ in _walk(item)] if _is_container(item) else [item]
+        for layer in inner:
+            ref = _CLONE_SOURCES.get(layer)
+            source = ref() if ref is not None else None
+            if source is not None:
+                for dst, src in zip(layer.weights, source.weights):
+                    dst.assign(src.value)
+
+
 # -- graph replay ----------------------------------------------------------------------------
-def _replay(container, inputs, prefix: str, capture: str, strip: Optional[str], linear, store):
-    """Re-run ``container``'s graph on ``inputs``, capturing ``capture`` and replacing ``strip``."""
+def replay_graph(container, inputs, substitute: Callable, descend: Callable = lambda path: True,
+                 prefix: str = ""):
+    """Re-run a Functional/Sequential model's graph on ``inputs``, substituting some layers.
+
+    Works on symbolic Keras tensors (to build a new model) and on real tensors (inside a
+    ``tf.function``), and goes into nested models, so a backbone used as a layer is replayed
+    layer by layer instead of being called as one block.
+
+    Args:
+        container: the model whose graph is replayed.
+        inputs: a tensor, or a list of tensors for a multi-input model.
+        substitute: ``(path, op) → callable | None``; a callable replaces the layer at ``path``
+            (``outer/inner`` names) and is called with the node's arguments.
+        descend: ``path → bool``: replay a nested model at ``path`` layer by layer (True) or
+            call it as a whole (False) when ``substitute`` did not replace it.
+        prefix: path of ``container`` itself followed by ``/`` (internal).
+
+    Returns:
+        The outputs of the graph (a single tensor for a single-output model).
+    """
     graph = _graph(container)
 
     def operation_fn(op):
         path = prefix + op.name
-        if path == strip:
-            return linear
-        if path == capture:
-            def call(*args, **kwargs):
-                out = op(*args, **kwargs)
-                store["A"] = out
-                return out
-
-            return call
-        inner_paths = [p for p in (capture, strip) if p and p.startswith(path + SEP)]
-        if inner_paths and _is_container(op):
+        replacement = substitute(path, op)
+        if replacement is not None:
+            return replacement
+        if _is_container(op) and descend(path):
             def call(*args, **kwargs):
                 sub_inputs = args[0] if len(args) == 1 else list(args)
-                return _replay(op, sub_inputs, path + SEP, capture, strip, linear, store)
+                return replay_graph(op, sub_inputs, substitute, descend, path + SEP)
 
             return call
         return op
@@ -340,7 +381,29 @@ def _replay(container, inputs, prefix: str, capture: str, strip: Optional[str], 
     return outputs
 
 
-def split_model(model, target_layer: Optional[str] = None, logits: bool = True) -> ModelSplit:
+def _replay(container, inputs, capture: Optional[str], strip: Optional[str], linear, store):
+    """Re-run ``container``'s graph on ``inputs``, capturing ``capture`` and replacing ``strip``."""
+
+    def substitute(path, op):
+        if path == strip:
+            return linear
+        if path == capture:
+            def call(*args, **kwargs):
+                out = op(*args, **kwargs)
+                store["A"] = out
+                return out
+
+            return call
+        return None
+
+    def descend(path):
+        return any(p and p.startswith(path + SEP) for p in (capture, strip))
+
+    return replay_graph(container, inputs, substitute, descend)
+
+
+def split_model(model, target_layer: Optional[str] = None, logits: bool = True,
+                features: bool = True) -> ModelSplit:
     """Split ``model`` into ``x → [A, logits]`` at the explanation layer.
 
     Args:
@@ -348,6 +411,9 @@ def split_model(model, target_layer: Optional[str] = None, logits: bool = True) 
         target_layer: layer path (``outer/inner``) or ``None`` to find it (:func:`find_target`).
         logits: split off a final softmax/sigmoid so the second output is the pre-activation
             logit (Grad-CAM targets the score before the softmax, Selvaraju et al. 2017 §3).
+        features: with ``False`` no explanation layer is looked for and ``grad_model(x)``
+            returns only the logits ``(N, K)`` (``target`` is ``None``): for input-gradient
+            explainers and models without a spatial layer (e.g. ViT-style).
 
     Returns:
         :class:`ModelSplit`.
@@ -366,7 +432,7 @@ def split_model(model, target_layer: Optional[str] = None, logits: bool = True) 
             f"Model {model.name!r} has {len(_graph(model).outputs)} outputs; edgecam explains "
             "single-output classifiers. Build a model with only the classification output."
         )
-    target = find_target(model, target_layer)
+    target = find_target(model, target_layer) if features else None
     path, act, standalone = final_activation(model)
     strip = SEP.join(path) if (logits and act in _SQUASH) else None
     linear = None
@@ -375,15 +441,15 @@ def split_model(model, target_layer: Optional[str] = None, logits: bool = True) 
         if standalone:
             linear = lambda x, *args, **kwargs: x  # noqa: E731 - drop the activation layer
         elif hasattr(layer, "activation"):
-            linear = _linear_clone(layer)
+            linear = linear_clone(layer)
         else:  # pragma: no cover - every Keras layer with a fused activation has the attribute
             raise UnsupportedHeadError(f"Cannot split the {act} off layer {strip!r}.")
     graph = _graph(model)
     inputs = [keras.Input(shape=t.shape[1:], dtype=t.dtype, name=f"x{i}") for i, t in enumerate(graph.inputs)]
     store: Dict[str, object] = {}
     replay_in = inputs[0] if len(inputs) == 1 else inputs
-    outputs = _replay(model, replay_in, "", target.path, strip, linear, store)
-    if "A" not in store:
+    outputs = _replay(model, replay_in, target.path if target else None, strip, linear, store)
+    if target is not None and "A" not in store:
         raise LayerError(
             f"Layer {target.path!r} is not on the path from the model input to its output. "
             f"Pass --target-layer with one of the {_candidates_hint(model)}."
@@ -392,8 +458,9 @@ def split_model(model, target_layer: Optional[str] = None, logits: bool = True) 
     if binary:
         # One sigmoid output is explained as two classes: 0 = negative (logit -z), 1 = positive (z).
         outputs = keras.ops.concatenate([-outputs, outputs], axis=-1)
-    grad_model = keras.Model(replay_in, [store["A"], outputs], name=f"{model.name}_edgecam_split")
-    num_logits = int(grad_model.outputs[1].shape[-1])
+    grad_outputs = [store["A"], outputs] if target is not None else outputs
+    grad_model = keras.Model(replay_in, grad_outputs, name=f"{model.name}_edgecam_split")
+    num_logits = int(grad_model.outputs[-1].shape[-1])
     return ModelSplit(
         grad_model=grad_model,
         target=target,

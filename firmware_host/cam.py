@@ -52,8 +52,12 @@ def combine(feature_maps: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.sum(fmaps * w, axis=-1, dtype=np.float32)
 
 
-def normalize(cam: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+def normalize(cam: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Min-max normalise each map to [0, 1]; a constant map becomes all zeros.
+
+    Scale-invariant: ``normalize(c * cam) == normalize(cam)`` for any ``c > 0``, however small
+    the values (untrained networks give maps of ~1e-13). A map counts as constant when its range
+    is zero or below ``eps`` times its magnitude (float32 round-off, not signal).
 
     Works on ``(h, w)`` or ``(N, h, w)``; never modifies its input.
     """
@@ -64,7 +68,8 @@ def normalize(cam: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     lo = cam.min(axis=axes, keepdims=True)
     hi = cam.max(axis=axes, keepdims=True)
     span = hi - lo
-    out = np.where(span > eps, (cam - lo) / np.where(span > eps, span, 1.0), 0.0)
+    varies = (span > 0) & (span > eps * np.maximum(np.abs(lo), np.abs(hi)))
+    out = np.where(varies, (cam - lo) / np.where(varies, span, 1.0), 0.0)
     return out.astype(np.float32)
 
 

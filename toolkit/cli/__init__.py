@@ -17,6 +17,7 @@ from firmware_host import __version__
 # name → ("module:function", one-line help shown by `edgecam --help` without importing it)
 COMMANDS = {
     "convert": ("toolkit.cli.convert:convert", "Export a Keras CNN to LiteRT with an explanation head."),
+    "explain": ("toolkit.cli.explain:explain_cmd", "Explain images with a Keras model on the host (all methods)."),
     "inspect": ("toolkit.cli.inspect:inspect_cmd", "Show a converted model's edgecam metadata."),
     "predict": ("toolkit.cli.predict:predict", "Explain images with a converted model (device path)."),
     "run": ("toolkit.cli.run:run_cmd", "Explain a camera, video, folder or stream live (device path)."),
