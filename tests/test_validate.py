@@ -196,7 +196,7 @@ def test_damaged_edge_maps_fail_the_gate_and_match_an_independent_pearson(fakes,
 
 def test_faithfulness_is_scored_on_an_evenly_spread_sample(fakes, image_dir, tmp_path):
     out = tmp_path / "o"
-    # 9 files (7 images) and at most 3 scored: every ceil(9 / 3) = 3rd image, from the first.
+    # 9 files (7 images), at most 3 scored: images k·9 // 3 = 0, 3, 6.
     result = V.validate("k.keras", "e.tflite", image_dir, out, faithfulness_steps=2,
                         faithfulness_images=3, batch_size=2, progress=False)
     rows = _rows(out / "per_image.csv")

@@ -418,8 +418,10 @@ class _Run:
         self.steps = faithfulness_steps
         # Faithfulness costs 4·(steps+1) model passes per image: score an evenly spread sample.
         self.faith_left = faithfulness_images
-        known = progress_total is not None and faithfulness_images is not None
-        self.faith_stride = max(1, math.ceil(progress_total / faithfulness_images)) if known else 1
+        # Image k·total/N for k < N (floored): N images evenly over a run of known length.
+        self.faith_pick = None
+        if progress_total and faithfulness_images and progress_total > faithfulness_images:
+            self.faith_pick = {k * progress_total // faithfulness_images for k in range(faithfulness_images)}
         self.cases = _Cases(n_cases)
         self.records: List[Dict[str, Any]] = []
         self.skipped: Dict[str, int] = {"unreadable": 0}
@@ -521,7 +523,7 @@ class _Run:
         if not self.faithfulness:
             return {}
         first = len(self.records)
-        chosen = [i for i in range(len(x)) if (first + i) % self.faith_stride == 0]
+        chosen = [i for i in range(len(x)) if self.faith_pick is None or first + i in self.faith_pick]
         if self.faith_left is not None:
             chosen = chosen[: self.faith_left]
             self.faith_left -= len(chosen)

@@ -97,6 +97,7 @@ def metric_histograms(records: Sequence[Mapping], prefix: str = "") -> Optional[
         ax.axvline(float(np.median(x)), color="#c0392b", linewidth=1.5, label="median")
         ax.set_xlabel(label)
         ax.set_ylabel("images")
+        ax.tick_params(axis="x", labelrotation=30)  # near-1.0 values have long tick labels
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return figure_data_uri(fig)
@@ -127,6 +128,7 @@ def metric_scatters(records: Sequence[Mapping]) -> Optional[str]:
             ax.legend(loc="best", fontsize=8)
         ax.set_xlabel(xk)
         ax.set_ylabel(yk)
+        ax.tick_params(axis="x", labelrotation=30)
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return figure_data_uri(fig)
