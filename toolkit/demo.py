@@ -35,10 +35,10 @@ __all__ = ["DemoConfig", "DemoResult", "run_demo", "DEFAULT", "QUICK"]
 class DemoConfig:
     """Sizes of one demo run."""
 
-    n_train: int = 1600
+    n_train: int = 2000
     n_holdout: int = 200
     size: int = 64
-    epochs: int = 12
+    epochs: int = 15
     calibration: int = 96
     video_frames: int = 240
     video_size: tuple = (180, 320)

@@ -1,0 +1,42 @@
+"""``edgecam train``: the talk's training recipe on a folder-per-class dataset (host, TensorFlow)."""
+
+from __future__ import annotations
+
+import click
+
+from toolkit.cli._common import cli_errors, quiet_tensorflow
+
+
+@click.command("train")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder for model.keras, labels.txt, confusion.png, training.json.")
+@click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--arch", type=click.Choice(["small", "mobilenetv2"]), default="small", show_default=True,
+              help="Small CNN, or MobileNetV2 (alpha 0.35, random init: nothing is downloaded).")
+@click.option("--kfold", type=click.IntRange(min=2), default=None,
+              help="Stratified K-fold cross-validation instead of one 20% held-out split.")
+@click.option("--size", type=click.IntRange(min=32), default=None,
+              help="Square input size; default the dataset's size (dataset.json) or 64.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-augment", is_flag=True, help="Train without the rotation/flip/zoom augmentation.")
+@click.option("--quiet", is_flag=True, help="No per-epoch progress.")
+def train(data_dir, out_dir, epochs, batch_size, arch, kfold, size, seed, no_augment, quiet):
+    """Train a fog-level (or any folder-per-class) classifier ready for `edgecam convert`."""
+    quiet_tensorflow()
+    from toolkit.train import train as run_training
+
+    with cli_errors():
+        result = run_training(data_dir, out_dir, epochs=epochs, batch_size=batch_size, arch=arch,
+                              seed=seed, kfold=kfold, size=size, augment=not no_augment,
+                              progress=not quiet)
+    how = f"{kfold}-fold out-of-fold" if kfold else f"held-out ({result.n_test} images)"
+    click.echo(f"{how} accuracy: {result.accuracy:.1%} in {result.seconds:.0f} s")
+    if result.fold_accuracies:
+        click.echo("per fold: " + ", ".join(f"{a:.1%}" for a in result.fold_accuracies))
+    for row in result.report:
+        click.echo(f"  {row.name:>14}  precision {row.precision:.2f}  recall {row.recall:.2f}  "
+                   f"f1 {row.f1:.2f}  n={row.support}")
+    click.echo(f"Model: {result.model_path}\nLabels: {result.labels_path}\n"
+               f"Confusion matrix: {result.confusion_png}\nMetrics: {result.metrics_path}")

@@ -1,0 +1,544 @@
+"""The training recipe of the source talk: a small CNN on folder-per-class images.
+
+* Model: ``Rescaling(1/255)`` → conv blocks → last conv → GlobalAveragePooling → Dropout →
+  Dense softmax. The GAP + Dense head is what the converter turns into an exact CAM head (Zhou et
+  al. 2016, "Learning Deep Features for Discriminative Localization", Eq. 1–2); the ``Rescaling``
+  layer lets it record the preprocessing. ``arch="mobilenetv2"`` swaps in a MobileNetV2 backbone
+  (Sandler et al. 2018) with ``weights=None``: nothing is downloaded.
+* Augmentation: Keras 3 preprocessing layers equivalent to the talk's
+  ``ImageDataGenerator(rescale=1/255, rotation_range=20, horizontal_flip=True, vertical_flip=True,
+  zoom_range=0.1, fill_mode='reflect')``, applied in the ``tf.data`` pipeline so the exported
+  model stays free of training-only layers.
+* Evaluation: a stratified held-out split, or stratified K-fold cross-validation (the talk's answer
+  to class imbalance), a per-class report and a confusion matrix figure.
+
+TensorFlow/Keras and matplotlib are imported lazily, inside the functions that need them.
+
+Layouts: images ``(N, H, W, 3)`` RGB uint8 (or float in 0–255); labels ``(N,)`` int class indices.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from firmware_host._io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from firmware_host.errors import InputError, OutputError
+
+__all__ = [
+    "ARCHITECTURES",
+    "ClassReport",
+    "TrainResult",
+    "build_model",
+    "build_augmentation",
+    "stratified_split",
+    "stratified_folds",
+    "classification_report",
+    "confusion_matrix",
+    "save_confusion_figure",
+    "train",
+]
+
+ARCHITECTURES = ("small", "mobilenetv2")
+
+#: The layer the CAM is read from in the default small CNN.
+LAST_CONV_NAME = "last_conv"
+
+
+def _keras():
+    from converters.loading import require_host
+
+    return require_host()[1]
+
+
+def _tf():
+    from converters.loading import require_host
+
+    return require_host()[0]
+
+
+def build_model(
+    num_classes: int,
+    input_size: Union[int, Tuple[int, int]] = 64,
+    arch: str = "small",
+    dropout: float = 0.3,
+    width: int = 16,
+):
+    """Build an uncompiled classifier whose head the converter can turn into an exact CAM.
+
+    Input shape: ``(batch, H, W, 3)`` float32 RGB in 0–255 (the model rescales by 1/255 itself).
+    Output shape: ``(batch, num_classes)`` softmax probabilities.
+
+    Args:
+        num_classes: number of classes (>= 2).
+        input_size: ``H`` (square) or ``(H, W)``.
+        arch: ``"small"`` (three conv-BN-ReLU-pool blocks of ``width``, 2·``width``,
+            4·``width`` filters, then a 3×3 ReLU conv named ``last_conv``) or ``"mobilenetv2"``
+            (``keras.applications.MobileNetV2(alpha=0.35, weights=None)``, nested). The small
+            CNN's ``last_conv`` has 8·``width`` filters.
+        dropout: dropout rate before the Dense layer.
+        width: filters of the first block of the small CNN.
+
+    Returns:
+        A ``keras.Model`` named ``edgecam_<arch>``.
+
+    Raises:
+        InputError: unknown ``arch``, fewer than 2 classes, or an input smaller than 32 px.
+    """
+    if arch not in ARCHITECTURES:
+        raise InputError(f"arch must be one of {', '.join(ARCHITECTURES)}. Got {arch!r}.")
+    if int(num_classes) < 2:
+        raise InputError(f"A classifier needs at least 2 classes. Got {num_classes}.")
+    h, w = (input_size, input_size) if isinstance(input_size, (int, np.integer)) else tuple(input_size)
+    if min(h, w) < 32:
+        raise InputError(f"input_size must be at least 32 px (three 2× poolings). Got {(h, w)}.")
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input((int(h), int(w), 3), name="image")
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    if arch == "small":
+        for block, filters in enumerate((width, 2 * width, 4 * width), start=1):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{block}")(x)
+            x = layers.BatchNormalization(name=f"bn{block}")(x)
+            x = layers.ReLU(name=f"relu{block}")(x)
+            x = layers.MaxPooling2D(2, name=f"pool{block}")(x)
+        # The CAM layer is twice as wide as the last block: cheap at 1/8 resolution, and it gives
+        # the GAP + Dense head enough channels to separate light fog from clear air.
+        x = layers.Conv2D(8 * width, 3, padding="same", activation="relu", name=LAST_CONV_NAME)(x)
+    else:
+        backbone = keras.applications.MobileNetV2(
+            input_shape=(int(h), int(w), 3), alpha=0.35, include_top=False, weights=None
+        )
+        x = backbone(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(int(num_classes), activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"edgecam_{arch}")
+
+
+def build_augmentation(seed: int = 0):
+    """The talk's ImageDataGenerator as Keras 3 preprocessing layers (for the tf.data pipeline).
+
+    ``rotation_range=20`` → ``RandomRotation(20/360)`` (the factor is a fraction of a full turn,
+    so ±20°); flips → ``RandomFlip("horizontal_and_vertical")``; ``zoom_range=0.1`` →
+    ``RandomZoom(±0.1, ±0.1)`` with independent height and width factors, like
+    ImageDataGenerator's independent zx, zy; ``fill_mode='reflect'`` on both geometric layers.
+    ``rescale=1/255`` lives in the model itself (``Rescaling``), not here.
+
+    Input/output shape: ``(batch, H, W, 3)`` float32 in 0–255.
+    """
+    keras = _keras()
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            layers.RandomRotation(20 / 360, fill_mode="reflect", seed=seed),
+            layers.RandomFlip("horizontal_and_vertical", seed=seed + 1),
+            layers.RandomZoom((-0.1, 0.1), (-0.1, 0.1), fill_mode="reflect", seed=seed + 2),
+        ],
+        name="augmentation",
+    )
+
+
+def stratified_split(y: np.ndarray, test_fraction: float, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, test)`` with each class split in the same proportion.
+
+    Every class with at least 2 samples puts at least one in each part.
+
+    Raises:
+        InputError: ``test_fraction`` not in (0, 1).
+    """
+    if not 0 < test_fraction < 1:
+        raise InputError(f"test_fraction must be in (0, 1). Got {test_fraction}.")
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        k = int(round(test_fraction * len(idx)))
+        if len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        test_idx.append(idx[:k])
+        train_idx.append(idx[k:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
+
+
+def stratified_folds(y: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Fold number ``(N,)`` in ``[0, k)`` per sample, each class dealt round-robin over folds.
+
+    Raises:
+        InputError: ``k < 2`` or a class with fewer than ``k`` samples.
+    """
+    if int(k) < 2:
+        raise InputError(f"K-fold needs k >= 2. Got {k}.")
+    counts = np.bincount(y)
+    present = counts[counts > 0]
+    if present.min() < k:
+        raise InputError(
+            f"Stratified {k}-fold needs at least {k} images per class; the smallest class has "
+            f"{present.min()}. Lower --kfold or add images."
+        )
+    rng = np.random.default_rng(seed)
+    folds = np.empty(len(y), dtype=np.int64)
+    offset = 0
+    for c in np.flatnonzero(counts):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        # Continue the round-robin across classes so fold sizes differ by at most one.
+        folds[idx] = (np.arange(len(idx)) + offset) % k
+        offset += len(idx)
+    return folds
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(K, K)`` int64 counts, rows = true class, columns = predicted class."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return cm
+
+
+@dataclass(frozen=True)
+class ClassReport:
+    """Precision, recall, F1 and support of one class (0 where undefined)."""
+
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+def classification_report(cm: np.ndarray, class_names: Sequence[str]) -> Tuple[ClassReport, ...]:
+    """Per-class precision/recall/F1 from a confusion matrix (rows true, columns predicted)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    predicted = cm.sum(axis=0)
+    actual = cm.sum(axis=1)
+    reports = []
+    for i, name in enumerate(class_names):
+        p = tp[i] / predicted[i] if predicted[i] else 0.0
+        r = tp[i] / actual[i] if actual[i] else 0.0
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        reports.append(ClassReport(str(name), float(p), float(r), float(f1), int(actual[i])))
+    return tuple(reports)
+
+
+def save_confusion_figure(cm: np.ndarray, class_names: Sequence[str], path, title: str = "") -> Path:
+    """Draw the confusion matrix (row-normalised colours, counts written in) to a PNG, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    k = len(class_names)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=np.float64), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(1.3 * k + 2.2, 1.1 * k + 1.8), dpi=110)
+    try:
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center",
+                        fontsize=8, color="white" if share[i, j] > 0.5 else "black")
+        ax.set_xticks(range(k), class_names, rotation=30, ha="right")
+        ax.set_yticks(range(k), class_names)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if title:
+            ax.set_title(title, fontsize=10)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        accuracy: held-out accuracy (test split; out-of-fold over all images with K-fold).
+        class_names: class order of the model's outputs.
+        report: per-class precision/recall/F1/support on the held-out predictions.
+        confusion: ``(K, K)`` int64, rows true, columns predicted (held-out predictions).
+        model_path: the saved ``model.keras``.
+        labels_path: ``labels.txt`` (class order, one per line).
+        confusion_png: the confusion-matrix figure.
+        metrics_path: ``training.json`` with all of the above and the settings.
+        fold_accuracies: per-fold held-out accuracy with K-fold, else ``None``.
+        arch, input_size, epochs, n_train, n_test: settings and split sizes (K-fold: of the
+            saved model's fold).
+        seconds: wall time of the training (fits and evaluation, not data loading).
+    """
+
+    accuracy: float
+    class_names: Tuple[str, ...]
+    report: Tuple[ClassReport, ...] = field(repr=False)
+    confusion: np.ndarray = field(repr=False)
+    model_path: Path = None
+    labels_path: Path = None
+    confusion_png: Path = None
+    metrics_path: Path = None
+    fold_accuracies: Optional[Tuple[float, ...]] = None
+    arch: str = "small"
+    input_size: Tuple[int, int] = (64, 64)
+    epochs: int = 0
+    n_train: int = 0
+    n_test: int = 0
+    seconds: float = 0.0
+
+
+def _load_data(data, size):
+    """Return ``(x float32 0–255, y int64, class_names, (H, W))`` from a folder or arrays."""
+    from toolkit.datasets.fog import FolderDataset, _size, load_folder_dataset
+
+    if isinstance(data, (str, os.PathLike)):
+        root = Path(data)
+        if size is None:
+            size = _manifest_size(root) or 64
+        data = load_folder_dataset(root, size)
+    if isinstance(data, FolderDataset):
+        data = (data.x, data.y, data.class_names)
+    try:
+        x, y, class_names = data
+    except (TypeError, ValueError) as exc:
+        raise InputError(
+            "data must be a folder-per-class directory or a tuple (x, y, class_names). "
+            f"Got {type(data).__name__}."
+        ) from exc
+    x = np.asarray(x)
+    y = np.asarray(y, dtype=np.int64)
+    class_names = tuple(str(c) for c in class_names)
+    if x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y) or len(x) == 0:
+        raise InputError(
+            f"x must be (N, H, W, 3) RGB with one label per image. Got x {x.shape}, y {y.shape}."
+        )
+    if y.min() < 0 or y.max() >= len(class_names):
+        raise InputError(
+            f"Labels must be in [0, {len(class_names)}) for classes {class_names}. "
+            f"Got range [{y.min()}, {y.max()}]."
+        )
+    if size is not None and tuple(x.shape[1:3]) != _size(size):
+        import cv2
+
+        h, w = _size(size)
+        x = np.stack([cv2.resize(np.asarray(img), (w, h), interpolation=cv2.INTER_AREA) for img in x])
+    return x.astype(np.float32), y, class_names, tuple(int(v) for v in x.shape[1:3])
+
+
+def _manifest_size(root: Path):
+    manifest = root / "dataset.json"
+    try:
+        return tuple(json.loads(manifest.read_text(encoding="utf-8"))["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _pipeline(tf, x, y, batch_size, shuffle, augmentation, seed):
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if augmentation is not None:
+        ds = ds.map(lambda a, b: (augmentation(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _class_weights(y, num_classes):
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    # "Balanced" weights n / (K · n_c): each class contributes equally to the loss.
+    return {i: float(len(y) / (np.count_nonzero(counts) * c)) for i, c in enumerate(counts) if c > 0}
+
+
+def _fit_one(keras, tf, x_tr, y_tr, x_te, num_classes, size, arch, width, epochs, batch_size, seed,
+             learning_rate, balanced, augment, verbose):
+    keras.utils.set_random_seed(seed)
+    model = build_model(num_classes, size, arch, width=width)
+    steps = epochs * -(-len(x_tr) // batch_size)
+    # Cosine decay to zero (Loshchilov & Hutter 2017, SGDR without restarts): the last epochs
+    # settle the decision boundaries instead of hopping between them.
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    augmentation = build_augmentation(seed) if augment else None
+    model.fit(
+        _pipeline(tf, x_tr, y_tr, batch_size, True, augmentation, seed),
+        epochs=epochs,
+        verbose=verbose,
+        class_weight=_class_weights(y_tr, num_classes) if balanced else None,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded)
+    )
+    probs = model.predict(x_te, batch_size=max(batch_size, 64), verbose=0)
+    return model, np.argmax(probs, axis=1)
+
+
+def _save_model(model, path: Path) -> Path:
+    """``model.save`` to a temporary ``.keras`` beside ``path``, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".keras", dir=path.parent)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the mode open() would
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OutputError(f"Saving the model to '{path}' failed: {exc}.") from exc
+        raise
+    return path
+
+
+def train(
+    data,
+    out_dir,
+    epochs: int = 15,
+    batch_size: int = 32,
+    arch: str = "small",
+    seed: int = 0,
+    kfold: Optional[int] = None,
+    size: Union[None, int, Tuple[int, int]] = None,
+    test_fraction: float = 0.2,
+    learning_rate: float = 2e-3,
+    balanced: bool = True,
+    augment: bool = True,
+    width: int = 16,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the talk's classifier and write ``model.keras``, ``labels.txt``, ``confusion.png``
+    and ``training.json`` to ``out_dir``.
+
+    Without ``kfold``: a stratified ``test_fraction`` split is held out; the model is trained on
+    the rest and evaluated on it. With ``kfold=K``: stratified K-fold cross-validation; one model
+    per fold, evaluated on its held-out fold; ``accuracy``, the report and the confusion matrix are
+    over the out-of-fold predictions of every image, and the saved model is the fold model with
+    the best held-out accuracy (its own fold's number is in ``fold_accuracies``).
+
+    Args:
+        data: a folder-per-class directory (read with
+            :func:`toolkit.datasets.fog.load_folder_dataset`), a ``FolderDataset``, or a tuple
+            ``(x, y, class_names)`` with x ``(N, H, W, 3)`` RGB 0–255.
+        out_dir: output directory.
+        epochs: training epochs per model.
+        batch_size: mini-batch size.
+        arch: ``"small"`` or ``"mobilenetv2"``.
+        seed: seed of the split, the weights, the shuffling and the augmentation.
+        kfold: number of folds, or ``None`` for a single held-out split.
+        size: model input ``(H, W)`` or int; default the dataset's size (``dataset.json``), or
+            64 for a folder without one, or the arrays' size.
+        test_fraction: held-out share without K-fold.
+        learning_rate: Adam learning rate.
+        balanced: weight the loss by inverse class frequency (for imbalanced data).
+        augment: apply :func:`build_augmentation` to training batches.
+        width: filters of the small CNN's first block (see :func:`build_model`).
+        progress: show Keras' per-epoch progress.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        InputError: bad data or settings; OutputError: ``out_dir`` not writable;
+        MissingDependencyError: TensorFlow/Keras not installed.
+    """
+    if arch not in ARCHITECTURES:
+        raise InputError(f"arch must be one of {', '.join(ARCHITECTURES)}. Got {arch!r}.")
+    if int(epochs) < 1 or int(batch_size) < 1:
+        raise InputError(f"epochs and batch_size must be >= 1. Got {epochs}, {batch_size}.")
+    out = ensure_writable_dir(out_dir)
+    x, y, class_names, input_size = _load_data(data, size)
+    num_classes = len(class_names)
+    keras, tf = _keras(), _tf()
+    verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
+    common = dict(num_classes=num_classes, size=input_size, arch=arch, width=int(width), epochs=int(epochs),
+                  batch_size=int(batch_size), learning_rate=learning_rate, balanced=balanced,
+                  augment=augment, verbose=verbose)
+    start = time.perf_counter()
+    fold_acc = None
+    if kfold:
+        folds = stratified_folds(y, int(kfold), seed)
+        predictions = np.empty_like(y)
+        fold_acc, best = [], None
+        for k in range(int(kfold)):
+            tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+            if progress:
+                print(f"fold {k + 1}/{kfold}: train {len(tr)}, held out {len(te)}", flush=True)
+            model, pred = _fit_one(keras, tf, x[tr], y[tr], x[te], seed=seed + k, **common)
+            predictions[te] = pred
+            fold_acc.append(float(np.mean(pred == y[te])))
+            if best is None or fold_acc[-1] > best[0]:
+                best = (fold_acc[-1], model, len(tr), len(te))
+        _, model, n_train, n_test = best
+        y_eval, p_eval = y, predictions
+    else:
+        tr, te = stratified_split(y, test_fraction, seed)
+        model, p_eval = _fit_one(keras, tf, x[tr], y[tr], x[te], seed=seed, **common)
+        y_eval, n_train, n_test = y[te], len(tr), len(te)
+    seconds = time.perf_counter() - start
+
+    cm = confusion_matrix(y_eval, p_eval, num_classes)
+    accuracy = float(np.trace(cm) / max(cm.sum(), 1))
+    report = classification_report(cm, class_names)
+    model_path = _save_model(model, out / "model.keras")
+    labels_path = atomic_write_text(out / "labels.txt", "\n".join(class_names) + "\n")
+    what = f"{kfold}-fold out-of-fold" if kfold else f"held-out ({n_test} images)"
+    png = save_confusion_figure(cm, class_names, out / "confusion.png",
+                                f"{arch} CNN, {what} accuracy {accuracy:.1%}")
+    metrics = {
+        "format": "edgecam-training",
+        "version": 1,
+        "accuracy": accuracy,
+        "evaluation": "kfold-out-of-fold" if kfold else "stratified-holdout",
+        "fold_accuracies": fold_acc,
+        "class_names": list(class_names),
+        "confusion": cm.tolist(),
+        "report": [r.__dict__ for r in report],
+        "arch": arch,
+        "width": int(width),
+        "input_size": list(input_size),
+        "epochs": int(epochs),
+        "batch_size": int(batch_size),
+        "learning_rate": learning_rate,
+        "balanced_class_weights": balanced,
+        "augmentation": augment,
+        "seed": int(seed),
+        "kfold": kfold,
+        "n_images": int(len(y)),
+        "n_train": int(n_train),
+        "n_test": int(n_test),
+        "train_seconds": round(seconds, 2),
+        "keras_version": keras.__version__,
+        "model": model_path.name,
+        "labels": labels_path.name,
+        "confusion_png": png.name,
+    }
+    metrics_path = atomic_write_text(out / "training.json", json.dumps(metrics, indent=1) + "\n")
+    return TrainResult(
+        accuracy=accuracy,
+        class_names=class_names,
+        report=report,
+        confusion=cm,
+        model_path=model_path,
+        labels_path=labels_path,
+        confusion_png=png,
+        metrics_path=metrics_path,
+        fold_accuracies=tuple(fold_acc) if fold_acc else None,
+        arch=arch,
+        input_size=input_size,
+        epochs=int(epochs),
+        n_train=int(n_train),
+        n_test=int(n_test),
+        seconds=seconds,
+    )
