@@ -271,3 +271,21 @@ def test_validate_log_reader_never_crashes(tmp_path_factory, records, cut, deep)
             assert 0 <= frame.class_index < frame.probabilities.size
     except EdgecamError:
         pass
+
+
+def test_validate_log_reader_found_cases(tmp_path):
+    """What the fuzzer found in RunLogReader: OverflowError (1e400 / huge ints) and
+    RecursionError (deep nesting) escaped; they are now counted as invalid / malformed."""
+    validate = pytest.importorskip("toolkit.validate")
+    good = {"frame": 0, "frame_path": "f.png", "cam": [[1.0]], "probabilities": [0.2, 0.8], "class_index": 1}
+    path = tmp_path / "run.jsonl"
+    path.write_text("\n".join([
+        json.dumps(good),
+        json.dumps(good).replace('"class_index": 1', '"class_index": 1e400'),
+        json.dumps({**good, "probabilities": [10**400, 0.0]}),
+        "[" * 100_000 + "]" * 100_000,
+    ]) + "\n")
+    reader = validate.RunLogReader(path)
+    frames = list(reader)
+    assert [f.frame for f in frames] == [0]
+    assert reader.skipped == {"malformed": 1, "no_frame_path": 0, "invalid": 2}

@@ -38,6 +38,7 @@ from firmware_host._io import atomic_open, atomic_write_text, ensure_writable_di
 from firmware_host._version import __version__
 from firmware_host.errors import InputError, MetadataError, SourceError
 from firmware_host.preprocess import preprocess
+from firmware_host.sources import read_image
 
 from . import metrics as M
 
@@ -132,24 +133,13 @@ def iter_image_files(root: Union[str, Path]) -> List[Path]:
 
 
 def read_rgb(path: Union[str, Path]) -> Optional[np.ndarray]:
-    """Decode an image file to ``(H, W, 3)`` RGB uint8; ``None`` if it is not a readable image."""
-    import cv2
+    """Decode an image file to ``(H, W, 3)`` RGB uint8; ``None`` if it is not a readable image.
 
-    path = Path(path)
-    # Check the signature before reading: a stray video or archive in the folder is skipped
-    # without being loaded into memory.
-    if not path.is_file() or not cv2.haveImageReader(str(path)):
-        return None
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
-    if data.size == 0:
-        return None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None or bgr.ndim != 3 or min(bgr.shape[:2]) < 1:
-        return None
-    return np.ascontiguousarray(bgr[..., ::-1])
+    :func:`firmware_host.sources.read_image`, shared by every edgecam image reader: OpenCV picks
+    the decoder from the file's signature (a stray video or archive is not loaded), and files
+    it refuses — including headers claiming more pixels than it allows — give ``None``.
+    """
+    return read_image(path, rgb=True) if Path(path).is_file() else None
 
 
 # -- the device log ----------------------------------------------------------------------------
@@ -236,7 +226,7 @@ class RunLogReader:
                 self.records += 1
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
                     self.skipped["malformed"] += 1  # e.g. a last line cut by a power loss
                     continue
                 if not isinstance(rec, dict):
@@ -258,7 +248,7 @@ class RunLogReader:
             class_index = int(rec["class_index"])
             predicted = int(rec["predicted_index"]) if "predicted_index" in rec else int(np.argmax(probs))
             frame = int(rec.get("frame", number - 1))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: 1e400, 10**400
             return None
         if cam.ndim != 2 or not np.all(np.isfinite(cam)) or not np.all(np.isfinite(probs)):
             return None
