@@ -32,6 +32,8 @@ from ._report import machine, write_section
 
 NAME = "onnx_bench"
 QUANTS = {"none": "float32", "int8": "int8"}
+# `python -m benchmarks --quick`: fewer calls and rounds, float32 only (same measurements).
+QUICK_ARGS = ["--runs", "5", "--rounds", "3", "--quantize", "none"]
 FORMATS = {"tflite": "LiteRT", "onnx": "ONNX Runtime"}
 
 
