@@ -28,6 +28,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from firmware_host.compare import correlation
 from firmware_host.errors import InputError
 
 __all__ = [
@@ -66,24 +67,8 @@ def _pair(a: np.ndarray, b: np.ndarray, name: str) -> Tuple[np.ndarray, np.ndarr
 
 # -- correlation --------------------------------------------------------------------------------
 def _correlation(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation of two flat vectors, with the constant-map convention.
-
-    A constant vector has no defined correlation. Convention (docs/validate.md): both constant →
-    1.0 (the maps agree: neither highlights anything, e.g. two all-zero ReLU'd maps); exactly one
-    constant → 0.0.
-    """
-    dx = x - x.mean()
-    dy = y - y.mean()
-    # Elementwise sums, not BLAS dot products: a threaded BLAS next to TensorFlow's thread pools
-    # on a busy 2-core machine took 20 ms per 224×224 dot product, np.sum 0.05 ms.
-    sx = math.sqrt(float(np.sum(dx * dx)))
-    sy = math.sqrt(float(np.sum(dy * dy)))
-    # Relative tolerance: a map whose spread is float round-off of its level is constant.
-    tx = sx <= 1e-12 * max(1.0, float(np.abs(x).max(initial=0.0))) * math.sqrt(x.size)
-    ty = sy <= 1e-12 * max(1.0, float(np.abs(y).max(initial=0.0))) * math.sqrt(y.size)
-    if tx or ty:
-        return 1.0 if (tx and ty) else 0.0
-    return float(np.clip(np.sum(dx * dy) / (sx * sy), -1.0, 1.0))
+    """Pearson correlation of flat vectors: the one shared with the converter's self-check."""
+    return correlation(x, y)
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
