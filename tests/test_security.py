@@ -54,7 +54,7 @@ def test_no_os_system_or_popen_and_no_shell_keyword():
     assert hits == []
 
 
-def test_keras_safe_mode_is_on_by_default():
+def test_keras_safe_mode_is_on_by_default(monkeypatch):
     from converters.export import convert
     from converters.loading import load_keras_model
 
@@ -62,9 +62,28 @@ def test_keras_safe_mode_is_on_by_default():
     assert inspect.signature(convert).parameters["safe_mode"].default is True
     from toolkit.cli.convert import convert as convert_cmd
 
-    args = [str(ROOT / "tests" / "data" / "tiny_fog.keras"), "-o", "m.tflite"]
+    keras_file = str(ROOT / "tests" / "data" / "tiny_fog.keras")
+    args = [keras_file, "-o", "m.tflite"]
     assert convert_cmd.make_context("convert", list(args)).params["unsafe"] is False
     assert convert_cmd.make_context("convert", args + ["--unsafe"]).params["unsafe"] is True
+    # The host explainer and validate load models the same way.
+    from toolkit.cli.explain import explain_cmd
+    from toolkit.explain.images import explain_images
+
+    assert inspect.signature(explain_images).parameters["safe_mode"].default is True
+    args = [keras_file, str(ROOT / "tests" / "data" / "tiny_fog_input.png"), "--out", "o"]
+    assert explain_cmd.make_context("explain", list(args)).params["unsafe"] is False
+    import converters.loading
+    import toolkit.validate
+
+    seen = {}
+
+    def spy(path, safe_mode=True):
+        seen["safe_mode"] = safe_mode
+        return "model"
+
+    monkeypatch.setattr(converters.loading, "load_keras_model", spy)
+    assert toolkit.validate._load_keras(keras_file) == "model" and seen == {"safe_mode": True}
 
 
 def test_preview_binds_loopback_by_default():
