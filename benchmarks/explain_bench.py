@@ -32,6 +32,8 @@ import numpy as np
 from ._report import machine, write_section
 
 NAME = "explain_bench"
+# `python -m benchmarks --quick`: fewer images and runs (same measurements).
+QUICK_ARGS = ["--images", "8", "--runs", "2"]
 LAYER = "out_relu"
 
 

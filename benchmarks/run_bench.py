@@ -35,6 +35,8 @@ from ._report import machine, write_section
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "run_bench"
 LABELS = ["clear", "light", "moderate", "dense"]
+# `python -m benchmarks --quick`: fewer runs and frames, float32 only (same measurements).
+QUICK_ARGS = ["--runs", "20", "--repeats", "2", "--frames", "60", "--quantize", "none"]
 
 
 def build_models(cache: Path, quantizations) -> Dict[str, Dict[str, Path]]:

@@ -1,4 +1,4 @@
-"""Export Keras CNNs to LiteRT with an in-graph explanation head (needs TensorFlow).
+"""Export Keras CNNs to LiteRT and ONNX with an in-graph explanation head (needs TensorFlow).
 
 Heavy imports happen on first use: ``import converters`` alone does not load TensorFlow.
 """

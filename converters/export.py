@@ -1,14 +1,17 @@
-"""Build the explainable multi-output model, convert it to LiteRT, embed metadata, self-check.
+"""Build the explainable multi-output model, convert it to LiteRT and/or ONNX, embed metadata, self-check.
 
-``convert(model, "out.tflite")`` is the Python API behind ``edgecam convert``:
+``convert(model, "out.tflite")`` (or ``"out.onnx"``, or ``format="both"``) is the Python API
+behind ``edgecam convert``:
 
 1. load the Keras model (``safe_mode`` on), find the explanation layer, split off the softmax;
 2. analyse the head and choose the most exact CAM mode (linear / flatten / gradient), or
    average gradient weights over calibration images with ``approximate=True``;
 3. build ``serving_default(image[, class_index]) → {probabilities, logits, feature_maps,
-   cam | cams}`` and convert it with builtin ops only (a Flex op cannot run on the device);
-4. embed the edgecam metadata and write the file atomically;
-5. self-check: run the file through ``firmware_host`` and compare it with a GradientTape
+   cam | cams}`` (an :class:`Endpoint`) and the metadata, once;
+4. per container (:data:`CONTAINERS`): convert the endpoint — LiteRT with builtin ops only (a
+   Flex op cannot run on the device), ONNX through tf2onnx (:mod:`converters.onnx_export`) —
+   embed the metadata and write the file atomically;
+5. self-check: run each file through ``firmware_host`` and compare it with a GradientTape
    Grad-CAM of the Keras model.
 """
 
@@ -17,9 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -28,7 +31,7 @@ from firmware_host._io import atomic_write_bytes, ensure_writable_dir
 from firmware_host._version import __version__
 from firmware_host.compare import pearson
 from firmware_host.errors import ConversionError, InputError, UnsupportedHeadError
-from firmware_host.metadata import EdgecamMetadata, Preprocessing, embed_tflite_metadata
+from firmware_host.metadata import EdgecamMetadata, Preprocessing, embed_onnx_metadata, embed_tflite_metadata
 from firmware_host.preprocess import check_image, preprocess
 
 from .head import HeadAnalysis, analyze_head
@@ -37,7 +40,18 @@ from .layers import ModelSplit, head_chain, split_model
 from .loading import file_sha256, load_keras_model, require_host, with_input_size
 from .reference import feature_gradients, gradcam_reference
 
-__all__ = ["convert", "ConversionResult", "SelfCheck", "QUANTIZATIONS", "THRESHOLDS", "load_images"]
+__all__ = [
+    "convert",
+    "ConversionResult",
+    "SelfCheck",
+    "Endpoint",
+    "Container",
+    "CONTAINERS",
+    "FORMATS",
+    "QUANTIZATIONS",
+    "THRESHOLDS",
+    "load_images",
+]
 
 log = logging.getLogger("edgecam.convert")
 
@@ -92,7 +106,11 @@ class SelfCheck:
 
 @dataclass(frozen=True)
 class ConversionResult:
-    """What ``convert`` produced."""
+    """What ``convert`` produced.
+
+    ``others`` holds the results of the other containers written by the same call
+    (``format="both"``: the ONNX result beside the LiteRT one).
+    """
 
     path: Path
     metadata: EdgecamMetadata
@@ -100,6 +118,55 @@ class ConversionResult:
     self_check: Optional[SelfCheck]
     baseline_path: Optional[Path]
     size_bytes: int
+    format: str = "tflite"
+    others: Tuple["ConversionResult", ...] = ()
+
+    @property
+    def all(self) -> Tuple["ConversionResult", ...]:
+        """This result and ``others``."""
+        return (self, *self.others)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """The serving function every container exports.
+
+    Attributes:
+        fn: ``fn(image[, class_index]) → {output name: tensor}``.
+        signature: the ``tf.TensorSpec`` of each argument (named ``image``, ``class_index``).
+        track: Keras objects whose variables ``fn`` uses.
+        inputs: role → input name.
+        outputs: output names, in the order documented for the role.
+    """
+
+    fn: Callable
+    signature: Sequence[Any]
+    track: Sequence[Any]
+    inputs: Mapping[str, str]
+    outputs: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Container:
+    """One model file format: how an :class:`Endpoint` becomes bytes and carries the metadata.
+
+    Attributes:
+        name: ``tflite`` or ``onnx``.
+        suffix: the file suffix.
+        quantizations: the ``quantize`` values it supports.
+        export: ``export(endpoint, quantize, representative, float_head) → bytes``.
+        embed: ``embed(content, metadata) → bytes``.
+        versions: tool versions to record in ``metadata.converter``.
+        require: imports its tools up front (raises ``MissingDependencyError``).
+    """
+
+    name: str
+    suffix: str
+    quantizations: Tuple[str, ...]
+    export: Callable[..., bytes]
+    embed: Callable[[bytes, EdgecamMetadata], bytes]
+    versions: Callable[[], Dict[str, str]] = field(default=lambda: {})
+    require: Callable[[], Any] = field(default=lambda: None)
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -109,7 +176,7 @@ def load_images(directory: Union[str, Path], limit: Optional[int] = None) -> Tup
     Raises:
         InputError: the folder is missing or holds no readable image.
     """
-    import cv2
+    from firmware_host.sources import read_image
 
     root = Path(directory)
     if not root.is_dir():
@@ -120,11 +187,11 @@ def load_images(directory: Union[str, Path], limit: Optional[int] = None) -> Tup
     for file in files:
         if limit is not None and len(images) >= limit:
             break
-        frame = cv2.imread(str(file), cv2.IMREAD_COLOR)
-        if frame is None or frame.size == 0:
+        image = read_image(file, rgb=True)
+        if image is None:
             skipped += 1
             continue
-        images.append(np.ascontiguousarray(frame[..., ::-1]))
+        images.append(image)
     if not images:
         raise InputError(
             f"Image folder '{root}' has no readable image ({len(every)} files, {len(files)} with an "
@@ -344,16 +411,71 @@ def _converter_bytes(saved_dir: str, quantize: str, representative: Optional[Lis
         raise ConversionError(f"LiteRT conversion ({quantize}) failed: {first} {hint}") from exc
 
 
-def _export_tflite(fn, signature, track, quantize: str, representative, float_head: bool = False) -> bytes:
+def _export_tflite(endpoint: Endpoint, quantize: str, representative, float_head: bool = False) -> bytes:
     import keras
 
     with tempfile.TemporaryDirectory(prefix="edgecam-export-") as tmp:
         archive = keras.export.ExportArchive()
-        for obj in track:
+        for obj in endpoint.track:
             archive.track(obj)
-        archive.add_endpoint("serving_default", fn, input_signature=signature)
+        archive.add_endpoint("serving_default", endpoint.fn, input_signature=list(endpoint.signature))
         archive.write_out(tmp, verbose=False)
         return _converter_bytes(tmp, quantize, representative, float_head)
+
+
+def _export_onnx(endpoint: Endpoint, quantize: str, representative, float_head: bool = False) -> bytes:
+    from .onnx_export import export_onnx
+
+    return export_onnx(endpoint, quantize, representative, float_head, float_scope=FLOAT_SCOPE)
+
+
+def _onnx_versions() -> Dict[str, str]:
+    from .onnx_export import tool_versions
+
+    return tool_versions()
+
+
+def _onnx_require():
+    from .onnx_export import require_onnx_tools
+
+    return require_onnx_tools()
+
+
+CONTAINERS: Dict[str, Container] = {
+    "tflite": Container("tflite", ".tflite", QUANTIZATIONS, _export_tflite, embed_tflite_metadata),
+    "onnx": Container("onnx", ".onnx", ("none", "float16", "int8"), _export_onnx, embed_onnx_metadata,
+                      versions=_onnx_versions, require=_onnx_require),
+}
+FORMATS = ("tflite", "onnx", "both")
+
+
+def _outputs_for(output: Path, format: Optional[str]) -> List[Tuple[Container, Path]]:
+    """The (container, path) pairs to write, from ``output`` and ``format``.
+
+    ``format=None`` follows the suffix; ``both`` writes ``<stem>.tflite`` and ``<stem>.onnx``,
+    the stem being ``output`` without a ``.tflite``/``.onnx`` suffix.
+    """
+    by_suffix = {c.suffix: c for c in CONTAINERS.values()}
+    suffix = output.suffix.lower()
+    if format is None:
+        if suffix not in by_suffix:
+            raise InputError(
+                f"The output must end with '.tflite' (LiteRT) or '.onnx' (ONNX), or pass "
+                f"format='both' with a stem. Got: '{output}'"
+            )
+        return [(by_suffix[suffix], output)]
+    if format not in FORMATS:
+        raise InputError(f"format must be one of {FORMATS}. Got: {format!r}")
+    if format == "both":
+        stem = output.with_suffix("") if suffix in by_suffix else output
+        return [(c, stem.with_name(stem.name + c.suffix)) for c in CONTAINERS.values()]
+    container = CONTAINERS[format]
+    if suffix != container.suffix:
+        raise InputError(
+            f"format {format!r} writes a {container.suffix} file: the output must end with "
+            f"'{container.suffix}'. Got: '{output}'"
+        )
+    return [(container, output)]
 
 
 # -- self-check ------------------------------------------------------------------------------
@@ -418,14 +540,18 @@ def convert(
     self_check: bool = True,
     emit_baseline: bool = False,
     max_calibration: int = 200,
+    format: Optional[str] = None,
 ) -> ConversionResult:
-    """Export a Keras CNN classifier to LiteRT with an explanation head.
+    """Export a Keras CNN classifier to LiteRT and/or ONNX with an explanation head.
 
     Args:
         model: a ``keras.Model`` or the path of a ``.keras``/``.h5`` file or SavedModel dir.
-        output: the ``.tflite`` to write (atomically).
-        quantize: ``none``, ``float16``, ``dynamic`` or ``int8`` (int8 input and output; needs
-            ``calibration``).
+        output: the ``.tflite`` or ``.onnx`` to write (atomically); with ``format="both"``, the
+            stem of both files (``out/m.tflite``, ``out/m.onnx`` or ``out/m`` all write
+            ``out/m.tflite`` and ``out/m.onnx``).
+        quantize: ``none``, ``float16``, ``dynamic`` or ``int8`` (LiteRT: int8 input and output;
+            ONNX: ``none``, ``float16`` or ``int8`` QDQ with float32 input and output). int8
+            needs ``calibration``.
         calibration: a folder of images or a list of RGB uint8 images: int8 calibration,
             approximate weights and the self-check.
         labels: class names, or a file with one per line.
@@ -439,22 +565,31 @@ def convert(
             the calibration images (recorded as ``cam_mode: approximate``).
         safe_mode: Keras safe_mode when loading a file.
         self_check: compare the export with a GradientTape Grad-CAM and record the result.
-        emit_baseline: also write ``<output stem>.plain.tflite`` without the explanation head
-            (same quantization), for ``edgecam bench --baseline``.
+        emit_baseline: also write ``<output stem>.plain.tflite`` (``.plain.onnx``) without the
+            explanation head (same quantization), for ``edgecam bench --baseline``.
+        format: ``tflite``, ``onnx`` or ``both``; ``None`` follows the output's suffix.
 
     Returns:
-        :class:`ConversionResult`.
+        :class:`ConversionResult` (for ``both``: the LiteRT result, the ONNX one in ``others``).
 
     Raises:
-        ModelFileError, LayerError, UnsupportedHeadError, ConversionError, InputError.
+        ModelFileError, LayerError, UnsupportedHeadError, ConversionError, InputError,
+        MissingDependencyError (ONNX without ``edgecam[onnx]``/tf2onnx).
     """
     tf, keras = require_host()
 
     output = Path(output)
-    if output.suffix != ".tflite":
-        raise InputError(f"The output must end with '.tflite'. Got: '{output}'")
+    targets = _outputs_for(output, format)
     if quantize not in QUANTIZATIONS:
         raise InputError(f"quantize must be one of {QUANTIZATIONS}. Got: {quantize!r}")
+    for container, _ in targets:
+        if quantize not in container.quantizations:
+            raise InputError(
+                f"{container.name} export supports quantize {container.quantizations}. Got: "
+                f"{quantize!r}. (ONNX has no 'dynamic' mode TensorRT can run; use int8 with "
+                "calibration images.)"
+            )
+        container.require()
     if cam_output not in ("auto", "all", "predicted"):
         raise InputError(f"cam_output must be auto, all or predicted. Got: {cam_output!r}")
     if cam_method not in ("gradcam", "hirescam"):
@@ -529,25 +664,25 @@ def convert(
 
     image_spec = tf.TensorSpec([None, pre.height, pre.width, pre.channels], tf.float32, name="image")
     serve = _serve_fn(split, analysis, weights, resolved_output, method)
+    cam_key = "cams" if resolved_output == "all" else "cam"
+    outputs = ("probabilities", "logits", "feature_maps", cam_key)
     if resolved_output == "selected":
-        signature = [image_spec, tf.TensorSpec([None], tf.int32, name="class_index")]
-        fn = lambda image, class_index: serve(image, class_index)  # noqa: E731
-        inputs = {"image": "image", "class_index": "class_index"}
+        endpoint = Endpoint(
+            lambda image, class_index: serve(image, class_index),
+            [image_spec, tf.TensorSpec([None], tf.int32, name="class_index")],
+            [split.grad_model], {"image": "image", "class_index": "class_index"}, outputs,
+        )
     else:
-        signature = [image_spec]
-        fn = lambda image: serve(image)  # noqa: E731
-        inputs = {"image": "image"}
+        endpoint = Endpoint(lambda image: serve(image), [image_spec], [split.grad_model], {"image": "image"}, outputs)
+    inputs = dict(endpoint.inputs)
     representative = None
     if quantize == "int8":
+        # The same calibration feeds for LiteRT's representative dataset and ONNX's reader.
         representative = [
             {"image": x[i : i + 1], **({"class_index": np.array([-1], np.int32)} if "class_index" in inputs else {})}
             for i in range(len(x))
         ]
-    log.info("Exporting %s head (%s) at %s, quantization %s", mode, resolved_output, split.target.path, quantize)
-    content = _export_tflite(fn, signature, [split.grad_model], quantize, representative,
-                             float_head=resolved_output == "selected")
 
-    cam_key = "cams" if resolved_output == "all" else "cam"
     metadata = EdgecamMetadata(
         classes=classes,
         preprocessing=pre,
@@ -570,34 +705,58 @@ def convert(
             "reason": reason,
         },
     )
-    atomic_write_bytes(output, embed_tflite_metadata(content, metadata))
+    plain = None
+    if emit_baseline:
+        plain = Endpoint(lambda image: {"probabilities": model(image, training=False)}, [image_spec], [model],
+                         {"image": "image"}, ("probabilities",))
+
+    results = []
+    for container, path in targets:
+        log.info("Exporting %s head (%s) at %s to %s, quantization %s", mode, resolved_output,
+                 split.target.path, container.name, quantize)
+        results.append(_write_container(
+            container, path, endpoint, metadata, representative,
+            check_with=(split, images, x, image_source) if self_check else None,
+            plain=plain, reason=reason,
+        ))
+    return replace(results[0], others=tuple(results[1:]))
+
+
+def _write_container(container: Container, path: Path, endpoint: Endpoint, metadata: EdgecamMetadata,
+                     representative, check_with, plain: Optional[Endpoint], reason: str) -> ConversionResult:
+    """Export ``endpoint`` into one container, embed ``metadata``, self-check, write the baseline."""
+    quantize = metadata.quantization
+    content = container.export(endpoint, quantize, representative, float_head=metadata.cam_output == "selected")
+    metadata = replace(metadata, converter={**metadata.converter, "format": container.name, **container.versions()})
+    atomic_write_bytes(path, container.embed(content, metadata))
 
     check = None
-    if self_check:
-        check = _self_check(output, split, images, x, quantize, image_source)
+    if check_with is not None:
+        split, images, x, image_source = check_with
+        check = _self_check(path, split, images, x, quantize, image_source)
         metadata = replace(metadata, self_check=check.as_dict())
-        atomic_write_bytes(output, embed_tflite_metadata(content, metadata))
+        atomic_write_bytes(path, container.embed(content, metadata))
         if not check.passed:
             log.warning(
-                "Self-check below threshold for %s: top-1 agreement %.3f (≥ %.2f), median Pearson "
-                "%.4f (≥ %.3f). The edge heatmaps may not match full Grad-CAM; validate with "
-                "`edgecam validate` on real images.",
-                quantize, check.top1_agreement, check.threshold_top1, check.pearson_median,
+                "Self-check below threshold for %s (%s): top-1 agreement %.3f (≥ %.2f), median "
+                "Pearson %.4f (≥ %.3f). The edge heatmaps may not match full Grad-CAM; validate "
+                "with `edgecam validate` on real images.",
+                path.name, quantize, check.top1_agreement, check.threshold_top1, check.pearson_median,
                 check.threshold_pearson,
             )
 
     baseline = None
-    if emit_baseline:
-        baseline = output.with_name(output.stem + ".plain.tflite")
-        plain = lambda image: {"probabilities": model(image, training=False)}  # noqa: E731
+    if plain is not None:
+        baseline = path.with_name(path.stem + ".plain" + container.suffix)
         rep = None if representative is None else [{"image": r["image"]} for r in representative]
-        atomic_write_bytes(baseline, _export_tflite(plain, [image_spec], [model], quantize, rep))
+        atomic_write_bytes(baseline, container.export(plain, quantize, rep))
 
     return ConversionResult(
-        path=output,
+        path=path,
         metadata=metadata,
         reason=reason,
         self_check=check,
         baseline_path=baseline,
-        size_bytes=os.path.getsize(output),
+        size_bytes=os.path.getsize(path),
+        format=container.name,
     )

@@ -32,7 +32,16 @@ def require_host():
             f"This needs TensorFlow and Keras ({exc}). Install the host extra: "
             "pip install 'edgecam[host]'"
         ) from exc
+    _quiet(tf)
     return tf, keras
+
+
+def _quiet(tf) -> None:
+    """TF's Python-side chatter (retracing notices, the converter's interpreter deprecation)."""
+    import warnings
+
+    tf.get_logger().setLevel("ERROR")
+    warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated.*")
 
 
 def file_sha256(path: Union[str, Path]) -> str:

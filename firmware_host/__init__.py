@@ -1,4 +1,4 @@
-"""edgecam's on-device runtime: LiteRT interpreter + numpy + OpenCV, never TensorFlow."""
+"""edgecam's on-device runtime: LiteRT (or ONNX Runtime) + numpy + OpenCV, never TensorFlow."""
 
 from ._version import __version__
 from .errors import (
@@ -8,7 +8,7 @@ from .errors import (
     MissingDependencyError,
     ModelFileError,
 )
-from .metadata import EdgecamMetadata, Preprocessing, read_tflite_metadata
+from .metadata import EdgecamMetadata, Preprocessing, read_metadata, read_tflite_metadata
 from .model import ExplainableModel, Explanation
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Explanation",
     "EdgecamMetadata",
     "Preprocessing",
+    "read_metadata",
     "read_tflite_metadata",
     "EdgecamError",
     "InputError",

@@ -35,9 +35,59 @@ def atomic_open(path: PathLike, mode: str = "wb", durable: bool = True) -> Itera
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open supports mode 'wb' or 'w'. Got: {mode!r}")
     final = Path(path)
+    fd, tmp = _temp_beside(final, ".part")
+    kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
+    try:
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        _commit(tmp, final, durable)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, durable: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``path`` for writers that take a file *name* (``model.save``,
+    ``cv2.VideoWriter``, ``fig.savefig``); on success it is fsync'd and renamed onto ``path``.
+
+    The temporary name is hidden (``.NAME.XXXX.SUFFIX``) and keeps ``path``'s suffix, since such
+    writers choose the format from it. On an exception it is deleted and ``path`` is untouched.
+
+    Args:
+        path: final file name.
+        durable: as in :func:`atomic_open`.
+
+    Raises:
+        OutputError: the directory is not writable, or the rename failed.
+    """
+    final = Path(path)
+    fd, tmp = _temp_beside(final, final.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _commit(tmp, final, durable)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _temp_beside(final: Path, suffix: str):
+    """``mkstemp`` in ``final``'s directory, with the mode a plain ``open()`` would give."""
     directory = final.parent if str(final.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix, dir=directory)
     except OSError as exc:
         raise OutputError(
             f"Cannot write '{final}': {exc.strerror}. Choose a writable output directory."
@@ -47,20 +97,13 @@ def atomic_open(path: PathLike, mode: str = "wb", durable: bool = True) -> Itera
     os.umask(umask)
     with contextlib.suppress(OSError):
         os.chmod(tmp, 0o666 & ~umask)
-    kwargs = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
-    try:
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, final)
-        if durable:
-            _fsync_dir(directory)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    return fd, tmp
+
+
+def _commit(tmp: str, final: Path, durable: bool) -> None:
+    os.replace(tmp, final)
+    if durable:
+        _fsync_dir(final.parent if str(final.parent) else Path("."))
 
 
 def atomic_write_bytes(path: PathLike, data: bytes, durable: bool = True) -> Path:
@@ -106,17 +149,19 @@ def ensure_writable_dir(path: PathLike, min_free_bytes: int = 16 << 20) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(
-            f"Cannot create output directory '{directory}': {exc.strerror}. "
-            "Pass --out with a writable location."
+            f"Cannot create output directory '{directory}': {exc.strerror or exc}"
+            f"{' (a part of the path is a file)' if isinstance(exc, (FileExistsError, NotADirectoryError)) else ''}. "
+            "Choose a writable output location."
         ) from exc
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(
-            f"Output directory '{directory}' is not writable. Pass --out with a writable location."
+            f"Output directory '{directory}' is not writable (read-only or no permission). "
+            "Choose a writable output location."
         )
     free = shutil.disk_usage(directory).free
     if free < min_free_bytes:
         raise OutputError(
             f"Output directory '{directory}' has {free / 2**20:.1f} MiB free; at least "
-            f"{min_free_bytes / 2**20:.0f} MiB is needed. Free some space or choose another --out."
+            f"{min_free_bytes / 2**20:.0f} MiB is needed. Free some space or choose another output location."
         )
     return directory

@@ -5,7 +5,8 @@ With a plain baseline (the same network without the explanation head, written by
 *interleaved* — explained, plain, plain, explained, … — so that thermal throttling, CPU
 frequency changes and other load hit both equally; the overhead ratio is the ratio of their
 median interpreter times. The baseline carries no edgecam metadata, so it runs on the bare
-LiteRT interpreter, fed the same preprocessed input.
+interpreter (LiteRT or ONNX Runtime, :class:`~firmware_host.backends.PlainModel`), fed the
+same preprocessed input.
 
 No TensorFlow: the interpreter and numpy only.
 """
@@ -21,7 +22,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from .errors import InputError, ModelFileError
+from .backends import PlainModel
+from .errors import InputError
 
 __all__ = ["LatencyStats", "BenchResult", "PlainModel", "bench", "peak_rss_mb"]
 
@@ -56,7 +58,7 @@ class BenchResult:
         overhead_ratio: ``invoke.p50_ms / baseline_invoke.p50_ms`` (cost of the explanation
             head in the graph).
         peak_rss_mb: peak resident memory of this process (``getrusage``), both models loaded.
-        backend: interpreter package and version.
+        backend: interpreter package, version and where it runs (the ONNX Runtime provider).
     """
 
     model: str
@@ -114,74 +116,6 @@ def peak_rss_mb() -> float:
     return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024.0
 
 
-class PlainModel:
-    """A model without edgecam metadata, run on the bare LiteRT interpreter.
-
-    Uses the ``serving_default`` signature when present, else the first input/output tensors.
-
-    Args:
-        path: the plain ``.tflite``.
-        num_threads: interpreter threads.
-
-    Raises:
-        ModelFileError: the file cannot be loaded.
-    """
-
-    def __init__(self, path: Union[str, os.PathLike], num_threads: Optional[int] = None) -> None:
-        from .backends.litert import load_interpreter_class
-
-        Interpreter, self.backend, self.version = load_interpreter_class()
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ModelFileError(f"Baseline model '{self.path}' does not exist. Pass a .tflite file.")
-        try:
-            self._it = Interpreter(model_path=str(self.path), num_threads=num_threads)
-        except ValueError as exc:
-            raise ModelFileError(
-                f"LiteRT cannot load baseline '{self.path}': {str(exc).splitlines()[0]}. Write it "
-                "again with edgecam convert --emit-baseline."
-            ) from exc
-        signatures = self._it.get_signature_list()
-        if signatures:
-            key = "serving_default" if "serving_default" in signatures else sorted(signatures)[0]
-            self._runner = self._it.get_signature_runner(key)
-            details = self._runner.get_input_details()
-            self._input_name = next(iter(details))
-            detail = details[self._input_name]
-        else:
-            self._runner = None
-            self._it.allocate_tensors()
-            detail = self._it.get_input_details()[0]
-            self._input_index = detail["index"]
-        self.input_shape = tuple(int(v) for v in detail["shape"])
-        self.input_dtype = np.dtype(detail["dtype"])
-        scale, zero = detail.get("quantization", (0.0, 0))
-        self._quant = (float(scale), int(zero)) if scale else None
-
-    def prepare(self, x: np.ndarray) -> np.ndarray:
-        """Float input ``(1, H, W, C)`` → this model's input dtype (quantised if needed)."""
-        if tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
-            raise InputError(
-                f"Baseline '{self.path}' takes input {self.input_shape[1:]} but the explained "
-                f"model takes {tuple(x.shape[1:])}. Use the baseline written for the same model."
-            )
-        if self._quant is not None:
-            scale, zero = self._quant
-            info = np.iinfo(self.input_dtype)
-            return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(self.input_dtype)
-        return x.astype(self.input_dtype, copy=False)
-
-    def invoke(self, x: np.ndarray) -> float:
-        """Run once on a prepared input; returns the call's wall time in ms."""
-        start = time.perf_counter()
-        if self._runner is not None:
-            self._runner(**{self._input_name: x})
-        else:
-            self._it.set_tensor(self._input_index, x)
-            self._it.invoke()
-        return (time.perf_counter() - start) * 1000.0
-
-
 def bench(
     model: Union[str, os.PathLike, Any],
     baseline: Optional[Union[str, os.PathLike]] = None,
@@ -195,8 +129,8 @@ def bench(
     """Time an explained model, and optionally its plain baseline side by side.
 
     Args:
-        model: a converted ``.tflite`` (or an :class:`~firmware_host.ExplainableModel`).
-        baseline: the plain ``.tflite`` of the same network (``--emit-baseline``).
+        model: a converted ``.tflite``/``.onnx`` (or an :class:`~firmware_host.ExplainableModel`).
+        baseline: the plain ``.tflite``/``.onnx`` of the same network (``--emit-baseline``).
         runs: timed runs per model.
         warmup: untimed runs first (allocations, caches, XNNPACK packing).
         threads: interpreter threads for both models.
@@ -251,8 +185,7 @@ def bench(
 
     invoke = LatencyStats.of(invoke_ms)
     base = LatencyStats.of(plain_ms) if plain_ms else None
-    backend = getattr(getattr(explained, "backend", None), "name", "")
-    version = getattr(getattr(explained, "backend", None), "version", "")
+    runtime = getattr(explained, "backend", None)
     return BenchResult(
         model=str(getattr(explained, "path", model)),
         runs=runs,
@@ -263,5 +196,5 @@ def bench(
         baseline_invoke=base,
         overhead_ratio=(invoke.p50_ms / base.p50_ms) if base is not None and base.p50_ms > 0 else None,
         peak_rss_mb=peak_rss_mb(),
-        backend=f"{backend} {version}".strip(),
+        backend=runtime.describe() if hasattr(runtime, "describe") else "",
     )

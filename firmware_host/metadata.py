@@ -1,4 +1,4 @@
-"""The edgecam metadata schema, and its reader/writer inside a LiteRT (.tflite) flatbuffer.
+"""The edgecam metadata schema, and its reader/writer inside LiteRT (.tflite) and ONNX models.
 
 The metadata travels inside the model file, in the flatbuffer's ``metadata`` vector (the same
 place the TFLite Support library puts its own), as two named buffers:
@@ -13,11 +13,19 @@ few flatbuffer tables it needs with ``struct``, bounds-checking every offset, so
 raises :class:`~firmware_host.errors.ModelFileError` / :class:`MetadataError`, never garbage.
 Writing (host side) uses the schema classes shipped with ``ai-edge-litert``.
 
+In an ONNX model the same two entries are ``metadata_props`` (string key → string value):
+``edgecam`` holds the same JSON text, ``edgecam.weights`` the same bytes in base64 (RFC 4648).
+They are read through onnxruntime (``InferenceSession.get_modelmeta().custom_metadata_map``),
+so the device needs no ``onnx`` package; the checksums and version checks are the same.
+:func:`read_metadata` picks the container from the file.
+
 The schema is documented field by field in ``docs/metadata.md``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import hashlib
 import json
@@ -36,9 +44,12 @@ __all__ = [
     "WEIGHTS_NAME",
     "Preprocessing",
     "EdgecamMetadata",
+    "read_metadata",
     "read_tflite_metadata",
     "embed_tflite_metadata",
     "read_tflite_buffers",
+    "read_onnx_metadata",
+    "embed_onnx_metadata",
 ]
 
 FORMAT_VERSION = "1.0"
@@ -206,6 +217,36 @@ class EdgecamMetadata:
             buffers[WEIGHTS_NAME] = self.class_weights.astype("<f4").tobytes()
         return buffers
 
+    def to_props(self) -> Dict[str, str]:
+        """The buffers as ONNX ``metadata_props`` strings: JSON as is, binary blobs in base64."""
+        return {
+            name: blob.decode("utf-8") if name == METADATA_NAME else base64.b64encode(blob).decode("ascii")
+            for name, blob in self.to_buffers().items()
+        }
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], where: str = "the model") -> "EdgecamMetadata":
+        """Parse and verify ONNX ``metadata_props`` written by :meth:`to_props`.
+
+        Raises:
+            MetadataError: as :meth:`from_buffers`, or a weight entry that is not base64.
+        """
+        buffers: Dict[str, bytes] = {}
+        for name, value in props.items():
+            if name == METADATA_NAME:
+                buffers[name] = value.encode("utf-8")
+            elif name == WEIGHTS_NAME:
+                try:
+                    buffers[name] = base64.b64decode(value.encode("ascii"), validate=True)
+                except (binascii.Error, UnicodeEncodeError) as exc:
+                    raise MetadataError(
+                        f"{where}: the metadata entry {name!r} is not valid base64 ({exc}). The "
+                        "file is corrupt; convert the model again."
+                    ) from exc
+            else:
+                buffers[name] = b""  # other producers' entries: listed in errors, never parsed
+        return cls.from_buffers(buffers, where=where)
+
     @classmethod
     def from_buffers(cls, buffers: Mapping[str, bytes], where: str = "the model") -> "EdgecamMetadata":
         """Parse and verify the buffers written by :meth:`to_buffers`.
@@ -217,7 +258,7 @@ class EdgecamMetadata:
             found = ", ".join(sorted(buffers)) or "none"
             raise MetadataError(
                 f"{where} has no edgecam metadata (metadata buffers found: {found}). "
-                "Convert the Keras model with `edgecam convert` to get an explainable .tflite."
+                "Convert the Keras model with `edgecam convert` to get an explainable .tflite/.onnx."
             )
         try:
             payload = json.loads(bytes(buffers[METADATA_NAME]).decode("utf-8"))
@@ -389,17 +430,19 @@ class _FlatbufferReader:
         return bytes(self.data[start : start + length])
 
 
-def _load_bytes(model: Union[str, Path, bytes, bytearray, memoryview]) -> Tuple[bytes, str]:
+def _load_bytes(model: Union[str, Path, bytes, bytearray, memoryview], limit: int = -1) -> Tuple[bytes, str]:
+    """The model's bytes (the first ``limit`` only, if given) and how to name it in errors."""
     if isinstance(model, (bytes, bytearray, memoryview)):
-        return bytes(model), "the model buffer"
+        return bytes(model)[: None if limit < 0 else limit], "the model buffer"
     path = Path(model)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            data = handle.read(limit)
     except FileNotFoundError as exc:
         raise ModelFileError(f"Model file '{path}' does not exist. Check the path.") from exc
     except IsADirectoryError as exc:
         raise ModelFileError(
-            f"'{path}' is a directory, not a .tflite file. Pass the converted model file."
+            f"'{path}' is a directory, not a model file. Pass the converted .tflite or .onnx file."
         ) from exc
     except OSError as exc:
         raise ModelFileError(f"Cannot read model file '{path}': {exc.strerror}.") from exc
@@ -454,6 +497,52 @@ def read_tflite_metadata(model: Union[str, Path, bytes]) -> EdgecamMetadata:
     """
     _, where = (None, "the model buffer") if isinstance(model, (bytes, bytearray)) else (None, f"'{model}'")
     return EdgecamMetadata.from_buffers(read_tflite_buffers(model), where=where)
+
+
+def read_onnx_metadata(model: Union[str, Path]) -> EdgecamMetadata:
+    """Read and verify the edgecam metadata of a .onnx file, through onnxruntime.
+
+    Raises:
+        MissingDependencyError: onnxruntime is not installed (``pip install 'edgecam[onnx]'``).
+        ModelFileError: the file cannot be loaded.
+        MetadataError: no edgecam metadata, or it is corrupt/unsupported.
+    """
+    from .backends.onnx import read_custom_metadata
+
+    return EdgecamMetadata.from_props(read_custom_metadata(model), where=f"'{model}'")
+
+
+def read_metadata(model: Union[str, Path]) -> EdgecamMetadata:
+    """Read and verify the edgecam metadata of a .tflite or .onnx file (chosen from the file).
+
+    Raises:
+        ModelFileError, MetadataError, MissingDependencyError (onnxruntime for a .onnx).
+    """
+    from .backends import detect_format
+
+    if detect_format(model) == "onnx":
+        return read_onnx_metadata(model)
+    return read_tflite_metadata(model)
+
+
+def embed_onnx_metadata(model_content: bytes, metadata: EdgecamMetadata) -> bytes:
+    """Return the serialized ONNX ``model_content`` with ``metadata`` in its ``metadata_props``.
+
+    Earlier edgecam entries are replaced; other entries are kept. Host side: needs ``onnx``.
+    """
+    try:
+        import onnx
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise MissingDependencyError(
+            "Embedding edgecam metadata in an ONNX model needs the 'onnx' package. Install the "
+            "host extra: pip install 'edgecam[host,onnx]'"
+        ) from exc
+    model = onnx.load_from_string(model_content)
+    kept = [(p.key, p.value) for p in model.metadata_props if not _is_edgecam(p.key)]
+    del model.metadata_props[:]
+    for key, value in kept + sorted(metadata.to_props().items()):
+        model.metadata_props.add(key=key, value=value)
+    return model.SerializeToString()
 
 
 def embed_tflite_metadata(model_content: bytes, metadata: EdgecamMetadata) -> bytes:

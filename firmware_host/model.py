@@ -14,9 +14,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import cam as _cam
-from .backends import open_backend
+from .backends import dequantize_output, open_backend, quantize_input
 from .errors import ConversionError, InputError, MetadataError
-from .metadata import EdgecamMetadata, read_tflite_metadata
+from .metadata import EdgecamMetadata, read_metadata
 from .preprocess import check_image, preprocess
 
 __all__ = ["ExplainableModel", "Explanation"]
@@ -65,23 +65,21 @@ class Explanation:
         return _cam.peak(self.cam)
 
 
-def _dequantize(value: np.ndarray, quant) -> np.ndarray:
-    if quant is None:
-        return np.asarray(value, dtype=np.float32)
-    scale, zero = quant
-    return (np.asarray(value, dtype=np.float32) - np.float32(zero)) * np.float32(scale)
-
-
 class ExplainableModel:
-    """A converted edgecam model (.tflite) that explains every prediction.
+    """A converted edgecam model (.tflite or .onnx) that explains every prediction.
 
     Args:
-        path: the ``.tflite`` written by ``edgecam convert``.
+        path: the ``.tflite`` or ``.onnx`` written by ``edgecam convert``; the backend (LiteRT
+            or ONNX Runtime) is chosen from the file.
         num_threads: interpreter threads (``None``: the interpreter's default).
+        providers: ONNX Runtime execution providers to try, in order (default TensorRT → CUDA
+            → CPU, those available); ignored for LiteRT. ``model.backend.provider`` is the one
+            in use.
 
     Raises:
         ModelFileError: missing, corrupt or unloadable file.
         MetadataError: no (valid) edgecam metadata in the file.
+        MissingDependencyError: a .onnx without onnxruntime (``pip install 'edgecam[onnx]'``).
 
     Example:
         >>> model = ExplainableModel("fog.tflite")
@@ -89,10 +87,11 @@ class ExplainableModel:
         >>> exp.label, exp.confidence, exp.heatmap((224, 224)).shape
     """
 
-    def __init__(self, path: Union[str, Path], num_threads: Optional[int] = None) -> None:
+    def __init__(self, path: Union[str, Path], num_threads: Optional[int] = None,
+                 providers: Optional[Sequence[str]] = None) -> None:
         self.path = Path(path)
-        self.metadata: EdgecamMetadata = read_tflite_metadata(self.path)
-        self.backend = open_backend(self.path, num_threads=num_threads)
+        self.metadata: EdgecamMetadata = read_metadata(self.path)
+        self.backend = open_backend(self.path, num_threads=num_threads, providers=providers)
         meta = self.metadata
         self._image_name = meta.inputs.get("image", "image")
         self._class_name = meta.inputs.get("class_index")
@@ -135,7 +134,7 @@ class ExplainableModel:
         m = self.metadata
         return (
             f"ExplainableModel('{self.path}', classes={len(m.classes)}, mode={m.cam_mode}/"
-            f"{m.cam_output}, quantization={m.quantization}, backend={self.backend.name})"
+            f"{m.cam_output}, quantization={m.quantization}, backend={self.backend.describe()})"
         )
 
     # -- inference ---------------------------------------------------------------------
@@ -146,13 +145,7 @@ class ExplainableModel:
             batch = preprocess(check_image(images[0], "image"), pre)[None]
         else:
             batch = np.stack([preprocess(check_image(img, f"image {i}"), pre) for i, img in enumerate(images)])
-        info = self._image_info
-        if info.quantization is not None:
-            scale, zero = info.quantization
-            limits = np.iinfo(info.dtype)
-            q = np.round(batch / np.float32(scale)) + zero
-            return np.clip(q, limits.min, limits.max).astype(info.dtype)
-        return batch.astype(info.dtype, copy=False)
+        return quantize_input(batch, self._image_info)
 
     def _class_indices(self, class_index, n: int) -> Optional[np.ndarray]:
         if class_index is None:
@@ -202,7 +195,7 @@ class ExplainableModel:
 
     def dequantize(self, role: str, value: np.ndarray) -> np.ndarray:
         """Real values of output ``role`` (int8 outputs: ``(q - zero_point) · scale``)."""
-        return _dequantize(value, self.backend.outputs[self._out[role]].quantization)
+        return dequantize_output(value, self.backend.outputs[self._out[role]])
 
     def explain_batch(self, images: Sequence[np.ndarray], class_index=None) -> List[Explanation]:
         """Explain a batch of uint8 images (each gray ``H×W`` or RGB ``H×W×3``, any size).

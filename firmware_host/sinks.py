@@ -452,29 +452,45 @@ def read_jsonl(path: PathLike) -> LogRecords:
         path: the ``.jsonl`` file.
 
     Returns:
-        The records, in file order (``.truncated`` tells whether the last line was cut).
+        The records (JSON objects), in file order (``.truncated`` tells whether the last line
+        was cut).
 
     Raises:
-        InputError: a line other than the last is not valid JSON (the file is corrupt).
+        InputError: the file cannot be read, or a line other than the last is not a JSON
+            object (the file is corrupt or not a telemetry log).
     """
     records = LogRecords()
-    with open(path, "r", encoding="utf-8", errors="replace") as fh:
-        lines = fh.read().split("\n")
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as fh:
+            lines = fh.read().split("\n")
+    except OSError as exc:
+        raise InputError(
+            f"Cannot read log '{path}': {exc.strerror or exc}. Pass the .jsonl file written by "
+            "edgecam run --log."
+        ) from exc
     # A file ending in "\n" splits into [..., ""]; a cut file ends in a partial line instead.
     last = len(lines) - 1
     for number, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except ValueError as exc:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested arrays
             if number == last:
                 records.truncated = True
                 break
+            reason = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
             raise InputError(
-                f"'{path}' line {number + 1} is not valid JSON ({exc}); only the last line may be "
-                "cut by a power loss. The file is corrupt."
+                f"'{path}' line {number + 1} is not valid JSON ({reason}); only the last line may "
+                "be cut by a power loss. The file is corrupt."
             ) from exc
+        if not isinstance(record, dict):
+            kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(record), "number")
+            raise InputError(
+                f"'{path}' line {number + 1} is a JSON {kind}, not an object; every line of an "
+                "edgecam log is one record object. Is this a telemetry log from edgecam run --log?"
+            )
+        records.append(record)
     return records
 
 

@@ -44,9 +44,46 @@ __all__ = [
     "parse_source",
     "open_source",
     "IMAGE_EXTENSIONS",
+    "read_image",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def read_image(path: Union[str, os.PathLike], rgb: bool = False) -> Optional[np.ndarray]:
+    """Decode an image file as ``(H, W, 3)`` BGR (or RGB) uint8, or ``None`` if it cannot be decoded.
+
+    Never raises: a missing, unreadable, truncated or non-image file, and an image OpenCV
+    refuses (too many pixels, unsupported variant), all give ``None``, so a folder reader can
+    skip and count it. 16-bit and gray files are converted to 8-bit BGR by ``IMREAD_COLOR``.
+
+    Every edgecam reader of image files goes through here (run's folder source, calibration
+    folders, explain, the fog dataset's photos), so they all skip the same files.
+
+    Args:
+        path: the file.
+        rgb: return RGB (C-contiguous) instead of OpenCV's BGR.
+
+    Returns:
+        The image, or ``None``.
+    """
+    import cv2
+
+    try:
+        image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
+    except (cv2.error, OSError, ValueError, MemoryError):
+        return None
+    if (
+        not isinstance(image, np.ndarray)
+        or image.dtype != np.uint8
+        or image.ndim != 3
+        or image.shape[2] != 3
+        or image.size == 0
+    ):
+        return None
+    return np.ascontiguousarray(image[..., ::-1]) if rgb else image
+
+
 _STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 
 
@@ -191,7 +228,7 @@ class _CaptureReader:
 
 
 class _ImageListReader:
-    """Images of a folder (sorted by name) or a glob (sorted), read with ``cv2.imread``."""
+    """Images of a folder (sorted by name) or a glob (sorted), read with :func:`read_image`."""
 
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
@@ -221,8 +258,6 @@ class _ImageListReader:
         self.files, self.pos = files, 0
 
     def read(self) -> Tuple[Optional[np.ndarray], Optional[str]]:
-        import cv2
-
         if self.pos >= len(self.files):
             raise _EndOfSource
         name = self.files[self.pos]
@@ -231,7 +266,7 @@ class _ImageListReader:
             raise _ReadFailure  # the whole folder went away (unmounted card, deleted)
         if not os.path.exists(name):
             return None, name  # one file vanished: counted as corrupt, the run goes on
-        return cv2.imread(name, cv2.IMREAD_COLOR), name
+        return read_image(name), name
 
     def rewind(self) -> None:
         self.open()

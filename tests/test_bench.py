@@ -44,7 +44,7 @@ def test_plain_model_runs_without_metadata_and_checks_shape(model_path, tmp_path
         plain.prepare(np.zeros((1, 3, 3, 3), np.float32))
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"not a model")
-    with pytest.raises(ModelFileError, match="LiteRT cannot load baseline"):
+    with pytest.raises(ModelFileError, match="LiteRT cannot load"):
         PlainModel(bad)
 
 

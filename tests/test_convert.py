@@ -6,6 +6,7 @@ import pytest
 from firmware_host import ExplainableModel
 from firmware_host.compare import pearson
 from tests import tiny_models
+from tests.tiny_models import calib, probe  # noqa: F401 - fixtures
 
 tf = pytest.importorskip("tensorflow")
 
@@ -14,16 +15,6 @@ tf = pytest.importorskip("tensorflow")
 FLOAT_PEARSON = 0.999
 INT8_MEDIAN_PEARSON = 0.9
 INT8_MIN_TOP1 = 0.75
-
-
-@pytest.fixture(scope="module")
-def calib():
-    return tiny_models.images(16, seed=1)
-
-
-@pytest.fixture(scope="module")
-def probe():
-    return tiny_models.images(10, seed=2)
 
 
 def _keras_probs(case, imgs):
@@ -83,10 +74,7 @@ def test_int8(head, tmp_path, calib, probe):
     edge = ExplainableModel(result.path)
     assert edge.backend.inputs["image"].dtype == np.int8
     assert all(info.dtype == np.int8 for info in edge.backend.outputs.values())
-    exps = edge.explain_batch(probe)
-    ref_cam, ref_cls = tiny_models.reference_gradcam(case, probe)
-    corr = [pearson(e.cam, ref_cam[i]) for i, e in enumerate(exps)]
-    top1 = np.mean([e.predicted_index == ref_cls[i] for i, e in enumerate(exps)])
+    corr, top1 = tiny_models.agreement(case, edge.explain_batch(probe), probe)
     assert np.median(corr) >= INT8_MEDIAN_PEARSON, corr
     assert top1 >= INT8_MIN_TOP1
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import pytest
 
 SIZE = 24
 
@@ -217,3 +218,26 @@ def reference_gradcam(case: Case, imgs, class_index=None):
     alpha = g.mean(axis=(1, 2), keepdims=True)
     cam = np.maximum((A.numpy() * alpha).sum(-1), 0)
     return cam, np.asarray(cls)
+
+
+def agreement(case: Case, explanations, imgs):
+    """Per-image Pearson of the edge maps with :func:`reference_gradcam`, and top-1 agreement."""
+    from firmware_host.compare import pearson
+
+    ref_cam, ref_cls = reference_gradcam(case, imgs)
+    corr = [pearson(e.cam, ref_cam[i]) for i, e in enumerate(explanations)]
+    top1 = float(np.mean([e.predicted_index == ref_cls[i] for i, e in enumerate(explanations)]))
+    return corr, top1
+
+
+# Module-scoped fixtures the conversion tests share: `from tests.tiny_models import calib, probe`.
+@pytest.fixture(scope="module")
+def calib():
+    """16 calibration images (int8, approximate weights, self-check)."""
+    return images(16, seed=1)
+
+
+@pytest.fixture(scope="module")
+def probe():
+    """10 held-out images the exported models are compared on."""
+    return images(10, seed=2)

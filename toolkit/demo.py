@@ -27,6 +27,7 @@ import numpy as np
 
 from firmware_host._io import atomic_write_text, ensure_writable_dir
 from firmware_host.errors import EdgecamError
+from firmware_host.sources import read_image
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo", "DEFAULT", "QUICK"]
 
@@ -69,8 +70,6 @@ class DemoResult:
 
 def _balanced_calibration(data_dir: Path, limit: int) -> List[np.ndarray]:
     """Images taken round-robin from the class folders (a sorted listing would be one class)."""
-    import cv2
-
     folders = sorted(p for p in data_dir.iterdir() if p.is_dir())
     files = [sorted(f.glob("*.png")) for f in folders]
     out: List[np.ndarray] = []
@@ -78,9 +77,9 @@ def _balanced_calibration(data_dir: Path, limit: int) -> List[np.ndarray]:
     while len(out) < limit and any(i < len(f) for f in files):
         for group in files:
             if i < len(group) and len(out) < limit:
-                img = cv2.imread(str(group[i]), cv2.IMREAD_COLOR)
+                img = read_image(group[i], rgb=True)
                 if img is not None:
-                    out.append(np.ascontiguousarray(img[..., ::-1]))
+                    out.append(img)
         i += 1
     return out
 
@@ -117,13 +116,14 @@ def run_demo(out_dir="edgecam-demo", config: DemoConfig = DEFAULT, seed: int = 0
         progress: progress bars for the long steps.
         echo: where step messages go.
     """
+    # The output first: a read-only or full location fails at once, not after minutes of work.
+    out = ensure_writable_dir(out_dir)
     from converters import convert
     from toolkit import train as trainer
     from toolkit.datasets import fog
     from toolkit.validate import validate, validate_log
 
     start = time.perf_counter()
-    out = ensure_writable_dir(out_dir)
     timings: Dict[str, float] = {}
 
     def step(name: str, text: str):

@@ -23,7 +23,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from firmware_host._io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from firmware_host._io import atomic_path, atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from firmware_host.errors import InputError, OutputError
 
 __all__ = [
@@ -385,20 +384,12 @@ def _fit_one(keras, tf, x_tr, y_tr, x_te, num_classes, size, arch, width, epochs
 
 
 def _save_model(model, path: Path) -> Path:
-    """``model.save`` to a temporary ``.keras`` beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".keras", dir=path.parent)
-    os.close(fd)
+    """``model.save`` to a hidden temporary ``.keras`` beside ``path``, fsync'd, then renamed."""
     try:
-        model.save(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the mode open() would
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"Saving the model to '{path}' failed: {exc}.") from exc
-        raise
+        with atomic_path(path) as tmp:
+            model.save(tmp)
+    except OSError as exc:
+        raise OutputError(f"Saving the model to '{path}' failed: {exc}.") from exc
     return path
 
 

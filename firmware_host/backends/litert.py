@@ -7,7 +7,7 @@ order of list outputs), never by position.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Mapping, Union
+from typing import Dict, Mapping, Optional, Union
 
 import numpy as np
 
@@ -56,9 +56,23 @@ def _info(detail: dict, name: str) -> TensorInfo:
 
 
 class LiteRTBackend(Backend):
-    """A LiteRT interpreter bound to the model's ``serving_default`` signature."""
+    """A LiteRT interpreter bound to one signature of the model.
 
-    def __init__(self, path: Union[str, Path], num_threads=None) -> None:
+    Args:
+        path: the ``.tflite`` file.
+        num_threads: interpreter threads (``None``: LiteRT's default).
+        signature: the signature to run. ``serving_default`` (what ``edgecam convert`` writes)
+            is required by default; ``None`` accepts any model: ``serving_default`` if present,
+            else its only signature, else its raw input/output tensors (plain third-party
+            models, see :class:`~firmware_host.backends.PlainModel`).
+
+    Raises:
+        ModelFileError: the file cannot be loaded, or lacks the signature.
+    """
+
+    provider = "cpu"
+
+    def __init__(self, path: Union[str, Path], num_threads=None, signature: Optional[str] = SIGNATURE) -> None:
         Interpreter, self.name, self.version = load_interpreter_class()
         self.path = Path(path)
         try:
@@ -69,12 +83,22 @@ class LiteRTBackend(Backend):
                 "corrupt or uses ops this interpreter lacks; convert it again."
             ) from exc
         signatures = self._interpreter.get_signature_list()
-        if SIGNATURE not in signatures:
+        if signature is None and signatures:
+            signature = SIGNATURE if SIGNATURE in signatures else sorted(signatures)[0]
+        self._runner = None
+        if signature is None:
+            # No signature at all: raw tensors by their names (first-come order is LiteRT's).
+            self._interpreter.allocate_tensors()
+            self.inputs = {d["name"]: _info(d, d["name"]) for d in self._interpreter.get_input_details()}
+            self.outputs = {d["name"]: _info(d, d["name"]) for d in self._interpreter.get_output_details()}
+            self._index = {d["name"]: d["index"] for d in self._interpreter.get_input_details()}
+            return
+        if signature not in signatures:
             raise ModelFileError(
-                f"'{self.path}' has no '{SIGNATURE}' signature (found: {sorted(signatures) or 'none'}). "
+                f"'{self.path}' has no '{signature}' signature (found: {sorted(signatures) or 'none'}). "
                 "Convert the model with `edgecam convert`, which names every input and output."
             )
-        self._runner = self._interpreter.get_signature_runner(SIGNATURE)
+        self._runner = self._interpreter.get_signature_runner(signature)
         self.inputs: Dict[str, TensorInfo] = {
             n: _info(d, n) for n, d in self._runner.get_input_details().items()
         }
@@ -88,5 +112,16 @@ class LiteRTBackend(Backend):
             raise InputError(
                 f"'{self.path}' has no input(s) {sorted(unknown)}; its inputs are {sorted(self.inputs)}."
             )
-        # The runner resizes inputs to the fed shape (dynamic batch) and returns fresh arrays.
-        return self._runner(**feed)
+        if self._runner is not None:
+            # The runner resizes inputs to the fed shape (dynamic batch) and returns fresh arrays.
+            return self._runner(**feed)
+        it = self._interpreter
+        shapes = {d["name"]: tuple(d["shape"]) for d in it.get_input_details()}
+        if any(shapes[name] != value.shape for name, value in feed.items()):
+            for name, value in feed.items():
+                it.resize_tensor_input(self._index[name], value.shape)
+            it.allocate_tensors()
+        for name, value in feed.items():
+            it.set_tensor(self._index[name], value)
+        it.invoke()
+        return {d["name"]: it.get_tensor(d["index"]).copy() for d in it.get_output_details()}

@@ -16,7 +16,7 @@ from firmware_host import __version__
 
 # name → ("module:function", one-line help shown by `edgecam --help` without importing it)
 COMMANDS = {
-    "convert": ("toolkit.cli.convert:convert", "Export a Keras CNN to LiteRT with an explanation head."),
+    "convert": ("toolkit.cli.convert:convert", "Export a Keras CNN to LiteRT/ONNX with an explanation head."),
     "dataset": ("toolkit.cli.dataset:dataset", "Generate a dataset (fog levels) without downloading."),
     "explain": ("toolkit.cli.explain:explain_cmd", "Explain images with a Keras model on the host (all methods)."),
     "inspect": ("toolkit.cli.inspect:inspect_cmd", "Show a converted model's edgecam metadata."),
@@ -24,6 +24,7 @@ COMMANDS = {
     "train": ("toolkit.cli.train:train", "Train the talk's CNN on a folder-per-class dataset."),
     "run": ("toolkit.cli.run:run_cmd", "Explain a camera, video, folder or stream live (device path)."),
     "bench": ("toolkit.cli.bench:bench_cmd", "Latency, fps and memory of a model vs its plain baseline (device path)."),
+    "validate": ("toolkit.cli.validate:validate_cmd", "Compare edge heatmaps with full Grad-CAM; gate CI on it."),
     "demo": ("toolkit.cli.demo:demo", "The whole story on built-in fog data, in one command."),
     "bundle": ("toolkit.cli.bundle:bundle", "Package a model + edgecam + installer for a Raspberry Pi/Jetson."),
     "deploy": ("toolkit.cli.deploy:deploy", "Install a bundle on a device over SSH (or roll it back)."),

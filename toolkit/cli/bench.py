@@ -16,10 +16,10 @@ from ._common import cli_errors
               "timed interleaved with MODEL to give the overhead ratio.")
 @click.option("--runs", default=50, show_default=True, type=click.IntRange(min=1), help="Timed runs per model.")
 @click.option("--warmup", default=5, show_default=True, type=click.IntRange(min=0), help="Untimed runs first.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default: LiteRT's).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default: the runtime's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one line of JSON.")
 def bench_cmd(model, baseline, runs, warmup, threads, as_json):
-    """Benchmark MODEL.tflite on this device: latency p50/p95, fps, peak RSS."""
+    """Benchmark MODEL (.tflite or .onnx) on this device: latency p50/p95, fps, peak RSS."""
     from firmware_host.bench import bench
 
     with cli_errors():

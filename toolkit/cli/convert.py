@@ -1,4 +1,4 @@
-"""``edgecam convert``: Keras model → LiteRT with an explanation head."""
+"""``edgecam convert``: Keras model → LiteRT and/or ONNX with an explanation head."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from ._common import cli_errors, quiet_tensorflow
 
 @click.command("convert")
 @click.argument("model", type=click.Path(exists=True))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .tflite to write.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The .tflite or .onnx to write (with --format both: the stem of both).")
+@click.option("--format", "fmt", type=click.Choice(["tflite", "onnx", "both"]), default=None,
+              help="Container; default: from the output's suffix. 'both' writes OUT.tflite and OUT.onnx.")
 @click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]), default="none", show_default=True)
 @click.option("--calibration", type=click.Path(exists=True, file_okay=False), help="Folder of representative images (needed for int8).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line.")
@@ -29,16 +32,16 @@ from ._common import cli_errors, quiet_tensorflow
 @click.option("--approximate", is_flag=True, help="Allow approximate CAM weights for heads that cannot be made exact.")
 @click.option("--unsafe", is_flag=True, help="Turn Keras safe_mode off (runs code stored in the file!).")
 @click.option("--no-self-check", is_flag=True, help="Skip the comparison with GradientTape Grad-CAM.")
-@click.option("--emit-baseline", is_flag=True, help="Also write OUT.plain.tflite without the explanation head.")
-def convert(model, output, quantize, calibration, labels, target_layer, color, input_scale, input_offset,
+@click.option("--emit-baseline", is_flag=True, help="Also write OUT.plain.tflite (.plain.onnx) without the explanation head.")
+def convert(model, output, fmt, quantize, calibration, labels, target_layer, color, input_scale, input_offset,
             mean, std, input_size, cam_output, cam_method, approximate, unsafe, no_self_check, emit_baseline):
-    """Export MODEL (.keras, .h5 or SavedModel dir) to a LiteRT .tflite that explains itself."""
+    """Export MODEL (.keras, .h5 or SavedModel dir) to a LiteRT .tflite and/or ONNX .onnx that explains itself."""
     quiet_tensorflow()
     logging.basicConfig(level=logging.WARNING, format="edgecam: %(levelname)s: %(message)s")
     with cli_errors():
         from converters import convert as run_convert
 
-        click.echo(f"Converting {model} → {output} (quantization: {quantize})…", err=True)
+        click.echo(f"Converting {model} → {output} ({fmt or 'format from suffix'}, quantization: {quantize})…", err=True)
         result = run_convert(
             model,
             output,
@@ -58,10 +61,16 @@ def convert(model, output, quantize, calibration, labels, target_layer, color, i
             safe_mode=not unsafe,
             self_check=not no_self_check,
             emit_baseline=emit_baseline,
+            format=fmt,
         )
+    for one in result.all:
+        _report(one)
+
+
+def _report(result) -> None:
     meta = result.metadata
     pre = meta.preprocessing
-    click.echo(f"wrote {result.path} ({result.size_bytes / 1024:.1f} KiB)")
+    click.echo(f"wrote {result.path} ({result.format}, {result.size_bytes / 1024:.1f} KiB)")
     click.echo(f"  classes        {len(meta.classes)}: {', '.join(meta.classes[:8])}{' …' if len(meta.classes) > 8 else ''}")
     click.echo(f"  target layer   {meta.target_layer} {meta.feature_map_shape}")
     click.echo(f"  CAM mode       {meta.cam_mode} / {meta.cam_output} ({meta.cam_method}) — {result.reason}")

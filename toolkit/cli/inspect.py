@@ -12,12 +12,15 @@ from ._common import cli_errors
 @click.command("inspect")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the raw metadata JSON.")
-def inspect_cmd(model, as_json):
-    """Show MODEL.tflite's edgecam metadata: classes, preprocessing, CAM mode, self-check."""
-    from firmware_host.metadata import read_tflite_metadata
+@click.option("--providers", help="ONNX: execution providers to try, comma-separated (default tensorrt,cuda,cpu).")
+def inspect_cmd(model, as_json, providers):
+    """Show MODEL's (.tflite or .onnx) edgecam metadata and the runtime that would run it."""
+    from firmware_host.backends import open_backend
+    from firmware_host.metadata import read_metadata
 
     with cli_errors():
-        meta = read_tflite_metadata(model)
+        meta = read_metadata(model)
+        backend = None if as_json else open_backend(model, providers=providers.split(",") if providers else None)
     if as_json:
         click.echo(json.dumps(meta.to_json_dict(), indent=2))
         return
@@ -28,6 +31,7 @@ def inspect_cmd(model, as_json):
     click.echo(f"  target layer   {meta.target_layer} {meta.feature_map_shape}")
     click.echo(f"  CAM            mode={meta.cam_mode} output={meta.cam_output} method={meta.cam_method}")
     click.echo(f"  quantization   {meta.quantization}")
+    click.echo(f"  runtime        {backend.describe()}")
     click.echo(f"  source         {meta.source.get('name')} sha256={str(meta.source.get('sha256'))[:16]}")
     if meta.self_check:
         sc = meta.self_check

@@ -16,7 +16,7 @@ from ._common import cli_errors
 @click.option("--class-index", type=int, help="Explain this class instead of the prediction.")
 @click.option("--threads", type=int, help="Interpreter threads.")
 def predict(model, images, out, class_index, threads):
-    """Classify and explain IMAGES with MODEL.tflite; print label, confidence and CAM peak."""
+    """Classify and explain IMAGES with MODEL (.tflite or .onnx); print label, confidence and CAM peak."""
     import cv2
 
     from firmware_host import ExplainableModel

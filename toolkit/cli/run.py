@@ -47,13 +47,13 @@ from ._runconfig import config_option
 @click.option("--loop", is_flag=True, help="Restart video files and folders at their end.")
 @click.option("--reconnect-attempts", default=8, show_default=True, type=click.IntRange(min=0),
               help="Reopenings of a lost camera/stream (backoff 0.5 s doubling to 10 s) before giving up.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default: LiteRT's).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Interpreter threads (default: the runtime's).")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N frames.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one line of JSON.")
 def run_cmd(model, source, out_video, video_fps, log_path, save_frames, frame_format, fsync_every,
             log_max_mb, snapshots, snapshot_every, snapshot_max_mb, preview, show, smooth, hysteresis,
             realtime, loop, reconnect_attempts, threads, max_frames, as_json):
-    """Explain every frame of --source with MODEL.tflite; stop with Ctrl-C or SIGTERM.
+    """Explain every frame of --source with MODEL (.tflite or .onnx); stop with Ctrl-C or SIGTERM.
 
     Writes what was asked for (annotated video, JSONL log + frames, snapshots, live preview)
     and prints a summary: frames, dropped, corrupt, fps, latency p50/p95, class histogram.

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +27,9 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from firmware_host._io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from firmware_host._io import atomic_path, atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from firmware_host.errors import InputError, OutputError, SourceError
+from firmware_host.sources import read_image
 
 __all__ = [
     "CLASS_NAMES",
@@ -777,16 +776,6 @@ def horizon_depth_prior(
     return np.repeat(d[:, None], w, axis=1)
 
 
-def _read_rgb(path: Path) -> Optional[np.ndarray]:
-    import cv2
-
-    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else None
-    if data is None or data.size == 0:
-        return None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    return None if bgr is None else np.ascontiguousarray(bgr[..., ::-1])
-
-
 def _fit(image: np.ndarray, h: int, w: int) -> np.ndarray:
     """Centre-crop to the target aspect ratio, then resize (area when shrinking)."""
     import cv2
@@ -980,7 +969,7 @@ def _load_photos(directory: Path):
         raise SourceError(f"--images must be a folder of road photos. '{directory}' is not a directory.")
     photos, skipped = [], 0
     for path in _list_images(directory):
-        img = _read_rgb(path)
+        img = read_image(path, rgb=True)
         if img is None:
             skipped += 1
         else:
@@ -1057,7 +1046,7 @@ def load_folder_dataset(directory, size: Size = (64, 64), class_names: Optional[
         if not folder.is_dir():
             continue
         for path in _list_images(folder):
-            img = _read_rgb(path)
+            img = read_image(path, rgb=True)
             if img is None:
                 skipped += 1
                 continue
@@ -1181,35 +1170,31 @@ def render_drive_video(
     scene = _random_scene(rng, road_length=travel, camera_speed=speed_mps)
     airlight = _random_airlight(rng)
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{video.name}.", suffix=suffix, dir=video.parent)
-    os.close(fd)
-    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*_VIDEO_CODECS[suffix]), float(fps), (w, h))
-    try:
-        if not writer.isOpened():
-            raise OutputError(
-                f"OpenCV cannot write '{video}' with codec {_VIDEO_CODECS[suffix]!r}. Try the other "
-                "suffix (.mp4 or .avi)."
-            )
-        truth = []
-        for i in tqdm(range(n), desc="drive video", unit="frame", disable=not progress):
-            t = i / fps
-            clear, depth = _draw(scene, h, w, camera_z=speed_mps * t, time=t)
-            beta = beta_from_visibility(float(visibility[i]))
-            frame = _sensor(rng, apply_fog(clear, depth, beta, airlight))
-            writer.write(np.ascontiguousarray(frame[..., ::-1]))
-            truth.append({
-                "frame": i,
-                "time_s": round(t, 4),
-                "visibility_m": round(float(visibility[i]), 3),
-                "beta": beta,
-                "class": fog_class(float(visibility[i])),
-            })
-        writer.release()
-        os.replace(tmp, video)
-    except BaseException:
-        writer.release()
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A hidden temporary beside the video, fsync'd and renamed when complete (atomic_path).
+    with atomic_path(video) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*_VIDEO_CODECS[suffix]), float(fps), (w, h))
+        try:
+            if not writer.isOpened():
+                raise OutputError(
+                    f"OpenCV cannot write '{video}' with codec {_VIDEO_CODECS[suffix]!r}. Try the other "
+                    "suffix (.mp4 or .avi)."
+                )
+            truth = []
+            for i in tqdm(range(n), desc="drive video", unit="frame", disable=not progress):
+                t = i / fps
+                clear, depth = _draw(scene, h, w, camera_z=speed_mps * t, time=t)
+                beta = beta_from_visibility(float(visibility[i]))
+                frame = _sensor(rng, apply_fog(clear, depth, beta, airlight))
+                writer.write(np.ascontiguousarray(frame[..., ::-1]))
+                truth.append({
+                    "frame": i,
+                    "time_s": round(t, 4),
+                    "visibility_m": round(float(visibility[i]), 3),
+                    "beta": beta,
+                    "class": fog_class(float(visibility[i])),
+                })
+        finally:
+            writer.release()
     truth_path = video.with_suffix(".json")
     atomic_write_text(truth_path, json.dumps({
         "format": "edgecam-fog-drive",

@@ -36,7 +36,7 @@ from pathlib import Path
 from string import Template
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from firmware_host._io import atomic_open, ensure_writable_dir
+from firmware_host._io import atomic_copy, atomic_open, ensure_writable_dir
 from firmware_host.errors import DeployError, InputError, ModelFileError
 from firmware_host.manifest import bundle_id, sha256_file, write_manifest
 from firmware_host.runconfig import dumps_run_config, load_run_config
@@ -150,7 +150,7 @@ def build_wheel(dest: PathLike, source: Optional[PathLike] = None) -> Path:
                 f"{(proc.stderr or proc.stdout).strip()[-2000:]}. Pass --wheel with a prebuilt wheel."
             )
         final = dest / wheels[0].name
-        shutil.copy2(wheels[0], final)
+        atomic_copy(wheels[0], final)  # ``dest`` may be a user's folder: never a half wheel
     return final
 
 
@@ -296,7 +296,9 @@ def build_bundle(
     mtime = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
 
-    with tempfile.TemporaryDirectory(prefix="edgecam-bundle-", dir=out.parent if str(out.parent) else None) as tmp:
+    # Hidden staging beside the output: after a kill -9 only dot-files remain, never a name that
+    # looks like a result (the archive itself goes through atomic_open).
+    with tempfile.TemporaryDirectory(prefix=".edgecam-bundle-", dir=out.parent if str(out.parent) else None) as tmp:
         staging = Path(tmp, "bundle")
         (staging / "dist").mkdir(parents=True)
         if wheel is None:

@@ -25,6 +25,7 @@ import numpy as np
 from firmware_host import cam as _cam
 from firmware_host._io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from firmware_host.errors import InputError, OutputError
+from firmware_host.sources import read_image
 
 __all__ = ["ExplainedImage", "ExplainRun", "explain_images", "collect_images"]
 
@@ -86,13 +87,6 @@ def collect_images(inputs: Sequence[Union[str, Path]]) -> List[Path]:
             f"No image files found in {', '.join(map(str, inputs))}. Supported: {', '.join(IMAGE_SUFFIXES)}."
         )
     return unique
-
-
-def _read_rgb(path: Path) -> Optional[np.ndarray]:
-    import cv2
-
-    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    return None if frame is None or frame.size == 0 else np.ascontiguousarray(frame[..., ::-1])
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -214,7 +208,7 @@ def explain_images(model, inputs: Sequence[Union[str, Path]], out: Union[str, Pa
     try:
         for start in range(0, len(files), batch_size):
             chunk = list(zip(files[start : start + batch_size], stems[start : start + batch_size]))
-            loaded = [(f, s, _read_rgb(f)) for f, s in chunk]
+            loaded = [(f, s, read_image(f, rgb=True)) for f, s in chunk]
             skipped += [f for f, _, img in loaded if img is None]
             loaded = [(f, s, img) for f, s, img in loaded if img is not None]
             if loaded:

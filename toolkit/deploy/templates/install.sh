@@ -319,7 +319,8 @@ do_install() {
             $pip install $offline -r "$rel/requirements.txt" || die "installing the requirements failed (see pip's message above)"
         fi
         # The wheel's own dependency list is not used: requirements.txt is the pinned device set.
-        $pip install --no-index --no-deps "$rel"/dist/*.whl || die "installing the edgecam wheel failed"
+        # --ignore-installed: an edgecam visible through --extra-site (CI) must not satisfy this.
+        $pip install --no-index --no-deps --ignore-installed "$rel"/dist/*.whl || die "installing the edgecam wheel failed"
         "$rel/venv/bin/edgecam" --version >/dev/null || die "the installed edgecam does not start"
         touch "$rel/.complete"
         say "release $id installed in $rel"

@@ -1,0 +1,56 @@
+"""``edgecam validate``: edge heatmaps vs full Grad-CAM, with a CI gate (exit code 1 on failure)."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import cli_errors, quiet_tensorflow
+
+
+@click.command("validate")
+@click.argument("keras_model", type=click.Path(exists=True))
+@click.argument("edge_model", type=click.Path(exists=True, dir_okay=False))
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False),
+              help="Folder of images to validate on (searched recursively).")
+@click.option("--from-log", "from_log", type=click.Path(exists=True, dir_okay=False),
+              help="Validate what a device produced: the JSONL written by `edgecam run`.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder for summary.json, per_image.csv and report.html.")
+@click.option("--method", default="gradcam", show_default=True, help="Host explainer to compare with.")
+@click.option("--target-layer", default=None,
+              help="Layer of the full Grad-CAM (default: chosen as `edgecam convert` does).")
+@click.option("--min-pearson", type=float, default=None,
+              help="Fail (exit 1) if the median feature-map Pearson is below this.")
+@click.option("--min-top1", type=float, default=None,
+              help="Fail (exit 1) if the top-1 agreement (fraction) is below this.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--steps", "faithfulness_steps", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Deletion/insertion steps.")
+@click.option("--faithfulness-images", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Score deletion/insertion AUC on at most N images spread over the set (0: all).")
+@click.option("--no-faithfulness", is_flag=True, help="Skip deletion/insertion AUC (much faster).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def validate_cmd(keras_model, edge_model, images_dir, from_log, out_dir, method, target_layer,
+                 min_pearson, min_top1, batch_size, faithfulness_steps, faithfulness_images,
+                 no_faithfulness, quiet):
+    """Compare EDGE_MODEL's heatmaps with full Grad-CAM of KERAS_MODEL.
+
+    Writes summary.json, per_image.csv and report.html to --out. Exits with code 1 when a
+    --min-pearson / --min-top1 threshold fails, so CI can gate a model release on it.
+    """
+    if (images_dir is None) == (from_log is None):
+        raise click.UsageError("Pass exactly one of --images DIR or --from-log RUN.jsonl.")
+    quiet_tensorflow()
+    from toolkit.validate import validate, validate_log
+
+    kwargs = dict(method=method, min_pearson=min_pearson, min_top1=min_top1, batch_size=batch_size,
+                  faithfulness=not no_faithfulness, progress=not quiet, target_layer=target_layer,
+                  faithfulness_steps=faithfulness_steps, faithfulness_images=faithfulness_images or None)
+    with cli_errors():
+        if from_log is not None:
+            result = validate_log(keras_model, edge_model, from_log, out_dir, **kwargs)
+        else:
+            result = validate(keras_model, edge_model, images_dir, out_dir, **kwargs)
+    click.echo(result.describe())
+    if not result.passed:
+        click.get_current_context().exit(1)

@@ -1,0 +1,781 @@
+"""Validate an edge model's heatmaps against full Grad-CAM of the Keras model, streaming.
+
+Two sources of edge maps:
+
+* :func:`validate` — a folder of images: the converted ``.tflite`` runs through
+  ``firmware_host`` on the host, exactly as on the device;
+* :func:`validate_log` — the JSONL telemetry that ``edgecam run`` wrote on a device: the CAMs the
+  device actually produced, for the frames it saved (see :class:`RunLogReader`).
+
+For every image the full Grad-CAM is computed with ``toolkit.explain`` on the Keras model, for
+the class whose edge map is compared (the Keras prediction in folder mode, the recorded class in
+log mode). Both maps go through ``firmware_host.cam.heatmap`` — one post-processing path — and
+are compared at feature-map resolution and at input resolution with :mod:`toolkit.metrics`.
+Faithfulness (deletion/insertion AUC) of both maps is scored with the Keras model.
+
+Images are read, explained and dropped batch by batch: memory is O(batch_size), whatever the
+number of images. Outputs (``summary.json``, ``per_image.csv``, ``report.html``) are written
+atomically; their schema is in ``docs/validate.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import heapq
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from firmware_host import cam as _cam
+from firmware_host._io import atomic_open, atomic_write_text, ensure_writable_dir
+from firmware_host._version import __version__
+from firmware_host.errors import InputError, MetadataError, SourceError
+from firmware_host.preprocess import preprocess
+from firmware_host.sources import read_image
+
+from . import metrics as M
+
+__all__ = [
+    "ValidationResult",
+    "LogFrame",
+    "RunLogReader",
+    "validate",
+    "validate_log",
+    "iter_image_files",
+    "read_rgb",
+    "CSV_COLUMNS",
+    "SCHEMA_VERSION",
+]
+
+SCHEMA_VERSION = 1
+MAP_METRICS = tuple(f.name for f in M.MapMetrics.__dataclass_fields__.values())
+# per_image.csv columns, in order (docs/validate.md documents each one).
+CSV_COLUMNS = (
+    ("index", "image", "frame", "keras_class", "keras_label", "keras_confidence", "edge_class",
+     "edge_label", "edge_confidence", "cam_class", "top1_agree", "prob_max_abs_diff")
+    + MAP_METRICS
+    + tuple("in_" + m for m in MAP_METRICS)
+    + ("deletion_auc_edge", "deletion_auc_full", "insertion_auc_edge", "insertion_auc_full")
+)
+_THUMB = 192  # longest side of the images kept for the report's best/worst cases
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """What a validation run produced.
+
+    Attributes:
+        summary: the ``summary.json`` content.
+        passed: every threshold that was set is met (True when none was set).
+        out_dir: the output directory.
+        summary_path / per_image_path / report_path: the files written.
+    """
+
+    summary: Mapping[str, Any]
+    passed: bool
+    out_dir: Path
+    summary_path: Path
+    per_image_path: Path
+    report_path: Optional[Path]
+
+    @property
+    def verdict(self) -> str:
+        """``PASS``, ``FAIL`` or ``NO GATE`` (no threshold set)."""
+        return str(self.summary["verdict"])
+
+    def describe(self) -> str:
+        """A few human lines: the verdict, each check, the headline numbers."""
+        s = self.summary
+        lines = [f"{self.verdict}: {s['images']} images, top-1 agreement {s['top1_agreement']:.4f}, "
+                 f"Pearson median {_fmt_stat(s['pearson'], 'median')} "
+                 f"(p05 {_fmt_stat(s['pearson'], 'p05')}), "
+                 f"SSIM median {_fmt_stat(s['ssim'], 'median')}, "
+                 f"top-20% IoU median {_fmt_stat(s['iou_top20'], 'median')}"]
+        for c in s["checks"]:
+            mark = "ok  " if c["passed"] else "FAIL"
+            lines.append(f"  [{mark}] {c['name']} = {c['value']:.4f} (needs >= {c['threshold']})")
+        for w in s.get("warnings", []):
+            lines.append(f"  warning: {w}")
+        lines.append(f"  report: {self.report_path}")
+        return "\n".join(lines)
+
+
+def _fmt_stat(stats: Mapping, key: str) -> str:
+    v = stats.get(key)
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+# -- reading images ----------------------------------------------------------------------------
+def iter_image_files(root: Union[str, Path]) -> List[Path]:
+    """Every regular, non-hidden file below ``root``, sorted by relative path.
+
+    Files are not filtered by extension: :func:`read_rgb` decides what is an image, so a
+    ``.jpeg`` without its suffix is used and a ``README`` is counted as skipped.
+
+    Raises:
+        SourceError: ``root`` is not a directory.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"--images '{root}' is not a directory. Pass a folder of images.")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
+    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+
+
+def read_rgb(path: Union[str, Path]) -> Optional[np.ndarray]:
+    """Decode an image file to ``(H, W, 3)`` RGB uint8; ``None`` if it is not a readable image.
+
+    :func:`firmware_host.sources.read_image`, shared by every edgecam image reader: OpenCV picks
+    the decoder from the file's signature (a stray video or archive is not loaded), and files
+    it refuses — including headers claiming more pixels than it allows — give ``None``.
+    """
+    return read_image(path, rgb=True) if Path(path).is_file() else None
+
+
+# -- the device log ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LogFrame:
+    """One usable record of an ``edgecam run`` JSONL log.
+
+    Attributes:
+        frame: frame number (``frame``).
+        timestamp: ``timestamp`` as recorded (seconds or ISO string), or None.
+        class_index: the class the recorded CAM explains.
+        predicted_index: the device's top-1 (``predicted_index``, else argmax of
+            ``probabilities``).
+        probabilities: ``(K,)`` float32 recorded probabilities.
+        cam: ``(h, w)`` float32 recorded CAM (ReLU'd, feature-map resolution).
+        frame_path: absolute path of the saved frame image.
+        line: 1-based line number in the log, for messages.
+    """
+
+    frame: int
+    timestamp: Any
+    class_index: int
+    predicted_index: int
+    probabilities: np.ndarray
+    cam: np.ndarray
+    frame_path: Path
+    line: int
+
+
+class RunLogReader:
+    """Tolerant reader of ``edgecam run`` telemetry (one JSON object per line).
+
+    Fields relied on (docs/validate.md): ``frame`` (int), ``class_index`` (int),
+    ``probabilities`` (list of K floats), ``cam`` (h×w nested list), ``frame_path`` (image path
+    relative to the log's directory, or absolute); ``predicted_index`` (else the argmax of
+    ``probabilities``), ``timestamp`` and ``peak`` are read if present.
+    Unknown keys are ignored. Records are skipped, and counted in :attr:`skipped`, when they are
+    not JSON objects (``malformed``), have no ``frame_path`` (``no_frame_path``: the device saves
+    every Nth frame only), lack or break a required field or disagree with the model's shapes
+    (``invalid``). A missing or unreadable frame image is counted by the validator
+    (``unreadable``).
+
+    Args:
+        path: the ``.jsonl`` file.
+        feature_map_shape: ``(h, w)`` the recorded CAMs must have, or None to accept any.
+        num_classes: K the probabilities must have, or None.
+
+    Raises:
+        SourceError: the log cannot be opened.
+    """
+
+    def __init__(
+        self,
+        path: Union[str, Path],
+        feature_map_shape: Optional[Tuple[int, int]] = None,
+        num_classes: Optional[int] = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SourceError(
+                f"Run log '{self.path}' does not exist or is not a file. Pass the JSONL written "
+                "by `edgecam run --log`."
+            )
+        self.feature_map_shape = None if feature_map_shape is None else tuple(feature_map_shape[:2])
+        self.num_classes = num_classes
+        self.skipped: Dict[str, int] = {"malformed": 0, "no_frame_path": 0, "invalid": 0}
+        self.records = 0
+
+    def count_saved_frames(self) -> int:
+        """Lines that mention ``frame_path``: a cheap upper bound of the frames to validate."""
+        with open(self.path, "rb") as handle:
+            return sum(1 for line in handle if b'"frame_path"' in line)
+
+    def __iter__(self) -> Iterator[LogFrame]:
+        base = self.path.parent
+        try:
+            handle = open(self.path, "r", encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise SourceError(f"Cannot read run log '{self.path}': {exc.strerror}.") from exc
+        with handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                self.records += 1
+                try:
+                    rec = json.loads(line)
+                except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
+                    self.skipped["malformed"] += 1  # e.g. a last line cut by a power loss
+                    continue
+                if not isinstance(rec, dict):
+                    self.skipped["malformed"] += 1
+                    continue
+                if not rec.get("frame_path"):
+                    self.skipped["no_frame_path"] += 1
+                    continue
+                frame = self._parse(rec, base, number)
+                if frame is None:
+                    self.skipped["invalid"] += 1
+                    continue
+                yield frame
+
+    def _parse(self, rec: Mapping, base: Path, number: int) -> Optional[LogFrame]:
+        try:
+            cam = np.asarray(rec["cam"], dtype=np.float32)
+            probs = np.asarray(rec["probabilities"], dtype=np.float32).ravel()
+            class_index = int(rec["class_index"])
+            predicted = int(rec["predicted_index"]) if "predicted_index" in rec else int(np.argmax(probs))
+            frame = int(rec.get("frame", number - 1))
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: 1e400, 10**400
+            return None
+        if cam.ndim != 2 or not np.all(np.isfinite(cam)) or not np.all(np.isfinite(probs)):
+            return None
+        if self.feature_map_shape is not None and cam.shape != self.feature_map_shape:
+            return None
+        if self.num_classes is not None and probs.size != self.num_classes:
+            return None
+        if not (0 <= class_index < probs.size and 0 <= predicted < probs.size):
+            return None
+        path = Path(str(rec["frame_path"]))
+        return LogFrame(
+            frame=frame,
+            timestamp=rec.get("timestamp"),
+            class_index=class_index,
+            predicted_index=predicted,
+            probabilities=probs,
+            cam=_cam.relu(cam),
+            frame_path=path if path.is_absolute() else base / path,
+            line=number,
+        )
+
+
+# -- the host (Keras) side ---------------------------------------------------------------------
+class _HostModel:
+    """The Keras model: probabilities and full Grad-CAM maps at the explanation layer."""
+
+    def __init__(self, keras_model, method: str, target_layer: Optional[str]) -> None:
+        self.model = _load_keras(keras_model)
+        self.name = str(keras_model) if isinstance(keras_model, (str, os.PathLike)) else getattr(
+            self.model, "name", "keras model"
+        )
+        self.method = method
+        self.layer = _resolve_layer(self.model, target_layer)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """``(N, H, W, C)`` float32 → ``(N, K)`` probabilities (a 1-unit sigmoid becomes 2)."""
+        # predict_on_batch runs a compiled function: ~2x faster than an eager call on the many
+        # small batches of the deletion/insertion curves.
+        out = self.model.predict_on_batch(x)
+        if isinstance(out, Mapping):
+            out = next(iter(out.values()))
+        elif isinstance(out, (list, tuple)):
+            out = out[0]
+        probs = np.asarray(out, dtype=np.float32)
+        if probs.ndim == 2 and probs.shape[1] == 1:
+            probs = np.concatenate([1.0 - probs, probs], axis=1)
+        return probs
+
+    def explain(self, x: np.ndarray, classes: Optional[np.ndarray], batch_size: int):
+        """Full maps and what they explain, from one forward/backward pass.
+
+        Args:
+            x: ``(N, H, W, C)`` preprocessed inputs.
+            classes: ``(N,)`` classes to explain, or None for the Keras prediction.
+
+        Returns:
+            ``(probabilities (N, K), explained classes (N,), raw ReLU'd maps (N, h, w))`` at the
+            explanation layer's resolution.
+        """
+        from toolkit.explain import explain_full
+
+        out = explain_full(
+            self.model, x, method=self.method, target_layer=self.layer, class_index=classes,
+            upsample=False, batch_size=batch_size,
+        )
+        return (np.asarray(out.probabilities, dtype=np.float32), np.asarray(out.class_index),
+                _cam.relu(np.asarray(out.maps, dtype=np.float32)))
+
+
+def _load_keras(keras_model):
+    if not isinstance(keras_model, (str, os.PathLike)):
+        return keras_model
+    from converters.loading import load_keras_model
+
+    return load_keras_model(keras_model)
+
+
+def _resolve_layer(model, target_layer: Optional[str]) -> str:
+    """The path of the layer full Grad-CAM uses (the converter's automatic choice by default)."""
+    from converters.layers import find_target
+
+    return find_target(model, target_layer).path
+
+
+# -- the run -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Item:
+    name: str
+    image: np.ndarray
+    frame: Optional[LogFrame] = None
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while True:
+        chunk = list(itertools.islice(it, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = _THUMB / max(h, w)
+    if scale >= 1:
+        return image.copy()
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+class _Cases:
+    """The k worst and k best images by feature-map Pearson, kept as thumbnails (bounded memory)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self._worst: list = []  # max-heap on pearson via negation: keeps the k lowest
+        self._best: list = []  # min-heap: keeps the k highest
+        self._tick = itertools.count()
+
+    def offer(self, score: float, make: Callable[[], dict]) -> None:
+        if self.k <= 0 or not math.isfinite(score):
+            return
+        tick = next(self._tick)
+        data = None  # built at most once, and only for an image that makes it into a heap
+        for heap, key in ((self._worst, -score), (self._best, score)):
+            if len(heap) < self.k or key > heap[0][0]:
+                data = data if data is not None else make()
+                (heapq.heappush if len(heap) < self.k else heapq.heapreplace)(heap, (key, tick, data))
+
+    def cases(self) -> list:
+        from toolkit.report import ReportCase
+
+        worst = sorted(self._worst, key=lambda t: -t[0])
+        shown = {t for _, t, _ in worst}  # with few images, one can be both worst and best
+        best = [e for e in sorted(self._best, key=lambda t: -t[0]) if e[1] not in shown]
+        out = []
+        for group, entries in (("worst cases (lowest Pearson)", worst), ("best cases (highest Pearson)", best)):
+            out.extend(ReportCase(group=group, **data) for _, _, data in entries)
+        return out
+
+
+class _Run:
+    """Accumulates per-image records over batches and writes the outputs."""
+
+    def __init__(self, edge, host, *, mode, source, out_dir, thresholds, batch_size, faithfulness,
+                 faithfulness_steps, faithfulness_images, n_cases, progress_total, progress) -> None:
+        self.edge = edge
+        self.host = host
+        self.meta = edge.metadata
+        self.mode = mode
+        self.source = source
+        self.out_dir = out_dir
+        self.thresholds = thresholds
+        self.batch_size = batch_size
+        self.faithfulness = faithfulness and faithfulness_images != 0
+        self.steps = faithfulness_steps
+        # Faithfulness costs 4·(steps+1) model passes per image: score an evenly spread sample.
+        self.faith_left = faithfulness_images
+        # Image k·total/N for k < N (floored): N images evenly over a run of known length.
+        self.faith_pick = None
+        if progress_total and faithfulness_images and progress_total > faithfulness_images:
+            self.faith_pick = {k * progress_total // faithfulness_images for k in range(faithfulness_images)}
+        self.cases = _Cases(n_cases)
+        self.records: List[Dict[str, Any]] = []
+        self.skipped: Dict[str, int] = {"unreadable": 0}
+        self.progress_total = progress_total
+        self.progress = progress
+        self.fm_size = tuple(int(v) for v in self.meta.feature_map_shape[:2])
+        self.in_size = tuple(int(v) for v in edge.input_size)
+        self.full_fm_size: Optional[Tuple[int, int]] = None
+
+    # -- per batch ---------------------------------------------------------------------------
+    def read(self, path: Path) -> Optional[np.ndarray]:
+        """The image at ``path`` as RGB uint8, or None (counted as ``unreadable``)."""
+        image = read_rgb(path)
+        if image is None:
+            self.skipped["unreadable"] += 1
+        return image
+
+    def _edge_side(self, items: Sequence[_Item], keras_classes: np.ndarray):
+        """Edge probabilities ``(N, K)``, edge predictions, CAM classes, raw edge CAMs."""
+        if self.mode == "log":
+            probs = np.stack([it.frame.probabilities for it in items])
+            cams = np.stack([it.frame.cam for it in items])
+            classes = np.array([it.frame.class_index for it in items])
+            return probs, np.array([it.frame.predicted_index for it in items]), classes, cams
+        images = [it.image for it in items]
+        try:
+            exps = self.edge.explain_batch(images, class_index=keras_classes)
+        except MetadataError:
+            # A 'predicted'-output model without class weights can only explain its own
+            # prediction; compare that class's maps then (cam_class records which).
+            exps = self.edge.explain_batch(images)
+        probs = np.stack([e.probabilities for e in exps])
+        return (probs, np.array([e.predicted_index for e in exps]),
+                np.array([e.class_index for e in exps]), np.stack([e.cam for e in exps]))
+
+    def process(self, items: Sequence[_Item]) -> None:
+        meta = self.meta
+        x = np.stack([preprocess(it.image, meta.preprocessing) for it in items]).astype(np.float32)
+        # The Keras prediction and its full map come from one pass; the log mode explains the
+        # class the device recorded a CAM for.
+        recorded = np.array([it.frame.class_index for it in items]) if self.mode == "log" else None
+        keras_probs, explained, full_raw = self.host.explain(x, recorded, self.batch_size)
+        keras_classes = keras_probs.argmax(axis=1)
+        edge_probs, edge_pred, cam_classes, edge_raw = self._edge_side(items, keras_classes)
+        if edge_probs.shape != keras_probs.shape:
+            raise InputError(
+                f"The edge model gives {edge_probs.shape[1]} class probabilities but the Keras "
+                f"model gives {keras_probs.shape[1]}: they are not the same model. Pass the Keras "
+                "model that was converted."
+            )
+        redo = np.flatnonzero(cam_classes != explained)
+        if redo.size:  # the edge explained another class (see _edge_side): match it
+            full_raw[redo] = self.host.explain(x[redo], cam_classes[redo], self.batch_size)[2]
+        self.full_fm_size = tuple(full_raw.shape[1:3])
+        # One post-processing path for both maps (firmware_host.cam). The edge grid is the
+        # feature-map resolution; a full map from another layer is resized onto it.
+        edge_fm = _cam.heatmap(edge_raw)
+        full_fm = _cam.heatmap(full_raw, self.fm_size)
+        edge_in = _cam.heatmap(edge_raw, self.in_size)
+        full_in = _cam.heatmap(full_raw, self.in_size)
+        faith = self._faithfulness(x, edge_in, full_in, cam_classes)
+        for i, it in enumerate(items):
+            fm = M.compare_maps(edge_fm[i], full_fm[i])
+            inr = M.compare_maps(edge_in[i], full_in[i], cells=self.fm_size)
+            kc, ec = int(keras_classes[i]), int(edge_pred[i])
+            rec: Dict[str, Any] = {
+                "index": len(self.records),
+                "image": it.name,
+                "frame": "" if it.frame is None else it.frame.frame,
+                "keras_class": kc,
+                "keras_label": meta.classes[kc] if kc < len(meta.classes) else str(kc),
+                "keras_confidence": float(keras_probs[i, kc]),
+                "edge_class": ec,
+                "edge_label": meta.classes[ec] if ec < len(meta.classes) else str(ec),
+                "edge_confidence": float(edge_probs[i, ec]),
+                "cam_class": int(cam_classes[i]),
+                "top1_agree": int(kc == ec),
+                "prob_max_abs_diff": float(np.max(np.abs(edge_probs[i] - keras_probs[i]))),
+            }
+            rec.update(fm.as_dict())
+            rec.update(inr.as_dict("in_"))
+            if i in faith:
+                rec.update(faith[i])
+            self.records.append(rec)
+            self.writer.writerow({k: _csv_value(rec.get(k, "")) for k in CSV_COLUMNS})
+            self.cases.offer(fm.pearson, lambda i=i, it=it, rec=rec, fm=fm: {
+                "name": it.name,
+                "image": _thumbnail(it.image),
+                "edge_heat": edge_fm[i].copy(),
+                "full_heat": full_fm[i].copy(),
+                "metrics": {k: v for k, v in fm.as_dict().items()},
+                "caption": (f"keras: {rec['keras_label']} {rec['keras_confidence']:.2f} · edge: "
+                            f"{rec['edge_label']} {rec['edge_confidence']:.2f}"
+                            + ("" if rec["cam_class"] == kc else f" · maps of class {rec['cam_class']}")),
+            })
+
+    def _faithfulness(self, x, edge_in, full_in, classes) -> Dict[int, Dict[str, float]]:
+        """Deletion/insertion AUC of both maps for this batch's sampled images, by position."""
+        if not self.faithfulness:
+            return {}
+        first = len(self.records)
+        chosen = [i for i in range(len(x)) if self.faith_pick is None or first + i in self.faith_pick]
+        if self.faith_left is not None:
+            chosen = chosen[: self.faith_left]
+            self.faith_left -= len(chosen)
+        if not chosen:
+            return {}
+        idx = np.asarray(chosen)
+        scores = {}
+        for side, heat in (("edge", edge_in), ("full", full_in)):
+            # Perturbed copies are many: 4 batches' worth per model call.
+            f = M.faithfulness(self.host.predict, x[idx], heat[idx], classes[idx], steps=self.steps,
+                               batch_size=4 * self.batch_size)
+            scores[f"deletion_auc_{side}"] = f.deletion_auc
+            scores[f"insertion_auc_{side}"] = f.insertion_auc
+        return {i: {k: float(v[j]) for k, v in scores.items()} for j, i in enumerate(chosen)}
+
+    # -- whole run ---------------------------------------------------------------------------
+    def run(self, items: Iterable[_Item]) -> ValidationResult:
+        from tqdm.auto import tqdm
+
+        per_image = self.out_dir / "per_image.csv"
+        with atomic_open(per_image, "w") as handle, tqdm(
+            total=self.progress_total, unit="img", desc="validate", disable=not self.progress
+        ) as bar:
+            self.writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+            self.writer.writeheader()
+            for batch in _batches(items, self.batch_size):
+                self.process(batch)
+                bar.update(len(batch))
+            if not self.records:
+                skipped = ", ".join(f"{v} {k}" for k, v in self.skipped.items() if v) or "none"
+                raise InputError(
+                    f"No usable image in {self.source} (skipped: {skipped}). Pass a folder of "
+                    "JPEG/PNG images" + (" or a log whose records have frame_path." if self.mode == "log" else ".")
+                )
+        summary = self.summary()
+        summary_path = atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        from toolkit.report import write_report
+
+        report = write_report(self.out_dir / "report.html", summary, self.records, self.cases.cases())
+        return ValidationResult(
+            summary=summary, passed=bool(summary["passed"]), out_dir=self.out_dir,
+            summary_path=summary_path, per_image_path=per_image, report_path=report,
+        )
+
+    def summary(self) -> Dict[str, Any]:
+        meta = self.meta
+        col = lambda key: [r[key] for r in self.records if key in r]  # noqa: E731
+        top1 = float(np.mean(col("top1_agree")))
+        out: Dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "edgecam_version": __version__,
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "mode": self.mode,
+            "source": str(self.source),
+            "keras_model": self.host.name,
+            "edge_model": str(getattr(self.edge, "path", "")),
+            "method": self.host.method,
+            "edge_target_layer": meta.target_layer,
+            "full_target_layer": self.host.layer,
+            "feature_map_shape": list(self.fm_size),
+            "full_feature_map_shape": list(self.full_fm_size or self.fm_size),
+            "input_size": list(self.in_size),
+            "cam_mode": meta.cam_mode,
+            "quantization": meta.quantization,
+            "images": len(self.records),
+            "skipped": dict(self.skipped),
+            "top1_agreement": top1,
+            "prob_max_abs_diff": M.summarize(col("prob_max_abs_diff")),
+        }
+        for name in MAP_METRICS:
+            out[name] = M.summarize(col(name))
+        out["input_resolution"] = {name: M.summarize(col("in_" + name)) for name in MAP_METRICS}
+        out["faithfulness"] = None
+        if self.faithfulness:
+            out["faithfulness"] = {
+                "images": len(col("deletion_auc_edge")),
+                "steps": self.steps,
+                "baseline": "blur",
+                "judge": "keras",
+                **{side: {kind: M.summarize(col(f"{kind}_{side}")) for kind in ("deletion_auc", "insertion_auc")}
+                   for side in ("edge", "full")},
+            }
+        warnings = []
+        if self.host.layer is not None and self.host.layer != meta.target_layer:
+            warnings.append(
+                f"the edge model explains layer {meta.target_layer!r} but full Grad-CAM uses "
+                f"{self.host.layer!r}; pass --target-layer {meta.target_layer} to compare at the "
+                "converter's layer"
+            )
+        if self.mode == "images" and any(r["cam_class"] != r["keras_class"] for r in self.records):
+            warnings.append(
+                "the edge model could not explain the Keras class for some images (no class "
+                "weights); their maps compare the edge's predicted class"
+            )
+        out["warnings"] = warnings
+        out.update(_verdict(out, self.thresholds))
+        return out
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else repr(v)
+    return v
+
+
+def _verdict(summary: Mapping[str, Any], thresholds: Mapping[str, Optional[float]]) -> Dict[str, Any]:
+    """``thresholds``, ``checks``, ``passed`` and ``verdict`` of the summary."""
+    checks = []
+    if thresholds.get("min_pearson") is not None:
+        value = summary["pearson"]["median"]
+        checks.append({"name": "pearson.median", "value": value,
+                       "threshold": float(thresholds["min_pearson"]),
+                       "passed": value is not None and value >= float(thresholds["min_pearson"])})
+    if thresholds.get("min_top1") is not None:
+        value = summary["top1_agreement"]
+        checks.append({"name": "top1_agreement", "value": value,
+                       "threshold": float(thresholds["min_top1"]),
+                       "passed": value >= float(thresholds["min_top1"])})
+    passed = all(c["passed"] for c in checks)
+    verdict = "NO GATE" if not checks else ("PASS" if passed else "FAIL")
+    return {"thresholds": {k: thresholds.get(k) for k in ("min_pearson", "min_top1")},
+            "checks": checks, "passed": passed, "verdict": verdict}
+
+
+def _check_args(method: str, min_pearson, min_top1, batch_size: int, steps: int) -> None:
+    import toolkit.explain as explainers
+
+    methods = getattr(explainers, "METHODS", None)
+    if methods is not None and method not in methods:
+        raise InputError(f"Unknown method {method!r}. Choose one of: {', '.join(sorted(methods))}.")
+    if min_pearson is not None and not -1.0 <= float(min_pearson) <= 1.0:
+        raise InputError(f"min_pearson must be in [-1, 1]. Got {min_pearson}.")
+    if min_top1 is not None and not 0.0 <= float(min_top1) <= 1.0:
+        raise InputError(f"min_top1 is a fraction in [0, 1]. Got {min_top1}.")
+    if batch_size < 1 or steps < 1:
+        raise InputError(f"batch_size and faithfulness_steps must be >= 1. Got {batch_size} and {steps}.")
+
+
+def _open(edge_model_path, keras_model, method, target_layer):
+    from firmware_host import ExplainableModel
+
+    edge = ExplainableModel(edge_model_path)
+    host = _HostModel(keras_model, method, target_layer)
+    return edge, host
+
+
+def _start(keras_model, edge_model_path, out_dir, *, mode, source, total, method, min_pearson,
+           min_top1, batch_size, faithfulness, progress, target_layer, faithfulness_steps,
+           faithfulness_images, cases) -> "_Run":
+    """Check the arguments and the output folder, open both models, and set up a run."""
+    _check_args(method, min_pearson, min_top1, batch_size, faithfulness_steps)
+    out = ensure_writable_dir(out_dir)
+    edge, host = _open(edge_model_path, keras_model, method, target_layer)
+    return _Run(edge, host, mode=mode, source=source, out_dir=out,
+                thresholds={"min_pearson": min_pearson, "min_top1": min_top1}, batch_size=batch_size,
+                faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
+                faithfulness_images=faithfulness_images, n_cases=cases, progress_total=total,
+                progress=progress)
+
+
+def validate(
+    keras_model,
+    edge_model_path: Union[str, Path],
+    images_dir: Union[str, Path],
+    out_dir: Union[str, Path],
+    method: str = "gradcam",
+    min_pearson: Optional[float] = None,
+    min_top1: Optional[float] = None,
+    batch_size: int = 16,
+    faithfulness: bool = True,
+    progress: bool = True,
+    target_layer: Optional[str] = None,
+    faithfulness_steps: int = 16,
+    faithfulness_images: Optional[int] = 50,
+    cases: int = 4,
+) -> ValidationResult:
+    """Compare the edge model's heatmaps with full Grad-CAM over a folder of images.
+
+    Args:
+        keras_model: the Keras model that was converted (a ``keras.Model`` or a path).
+        edge_model_path: the converted ``.tflite``.
+        images_dir: folder of images (searched recursively; non-images are skipped and counted).
+        out_dir: where ``summary.json``, ``per_image.csv`` and ``report.html`` go.
+        method: the host explainer (a name in ``toolkit.explain.METHODS``).
+        min_pearson: gate: median feature-map Pearson must be at least this.
+        min_top1: gate: top-1 agreement (edge vs Keras) must be at least this.
+        batch_size: images per batch (memory is O(batch_size)).
+        faithfulness: also score deletion/insertion AUC of both maps (2 × 2 ×
+            (faithfulness_steps + 1) Keras predictions per scored image).
+        progress: show a tqdm progress bar on stderr.
+        target_layer: layer of the full Grad-CAM; ``None`` picks it as ``edgecam convert``
+            does (the last spatial layer), so a model converted at another layer shows up as a
+            mismatch. Pass the edge's layer to compare at a custom conversion layer.
+        faithfulness_steps: perturbation steps K of the deletion/insertion curves.
+        faithfulness_images: score faithfulness on at most this many images, spread evenly
+            over the run (every ceil(total / n)-th image); ``None`` scores every image.
+        cases: how many worst and best images the report shows.
+
+    Returns:
+        A :class:`ValidationResult`; ``passed`` is False when a threshold fails.
+
+    Raises:
+        SourceError: ``images_dir`` is not a folder.
+        InputError: no readable image, bad thresholds, or the models do not match.
+        OutputError: ``out_dir`` is not writable.
+        ModelFileError / MetadataError / LayerError: the models cannot be loaded or explained.
+    """
+    root = Path(images_dir)
+    files = iter_image_files(root)
+    run = _start(keras_model, edge_model_path, out_dir, mode="images", source=root, total=len(files),
+                 method=method, min_pearson=min_pearson, min_top1=min_top1, batch_size=batch_size,
+                 faithfulness=faithfulness, progress=progress, target_layer=target_layer,
+                 faithfulness_steps=faithfulness_steps, faithfulness_images=faithfulness_images,
+                 cases=cases)
+
+    def items() -> Iterator[_Item]:
+        for path in files:
+            image = run.read(path)
+            if image is not None:
+                yield _Item(path.relative_to(root).as_posix(), image)
+
+    return run.run(items())
+
+
+def validate_log(
+    keras_model,
+    edge_model_path: Union[str, Path],
+    log_path: Union[str, Path],
+    out_dir: Union[str, Path],
+    method: str = "gradcam",
+    min_pearson: Optional[float] = None,
+    min_top1: Optional[float] = None,
+    batch_size: int = 16,
+    faithfulness: bool = True,
+    progress: bool = True,
+    target_layer: Optional[str] = None,
+    faithfulness_steps: int = 16,
+    faithfulness_images: Optional[int] = 50,
+    cases: int = 4,
+) -> ValidationResult:
+    """Compare the CAMs a device recorded (``edgecam run`` JSONL) with full Grad-CAM.
+
+    The edge model file gives the metadata (classes, preprocessing, feature-map shape); the
+    edge maps, probabilities and classes are the recorded ones. Full Grad-CAM explains the
+    recorded ``class_index``; top-1 agreement compares the recorded ``predicted_index`` (else
+    ``argmax(probabilities)``) with the Keras prediction on the saved frame. Arguments as :func:`validate`, with ``log_path`` the
+    JSONL file; records without ``frame_path`` are skipped and counted (``skipped``).
+    """
+    reader = RunLogReader(log_path)  # fails early on a missing log; shape checks come below
+    run = _start(keras_model, edge_model_path, out_dir, mode="log", source=Path(log_path),
+                 total=reader.count_saved_frames(),
+                 method=method, min_pearson=min_pearson, min_top1=min_top1, batch_size=batch_size,
+                 faithfulness=faithfulness, progress=progress, target_layer=target_layer,
+                 faithfulness_steps=faithfulness_steps, faithfulness_images=faithfulness_images,
+                 cases=cases)
+    reader = RunLogReader(log_path, run.meta.feature_map_shape[:2], run.meta.num_classes)
+
+    def items() -> Iterator[_Item]:
+        for frame in reader:
+            image = run.read(frame.frame_path)
+            if image is not None:
+                yield _Item(os.path.relpath(frame.frame_path, reader.path.parent), image, frame)
+        run.skipped.update(reader.skipped)
+
+    return run.run(items())
