@@ -55,6 +55,10 @@ CLASSES = 10
 COLLAPSE = ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")
 
 
+
+# `python -m benchmarks --quick`: two small architectures, float32 only.
+QUICK_ARGS = ["--only", "MobileNetV2", "ResNet50", "--shape", "top", "--no-int8", "--no-write"]
+
 def _images(n: int, size: int, seed: int):
     """Smooth random RGB uint8 images with a bright blob (so maps have structure)."""
     import cv2

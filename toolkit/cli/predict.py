@@ -22,18 +22,18 @@ def predict(model, images, out, class_index, threads):
     from firmware_host import ExplainableModel
     from firmware_host._io import atomic_write_bytes, ensure_writable_dir
     from firmware_host.errors import InputError
+    from firmware_host.sources import read_image
 
     with cli_errors():
         explainer = ExplainableModel(model, num_threads=threads)
         out_dir = ensure_writable_dir(out) if out else None
         skipped = 0
         for name in images:
-            frame = cv2.imread(name, cv2.IMREAD_COLOR)
-            if frame is None:
+            rgb = read_image(name, rgb=True)
+            if rgb is None:
                 click.echo(f"{name}: skipped (not a readable image)", err=True)
                 skipped += 1
                 continue
-            rgb = frame[..., ::-1]
             exp = explainer.explain(rgb, class_index=class_index)
             click.echo(
                 f"{name}: {exp.label} {exp.confidence:.3f} (predicted {explainer.classes[exp.predicted_index]}), "
