@@ -88,3 +88,29 @@ def table(rows: List[Dict[str, object]]) -> str:
     for row in rows:
         out.append("| " + " | ".join(str(row[k]) for k in keys) + " |")
     return "\n".join(out)
+
+
+def fit_batchnorm(model, x) -> None:
+    """Set every BatchNormalization's moving statistics to the batch statistics of ``x``.
+
+    A ``weights=None`` keras.applications network has moving mean 0 / variance 1 everywhere, so
+    its activations shrink layer after layer towards 0 (logits ~1e-12): uniform probabilities,
+    empty maps, degenerate int8 calibration. One training-mode pass with momentum 0 gives it a
+    trained network's activation scale; the weights stay random and latency is unaffected.
+    Nested models are included.
+    """
+
+    def walk(layer):
+        for inner in getattr(layer, "layers", None) or []:
+            yield inner
+            yield from walk(inner)
+
+    bns = [layer for layer in walk(model) if type(layer).__name__ == "BatchNormalization"]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0
+    try:
+        model(x, training=True)
+    finally:
+        for bn, momentum in zip(bns, saved):
+            bn.momentum = momentum

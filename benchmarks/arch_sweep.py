@@ -141,15 +141,9 @@ def _build(name: str, size: int, shape: str, activation):
 
 def _recalibrate(model, x):
     """Moving BN statistics := batch statistics of ``x``; then logits std 3 (see module doc)."""
-    import keras
+    from benchmarks._report import fit_batchnorm
 
-    bns = [l for l in _all_layers(model) if type(l).__name__ == "BatchNormalization"]
-    saved = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.momentum = 0.0
-    model(x, training=True)
-    for bn, m in zip(bns, saved):
-        bn.momentum = m
+    fit_batchnorm(model, x)
     last = [l for l in _all_layers(model) if hasattr(l, "kernel")][-1]
     return last
 

@@ -85,10 +85,9 @@ def run(images: int, batch_size: int, runs: int, threads: int) -> Dict[str, floa
     # Random init shrinks MobileNetV2's activations layer after layer (logits ~1e-12, probability
     # gradients underflow float32). Set the BatchNorm statistics from the images (one training-
     # mode pass with momentum 0) so the scale is a trained network's; the weights stay random.
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.0
-    model(x, training=True)
+    from benchmarks._report import fit_batchnorm
+
+    fit_batchnorm(model, x)
     recipe = keras.Model(model.inputs[0], [model.get_layer(LAYER).output, model.output])
 
     print("warm-up …", file=sys.stderr, flush=True)

@@ -59,13 +59,9 @@ def _fit_batchnorm(model, x: np.ndarray) -> None:
     with momentum 0 gives it healthy activations, as a trained network has; the latency is
     unaffected.
     """
-    layers = [l for l in model._flatten_layers() if type(l).__name__ == "BatchNormalization"]
-    saved = [l.momentum for l in layers]
-    for layer in layers:
-        layer.momentum = 0.0
-    model(x, training=True)
-    for layer, momentum in zip(layers, saved):
-        layer.momentum = momentum
+    from benchmarks._report import fit_batchnorm
+
+    fit_batchnorm(model, x)
     # A random classifier spreads 1000 logits over ±1.3 (max probability ≈ 0.004): an int8
     # probability (step 1/256) cannot rank them. Widen them as training would.
     dense = model.get_layer("predictions")
