@@ -23,6 +23,8 @@ from ._common import cli_errors, quiet_tensorflow
               help="Folder of representative images (needed for int8, int8-mixed, 16x8 and auto; a quarter is held out).")
 @click.option("--min-p05", type=click.FloatRange(-1, 1), default=None,
               help="Fidelity target: 5th-percentile CAM Pearson vs the float model [auto: 0.98; a plan: its gate].")
+@click.option("--min-median", type=click.FloatRange(-1, 1), default=None,
+              help="Fidelity target: median CAM Pearson vs the float model [auto: none; a plan: its gate].")
 @click.option("--min-top1", type=click.FloatRange(0, 1), default=None,
               help="Fidelity target: top-1 agreement with the float model [auto: 0.99; a plan: its gate].")
 @click.option("--allow-low-fidelity", is_flag=True,
@@ -45,7 +47,7 @@ from ._common import cli_errors, quiet_tensorflow
 @click.option("--unsafe", is_flag=True, help="Turn Keras safe_mode off (runs code stored in the file!).")
 @click.option("--no-self-check", is_flag=True, help="Skip the comparison with GradientTape Grad-CAM.")
 @click.option("--emit-baseline", is_flag=True, help="Also write OUT.plain.tflite (.plain.onnx) without the explanation head.")
-def convert(model, output, fmt, quantize, calibration, min_p05, min_top1, allow_low_fidelity, plan_cost, labels,
+def convert(model, output, fmt, quantize, calibration, min_p05, min_median, min_top1, allow_low_fidelity, plan_cost, labels,
             target_layer, color, input_scale, input_offset, mean, std, input_size, cam_output, cam_method, approximate,
             unsafe, no_self_check, emit_baseline):
     """Export MODEL (.keras, .h5 or SavedModel dir) to a LiteRT .tflite and/or ONNX .onnx that explains itself."""
@@ -76,7 +78,7 @@ def convert(model, output, fmt, quantize, calibration, min_p05, min_top1, allow_
             self_check=not no_self_check,
             emit_baseline=emit_baseline,
             format=fmt,
-            targets=_targets(Targets, default_targets(quantize), min_p05, min_top1),
+            targets=_targets(Targets, default_targets(quantize), min_p05, min_median, min_top1),
             allow_low_fidelity=allow_low_fidelity,
             cost=plan_cost,
         )
@@ -84,12 +86,13 @@ def convert(model, output, fmt, quantize, calibration, min_p05, min_top1, allow_
         _report(one)
 
 
-def _targets(Targets, base, min_p05, min_top1):
+def _targets(Targets, base, min_p05, min_median, min_top1):
     """The plan's default targets with the flags given on the command line, or ``None`` (defaults)."""
-    if min_p05 is None and min_top1 is None:
+    if min_p05 is None and min_median is None and min_top1 is None:
         return None
-    return Targets(pearson_p05=base.pearson_p05 if min_p05 is None else min_p05,
-                   top1=base.top1 if min_top1 is None else min_top1, pearson_median=base.pearson_median)
+    pick = lambda given, default: default if given is None else given  # noqa: E731
+    return Targets(pearson_p05=pick(min_p05, base.pearson_p05), top1=pick(min_top1, base.top1),
+                   pearson_median=pick(min_median, base.pearson_median))
 
 
 def _report(result) -> None:
