@@ -576,6 +576,10 @@ def convert(
         ModelFileError, LayerError, UnsupportedHeadError, ConversionError, InputError,
         MissingDependencyError (ONNX without ``edgecam[onnx]``/tf2onnx).
     """
+    if isinstance(model, (str, Path)) and str(model).lower().endswith(".onnx"):  # no TensorFlow needed
+        from .onnx_in import convert_onnx
+
+        return convert_onnx(model, output, **{k: v for k, v in locals().items() if k not in ("model", "output")})
     tf, keras = require_host()
 
     output = Path(output)
