@@ -18,7 +18,7 @@ import numpy as np
 
 from firmware_host.errors import ConversionError
 
-from .graph import HeadChain, Tables
+from .graph import HeadChain, Tables, label
 from .ops import RULES
 
 __all__ = ["Analysis", "Values", "analyze", "backward", "to_nhwc"]
@@ -99,7 +99,7 @@ def analyze(head: HeadChain, tables: Tables) -> Analysis:
     Raises:
         UnsupportedHeadError: an operator of the head cannot be handled (from its rule).
     """
-    nonlinear = [f"{n.name or n.output[0]} ({n.op_type})" for n in head.nodes if not RULES[n.op_type].linear]
+    nonlinear = [f"{label(n)} ({n.op_type})" for n in head.nodes if not RULES[n.op_type].linear]
     if nonlinear:
         return Analysis(
             "gradient",

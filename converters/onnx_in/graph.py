@@ -20,7 +20,8 @@ from firmware_host.errors import ConversionError, LayerError, ModelFileError, Un
 
 from .ops import COLLAPSE_OPS, RULES, attribute, is_spatial_collapse
 
-__all__ = ["MIN_OPSET", "ImageInput", "HeadChain", "Tables", "load_onnx", "image_input", "find_head", "candidates"]
+__all__ = ["MIN_OPSET", "ImageInput", "HeadChain", "Tables", "load_onnx", "image_input", "fix_input_size", "find_head",
+           "candidates", "label"]
 
 MIN_OPSET = 13
 FINAL_ACTIVATIONS = {"Softmax": "softmax", "LogSoftmax": "softmax", "Sigmoid": "sigmoid"}
@@ -264,19 +265,29 @@ def _classifier_output(model, tables: Tables) -> Tuple[str, Optional[str], str]:
     return out, None, "softmax"
 
 
+def label(node) -> str:
+    """A node's name, or its first output's when it has none."""
+    return node.name or node.output[0]
+
+
+def _spatial(shape) -> bool:
+    """A 4-D shape with a spatial extent: at least two of its non-batch dimensions above 1."""
+    return len(shape) == 4 and None not in shape[1:] and sorted(shape[1:])[1] > 1
+
+
 def _path_slot(node, tables: Tables) -> int:
     """The input of ``node`` on the path from the feature maps (the one that is not constant)."""
     rule = RULES.get(node.op_type)
     if rule is None:
         raise UnsupportedHeadError(
-            f"Node {node.name!r} ({node.op_type}) in the head is not an operator edgecam can turn into "
+            f"Node {label(node)!r} ({node.op_type}) in the head is not an operator edgecam can turn into "
             f"an exact CAM head (supported: {', '.join(sorted(RULES))}). Pass --target-tensor after it, "
             "or --approximate."
         )
     live = [i for i in rule.slots if i < len(node.input) and node.input[i] and tables.const(node.input[i]) is None]
     if len(live) != 1:
         raise UnsupportedHeadError(
-            f"Node {node.name!r} ({node.op_type}) in the head combines {len(live)} computed inputs "
+            f"Node {label(node)!r} ({node.op_type}) in the head combines {len(live)} computed inputs "
             f"({', '.join(node.input[i] for i in live)}); edgecam handles a head that is a chain, one "
             "computed input per node (the others constant)."
         )
@@ -309,7 +320,17 @@ def find_head(model, tables: Tables, target: Optional[str] = None) -> HeadChain:
             break
         if target is None and collapse is not None:
             break
-        slot = _path_slot(node, tables)
+        try:
+            slot = _path_slot(node, tables)
+        except UnsupportedHeadError as exc:
+            spatial = any(_spatial(tables.shapes.get(i, ())) for i in node.input if tables.const(i) is None)
+            if collapse is None and target is None and spatial:
+                raise UnsupportedHeadError(
+                    f"No spatial tensor found: walking back from the logits {logits!r}, node {label(node)!r} "
+                    f"({node.op_type}) comes before any spatial collapse (GlobalAveragePool, ReduceMean over "
+                    "H,W, Flatten/Reshape of a 4-D map into Gemm/MatMul). Pass --target-tensor."
+                ) from exc
+            raise
         nodes.append(node)
         slots.append(slot)
         if collapse is None and _collapses(node, tables, slot):
@@ -324,6 +345,11 @@ def find_head(model, tables: Tables, target: Optional[str] = None) -> HeadChain:
         raise UnsupportedHeadError(
             f"No spatial tensor found: walking back from the logits {logits!r} the head never collapses a "
             "4-D feature map (GlobalAveragePool, ReduceMean over H,W, Flatten/Reshape into Gemm/MatMul)."
+        )
+    if name not in tables.producer:
+        raise UnsupportedHeadError(
+            f"No spatial tensor found: the head collapses the model's input {name!r} itself, so there are no "
+            "feature maps to explain."
         )
     nodes.reverse()
     slots.reverse()
@@ -357,7 +383,6 @@ def candidates(model, tables: Tables) -> List[str]:
     out = []
     for node in model.graph.node:
         for name in node.output:
-            shape = tables.shapes.get(name, ())
-            if len(shape) == 4 and None not in shape[1:] and sorted(shape[1:])[1] > 1:
+            if _spatial(tables.shapes.get(name, ())):
                 out.append(name)
     return out

@@ -38,7 +38,7 @@ SIZE = 24
 
 def _stand_ins() -> None:
     try:
-        import torchvision  # noqa: F401
+        import torchvision  # noqa: F401,PLC0415
         return
     except Exception:
         pass
@@ -133,21 +133,30 @@ def _reference(model: Net, x: torch.Tensor, method: str):
     return np.maximum(raw, 0).astype(np.float32), classes, logits
 
 
-def main() -> None:
+def make(out_dir: Path = HERE, names=None) -> None:
+    """Write ``NAME.onnx`` and ``NAME.npz`` for each model (all, or ``names``) into ``out_dir``."""
     torch.manual_seed(0)
     for index, (name, (model, static, method)) in enumerate(_models().items()):
+        if names is not None and name not in names:
+            continue
         model.eval()
         images = _images(6, seed=index)
         x = (images.astype(np.float32) / 255.0 - MEAN) / STD
         if not model.channels_last:
             x = x.transpose(0, 3, 1, 2)
         tensor = torch.from_numpy(np.ascontiguousarray(x))
-        _export(model, HERE / f"{name}.onnx", static, model.channels_last)
+        _export(model, Path(out_dir) / f"{name}.onnx", static, model.channels_last)
         cam, classes, logits = _reference(model, tensor, method)
-        np.savez_compressed(HERE / f"{name}.npz", images=images, classes=classes, logits=logits, cam=cam,
+        np.savez_compressed(Path(out_dir) / f"{name}.npz", images=images, classes=classes, logits=logits, cam=cam,
                             method=np.array(method))
         print(f"{name}: classes {classes.tolist()}, cam {cam.shape}, max {cam.max(axis=(1, 2)).round(3).tolist()}")
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE, help="folder to write into (default: beside this script)")
+    parser.add_argument("--names", help="comma-separated models to make (default: all)")
+    args = parser.parse_args()
+    make(args.out, args.names.split(",") if args.names else None)
