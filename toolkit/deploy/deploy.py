@@ -29,6 +29,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 from firmware_host.errors import DeployError, InputError
 from firmware_host.manifest import bundle_id, verify_manifest
 
+from .bundle import check_device_target
 from .safetar import BUNDLE_TOP, safe_extract
 
 __all__ = ["Remote", "SshOptions", "Step", "check_install_args", "check_ssh_options", "check_user_name",
@@ -372,6 +373,8 @@ def deploy(
                 )
         except DeployError as exc:
             raise DeployError(f"Refusing '{bundle}', nothing was uploaded: {exc}") from exc
+        if not dry_run:  # refuse a bundle whose target cannot serve the device, before uploading
+            check_device_target(local, install_args, lambda *cmd: _ssh(remote, ssh, *cmd), echo)
         steps = plan_deploy(str(local), local.name, remote, ssh, install_args, wait)
         run_plan(steps, dry_run, echo)
     return steps
