@@ -136,6 +136,9 @@ class EdgecamMetadata:
         source: ``{"name", "sha256"}`` of the converted Keras model.
         converter: versions of edgecam, TensorFlow and Keras used.
         self_check: agreement measured at conversion time, or ``None``.
+        precision: the precision plan (``converters.quant``): ``{"plan", "targets", "tried":
+            [{plan, pearson_median, pearson_p05, pearson_min, top1, latency_ratio, passed,
+            ...}], "low_fidelity"}``, or ``None`` for files written before plans existed.
     """
 
     classes: Tuple[str, ...]
@@ -153,6 +156,7 @@ class EdgecamMetadata:
     source: Mapping[str, Any] = field(default_factory=dict)
     converter: Mapping[str, Any] = field(default_factory=dict)
     self_check: Optional[Mapping[str, Any]] = None
+    precision: Optional[Mapping[str, Any]] = None
     format_version: str = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -175,6 +179,11 @@ class EdgecamMetadata:
     def approximate(self) -> bool:
         return self.cam_mode == "approximate"
 
+    @property
+    def low_fidelity(self) -> bool:
+        """Written with ``--allow-low-fidelity`` although its self-check missed the bounds."""
+        return bool(self.precision and self.precision.get("low_fidelity"))
+
     # -- serialisation -------------------------------------------------------------------
     def to_json_dict(self) -> Dict[str, Any]:
         """The JSON fields (without the weight array, which travels as its own buffer)."""
@@ -196,6 +205,8 @@ class EdgecamMetadata:
             "self_check": None if self.self_check is None else dict(self.self_check),
             "class_weights": None,
         }
+        if self.precision is not None:  # absent in files written before precision plans
+            out["precision"] = dict(self.precision)
         out["preprocessing"]["scale"] = list(self.preprocessing.scale)
         out["preprocessing"]["offset"] = list(self.preprocessing.offset)
         if self.class_weights is not None:
@@ -324,6 +335,7 @@ class EdgecamMetadata:
                 source=dict(fields.get("source") or {}),
                 converter=dict(fields.get("converter") or {}),
                 self_check=fields.get("self_check"),
+                precision=fields.get("precision"),
                 format_version=version,
             )
         except MetadataError:
