@@ -27,16 +27,21 @@ from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from firmware_host.errors import DeployError, InputError
-from firmware_host.manifest import verify_manifest
+from firmware_host.manifest import bundle_id, verify_manifest
 
-from .safetar import safe_extract
+from .bundle import check_device_target
+from .safetar import BUNDLE_TOP, safe_extract
 
-__all__ = ["Remote", "SshOptions", "Step", "parse_remote", "plan_deploy", "plan_rollback", "run_plan", "deploy"]
+__all__ = ["Remote", "SshOptions", "Step", "check_install_args", "check_ssh_options", "check_user_name",
+           "parse_remote", "parse_ssh_option", "plan_deploy", "plan_rollback", "run_plan", "deploy"]
 
 # user@host: no leading '-' (it would be read as an ssh option), no spaces or shell characters.
 _HOST = re.compile(r"^(?!-)(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9_.][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])$")
 # Remote directories become paths in a systemd unit and in scp targets: keep them plain.
 _DIR = re.compile(r"^[A-Za-z0-9._/-]+$")
+# POSIX portable user names (IEEE Std 1003.1, 3.437), not starting with a digit (systemd would read
+# an all-digit name as a uid), 32 characters at most as useradd allows. install.sh checks the same.
+USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
 DEFAULT_DIR = "edgecam"
 
 
@@ -63,17 +68,116 @@ class SshOptions:
     options: Tuple[str, ...] = ()
 
     def common(self) -> List[str]:
+        """The ``-i``/``-o`` arguments shared by ssh and scp.
+
+        Raises:
+            InputError: an option ssh would misread, or one that turns host-key checking off
+                (see :func:`check_ssh_options`).
+        """
+        check_ssh_options(self.options)
         args: List[str] = []
         if self.identity:
             args += ["-i", self.identity]
         for option in self.options:
-            if re.match(r"(?i)^\s*StrictHostKeyChecking\s*[= ]\s*(no|off)\b", option):
-                raise InputError(
-                    f"--ssh-option {option!r} would turn host-key checking off, which edgecam "
-                    "refuses. Add the device's key to known_hosts (ssh-keyscan, then check it)."
-                )
             args += ["-o", option]
         return args
+
+
+def parse_ssh_option(text: str) -> Tuple[str, Tuple[str, ...]]:
+    """Split one ``-o`` option the way ssh's ``readconf.c`` does.
+
+    The keyword ends at the first whitespace or ``=``; then whitespace, at most one ``=`` and
+    whitespace again; the rest are arguments with ``"``/``'`` quotes and backslash escapes. The
+    keyword is case-insensitive, so it is returned lower-cased (ssh compares values
+    case-insensitively too, so callers lower-case them when comparing).
+
+    Returns:
+        ``(keyword, arguments)``.
+
+    Raises:
+        InputError: control characters, an empty keyword, no argument, or unbalanced quotes
+            (ssh refuses those too, but only after edgecam has started).
+    """
+    if any(ord(ch) < 32 and ch != "\t" or ord(ch) == 127 for ch in text):
+        raise InputError(f"--ssh-option {text!r} holds a control character (newline?). Give one KEY=VALUE per option.")
+    m = re.match(r"[ \t]*([^ \t=]*)[ \t]*(?:=[ \t]*)?(.*)\Z", text, re.S)
+    keyword, rest = m.group(1), m.group(2)
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", keyword):
+        raise InputError(f"--ssh-option {text!r}: {keyword!r} is not an ssh option name. Use KEY=VALUE, e.g. UserKnownHostsFile=PATH.")
+    try:
+        values = tuple(shlex.split(rest, comments=False, posix=True))
+    except ValueError as exc:
+        raise InputError(f"--ssh-option {text!r}: {exc} (unbalanced quotes). Use KEY=VALUE.") from None
+    if not values:
+        raise InputError(f"--ssh-option {text!r} has no value. Use KEY=VALUE, e.g. UserKnownHostsFile=PATH.")
+    return keyword.lower(), values
+
+
+def check_ssh_options(options: Sequence[str]) -> None:
+    """Refuse ``-o`` options that turn host-key checking off, however they are spelled.
+
+    Refused: ``StrictHostKeyChecking`` no/off/false, ``NoHostAuthenticationForLocalhost``
+    yes/true, ``StrictHostKeyChecking accept-new`` when every ``UserKnownHostsFile`` is
+    ``/dev/null`` (every key is then new, hence accepted), and ``Include``/``Match`` (ssh does not
+    take them on the command line).
+
+    Raises:
+        InputError: naming the option and how to proceed safely.
+    """
+    parsed = [(text, *parse_ssh_option(text)) for text in options]
+    hint = ("which edgecam refuses: a device's host key is what proves the bundle goes to your vehicle. "
+            "Add the key to known_hosts once (ssh-keyscan HOST, compare the fingerprint on the device).")
+    user_files = []
+    accept_new = None
+    for text, key, values in parsed:
+        value = values[0].lower()
+        if key == "stricthostkeychecking" and value in ("no", "off", "false"):
+            raise InputError(f"--ssh-option {text!r} would turn host-key checking off, {hint}")
+        if key == "nohostauthenticationforlocalhost" and value in ("yes", "true"):
+            raise InputError(f"--ssh-option {text!r} skips host-key checking for localhost, {hint}")
+        if key in ("include", "match"):
+            raise InputError(f"--ssh-option {text!r}: {key.capitalize()} is only allowed in ssh_config files.")
+        if key == "stricthostkeychecking" and value == "accept-new":
+            accept_new = text
+        if key == "userknownhostsfile":
+            user_files += [v for v in values if v.lower() != "none"]
+    if accept_new and user_files and all(v == "/dev/null" for v in user_files):
+        raise InputError(
+            f"--ssh-option {accept_new!r} with UserKnownHostsFile=/dev/null accepts every host key, {hint}"
+        )
+
+
+def check_user_name(name: str) -> str:
+    """Return ``name`` when it is a POSIX user name (it becomes ``User=`` in a root systemd unit).
+
+    Raises:
+        InputError: anything but letters, digits, ``. _ -`` (not first), or over 32 characters.
+    """
+    if not USER_NAME.fullmatch(name):
+        raise InputError(
+            f"--user {name!r} is not a POSIX user name (letters, digits, . _ -, not starting with "
+            "'-' or a digit, at most 32 characters); it would be written into a root systemd unit."
+        )
+    return name
+
+
+def check_install_args(args: Sequence[str]) -> Tuple[str, ...]:
+    """Check the install.sh arguments ``deploy`` passes on: no control characters, a POSIX ``--user``.
+
+    Raises:
+        InputError: naming the argument.
+    """
+    args = tuple(args)
+    for index, arg in enumerate(args):
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in arg):
+            raise InputError(f"--install-arg {arg!r} holds a control character (newline?); refusing it.")
+        if arg == "--user":
+            if index + 1 >= len(args):
+                raise InputError("--install-arg --user needs a name: --install-arg=--user=pi")
+            check_user_name(args[index + 1])
+        elif arg.startswith("--user="):
+            check_user_name(arg[len("--user="):])
+    return args
 
 
 @dataclass(frozen=True)
@@ -113,10 +217,17 @@ def parse_remote(spec: str) -> Remote:
             f"Deploy target {spec!r}: the host part {host!r} is not a plain user@host or ssh alias "
             "(letters, digits, . _ -, not starting with '-'). Example: pi@raspberrypi.local:edgecam"
         )
-    if not _DIR.match(directory) or ".." in directory.split("/") or directory == "/":
+    parts = directory.split("/")
+    if not _DIR.match(directory) or ".." in parts or directory == "/":
         raise InputError(
             f"Deploy target {spec!r}: the directory {directory!r} may only contain letters, digits and "
             ". _ / - (no '..', not '/'). Example: pi@raspberrypi.local:/opt/edgecam"
+        )
+    if any(part.startswith("-") for part in parts):
+        # sh, scp and install.sh would read '-dir' as an option.
+        raise InputError(
+            f"Deploy target {spec!r}: the directory {directory!r} has a part starting with '-', which "
+            "commands on the device would read as an option. Example: pi@raspberrypi.local:/opt/edgecam"
         )
     return Remote(host=host, directory=directory)
 
@@ -246,16 +357,24 @@ def deploy(
     """
     remote = parse_remote(target)
     ssh.common()  # validate the options before anything runs
+    install_args = check_install_args(install_args)
     if rollback:
         steps = plan_rollback(remote, ssh, wait)
         run_plan(steps, dry_run, echo)
         return steps
     with tempfile.TemporaryDirectory(prefix="edgecam-deploy-") as tmp:
-        local = safe_extract(bundle, tmp)
+        local = safe_extract(bundle, tmp, top_pattern=BUNDLE_TOP)
         try:
             verify_manifest(local, strict=True)
+            if local.name != f"edgecam-{bundle_id(local)}":
+                raise DeployError(
+                    f"its top directory {local.name!r} does not name its content (edgecam-{bundle_id(local)}); "
+                    "it was renamed or rebuilt by hand. Rebuild it with `edgecam bundle`."
+                )
         except DeployError as exc:
             raise DeployError(f"Refusing '{bundle}', nothing was uploaded: {exc}") from exc
+        if not dry_run:  # refuse a bundle whose target cannot serve the device, before uploading
+            check_device_target(local, install_args, lambda *cmd: _ssh(remote, ssh, *cmd), echo)
         steps = plan_deploy(str(local), local.name, remote, ssh, install_args, wait)
         run_plan(steps, dry_run, echo)
     return steps

@@ -67,6 +67,17 @@ case "$PREFIX" in
     *[!A-Za-z0-9._/-]*) die "--prefix '$PREFIX' may only contain letters, digits and . _ / -; choose a plain path" ;;
 esac
 case "$WAIT" in *[!0-9]*|'') die "--wait takes whole seconds, got '$WAIT'" ;; esac
+# --user becomes User= in a root systemd unit: a POSIX user name only (as `edgecam deploy` checks).
+check_user() {
+    case "$1" in
+        '') ;;
+        [!A-Za-z_]*|*[!A-Za-z0-9_.-]*) die "--user '$1' is not a POSIX user name (letters, digits, . _ -; not starting with '-' or a digit)" ;;
+        *) [ ${#1} -le 32 ] || die "--user '$1' is longer than 32 characters" ;;
+    esac
+}
+check_user "$RUN_USER"
+case "$PYTHON" in *"
+"*) die "--python must not contain a newline" ;; esac
 
 # ---------------------------------------------------------------- manifest verification
 sha256_check() {  # run in the bundle dir: verify MANIFEST.sha256
@@ -205,6 +216,7 @@ process_stop() {
 # ---------------------------------------------------------------- service control
 render_unit() {
     [ -n "$RUN_USER" ] || RUN_USER=$(conf_get RUN_USER)
+    check_user "$RUN_USER"
     if [ -n "$RUN_USER" ]; then user_line="User=$RUN_USER"; else
         user_line="# No User=: the service runs as root. Pass --user NAME to install.sh to change it."
     fi
