@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from ._io import atomic_write_bytes, ensure_writable_dir
 from .errors import InputError, OutputError
+from .telemetry import LogLine, TelemetryRecord, read_objects
 
 __all__ = [
     "annotate",
@@ -181,21 +183,6 @@ class VideoSink:
 # -- telemetry ---------------------------------------------------------------------------------
 
 
-def _round_list(values: np.ndarray, digits: int) -> list:
-    """Rounded floats; NaN/inf become ``null`` (JSON has no NaN, and a log must never fail)."""
-    arr = np.round(np.asarray(values, dtype=np.float64), digits)
-    return [None if not np.isfinite(v) else v for v in arr.tolist()]
-
-
-def _significant(values: np.ndarray, digits: int):
-    """Nested list with ``digits`` significant digits (small maps keep their shape); NaN → null."""
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim == 0:
-        value = float(arr)
-        return float(f"{value:.{digits}g}") if np.isfinite(value) else None
-    return [_significant(row, digits) for row in arr]
-
-
 def _dir_size(path: Path) -> int:
     total = 0
     if path.is_dir():
@@ -337,50 +324,54 @@ class TelemetryLog:
         image_bgr: Optional[np.ndarray] = None,
         extra: Optional[Dict[str, Any]] = None,
     ) -> Dict[str, Any]:
-        """Append one record (and save the frame first when it is one to save).
+        """Append the record of one explanation (see :meth:`write_record`).
 
         Args:
             frame: frame index in the source.
             timestamp: unix seconds when the frame was grabbed.
             explanation: the raw :class:`~firmware_host.Explanation` of this frame.
             image_bgr: the frame as read (saved when :meth:`wants_frame`).
-            extra: more fields (smoothed state, …) merged into the record.
+            extra: ``shown_index``, ``shown_label``, ``smoothed_probabilities`` or other fields
+                merged into the record.
 
         Returns:
-            The record written.
+            The record written, as its JSON object.
         """
-        record: Dict[str, Any] = {
-            "timestamp": round(float(timestamp), 6),
-            "frame": int(frame),
-            "class_index": int(explanation.class_index),
-            "label": explanation.label,
-            "predicted_index": int(explanation.predicted_index),
-            "confidence": _round_list([explanation.confidence], 6)[0],
-            "probabilities": _round_list(explanation.probabilities, 6),
-            "latency_ms": round(float(explanation.latency_ms), 3),
-            "cam": _significant(explanation.cam, self.cam_digits),
-            "peak": list(explanation.peak()),
-        }
-        save = image_bgr is not None and self.wants_frame(frame)
+        extra = dict(extra or {})
+        record = TelemetryRecord.from_explanation(
+            explanation, frame=frame, timestamp=timestamp, cam_digits=self.cam_digits,
+            shown_index=extra.pop("shown_index", None), shown_label=extra.pop("shown_label", None),
+            smoothed_probabilities=extra.pop("smoothed_probabilities", None),
+        )
+        if extra:
+            record = replace(record, extra=extra)
+        return self.write_record(record, image_bgr).to_dict()
+
+    def write_record(self, record: TelemetryRecord, image_bgr: Optional[np.ndarray] = None) -> TelemetryRecord:
+        """Append one record, and save the frame first when it is one to save.
+
+        Returns:
+            The record written (with ``frame_path`` when the frame was saved).
+        """
+        save = image_bgr is not None and self.wants_frame(record.frame)
         self._wait()  # the previous record (and its frame) is on disk: at most one in flight
         if save:
-            record["frame_path"] = (Path(self.frames_root.name) / self.sid / f"{int(frame):08d}{self.suffix}").as_posix()
-        if extra:
-            record.update(extra)
+            rel = Path(self.frames_root.name) / self.sid / f"{int(record.frame):08d}{self.suffix}"
+            record = record.with_frame_path(rel.as_posix())
         self._inflight = self._worker.submit(self._persist, record, image_bgr if save else None)
         self.records += 1
         return record
 
-    def _persist(self, record: Dict[str, Any], image_bgr: Optional[np.ndarray]) -> None:
+    def _persist(self, record: TelemetryRecord, image_bgr: Optional[np.ndarray]) -> None:
         """Worker thread: frame file (atomic, fsync'd), then the line, flush, fsync."""
         written = 0
         try:
             if image_bgr is not None:
                 self._frames_dir.mkdir(parents=True, exist_ok=True)
                 data = _encode(image_bgr, self.suffix)
-                atomic_write_bytes(self.dir / record["frame_path"], data)
+                atomic_write_bytes(self.dir / record.frame_path, data)
                 written = len(data)
-            line = json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+            line = record.to_json() + "\n"
             self._fh.write(line)
             self._fh.flush()
             self._pending += 1
@@ -448,6 +439,9 @@ class LogRecords(List[Dict[str, Any]]):
 def read_jsonl(path: PathLike) -> LogRecords:
     """Read a telemetry log, tolerating a truncated last line (a power cut mid-write).
 
+    The strict reading of :func:`firmware_host.telemetry.read_objects` (the one reader of run
+    logs): any broken line but an unterminated last one is an error.
+
     Args:
         path: the ``.jsonl`` file.
 
@@ -460,37 +454,21 @@ def read_jsonl(path: PathLike) -> LogRecords:
             object (the file is corrupt or not a telemetry log).
     """
     records = LogRecords()
-    try:
-        with open(path, "r", encoding="utf-8", errors="replace") as fh:
-            lines = fh.read().split("\n")
-    except OSError as exc:
-        raise InputError(
-            f"Cannot read log '{path}': {exc.strerror or exc}. Pass the .jsonl file written by "
-            "edgecam run --log."
-        ) from exc
-    # A file ending in "\n" splits into [..., ""]; a cut file ends in a partial line instead.
-    last = len(lines) - 1
-    for number, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly nested arrays
-            if number == last:
-                records.truncated = True
-                break
-            reason = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+    for item in read_objects(path):
+        if isinstance(item, LogLine):
+            records.append(item.value)
+        elif item.reason == "malformed" and item.last:
+            records.truncated = True
+        elif item.reason == "not_object":
             raise InputError(
-                f"'{path}' line {number + 1} is not valid JSON ({reason}); only the last line may "
-                "be cut by a power loss. The file is corrupt."
-            ) from exc
-        if not isinstance(record, dict):
-            kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(record), "number")
-            raise InputError(
-                f"'{path}' line {number + 1} is a JSON {kind}, not an object; every line of an "
-                "edgecam log is one record object. Is this a telemetry log from edgecam run --log?"
+                f"'{path}' line {item.line} is {item.detail}; every line of an edgecam log is one "
+                "record object. Is this a telemetry log from edgecam run --log?"
             )
-        records.append(record)
+        else:
+            raise InputError(
+                f"'{path}' line {item.line} is not valid JSON ({item.detail}); only the last line "
+                "may be cut by a power loss. The file is corrupt."
+            )
     return records
 
 
