@@ -70,7 +70,7 @@ def test_a_new_source_is_one_class(fakes, tmp_path):
         total = len(images)
 
         def items(self, read):
-            return (V._Item(f"img{i}", img) for i, img in enumerate(images))
+            return (V.SourceItem(f"img{i}", img) for i, img in enumerate(images))
 
         def edge_maps(self, edge, items, keras_classes):
             return V.ImageFolderSource.edge_maps(self, edge, items, keras_classes)

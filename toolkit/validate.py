@@ -53,6 +53,7 @@ __all__ = [
     "ValidationOptions",
     "EdgeSource",
     "EdgeMaps",
+    "SourceItem",
     "ImageFolderSource",
     "RunLogSource",
     "resolve_frame_path",
@@ -448,7 +449,15 @@ class ValidationOptions:
 
 # -- sources of edge maps ----------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Item:
+class SourceItem:
+    """One image of an :class:`EdgeSource`.
+
+    Attributes:
+        name: how per_image.csv and the report name it (a path relative to the source).
+        image: ``(H, W, 3)`` RGB uint8.
+        frame: what a device recorded for it (:class:`RunLogSource`), else None.
+    """
+
     name: str
     image: np.ndarray
     frame: Optional[LogFrame] = None
@@ -496,7 +505,7 @@ class EdgeSource:
     def bind(self, edge) -> None:
         """Called once the edge model is open (a source may check itself against its metadata)."""
 
-    def items(self, read: Callable[[Path], Optional[np.ndarray]]) -> Iterator[_Item]:
+    def items(self, read: Callable[[Path], Optional[np.ndarray]]) -> Iterator[SourceItem]:
         """The items, with images read through ``read`` (None: unreadable, already counted)."""
         raise NotImplementedError
 
@@ -505,11 +514,11 @@ class EdgeSource:
         """The source's own skip counters (the summary's ``skipped`` adds ``unreadable``)."""
         return {}
 
-    def recorded_classes(self, items: Sequence[_Item]) -> Optional[np.ndarray]:
+    def recorded_classes(self, items: Sequence[SourceItem]) -> Optional[np.ndarray]:
         """``(N,)`` classes the host must explain, or None for the Keras prediction."""
         return None
 
-    def edge_maps(self, edge, items: Sequence[_Item], keras_classes: np.ndarray) -> EdgeMaps:
+    def edge_maps(self, edge, items: Sequence[SourceItem], keras_classes: np.ndarray) -> EdgeMaps:
         """The edge side of a batch; ``keras_classes`` are the Keras model's top-1."""
         raise NotImplementedError
 
@@ -536,7 +545,7 @@ class ImageFolderSource(EdgeSource):
         for path in self.files:
             image = read(path)
             if image is not None:
-                yield _Item(path.relative_to(self.location).as_posix(), image)
+                yield SourceItem(path.relative_to(self.location).as_posix(), image)
 
     def edge_maps(self, edge, items, keras_classes):
         images = [it.image for it in items]
@@ -576,7 +585,7 @@ class RunLogSource(EdgeSource):
         for frame in self.reader:
             image = read(frame.frame_path)
             if image is not None:
-                yield _Item(frame.frame_path.relative_to(base).as_posix(), image, frame)
+                yield SourceItem(frame.frame_path.relative_to(base).as_posix(), image, frame)
 
     @property
     def skipped(self) -> Dict[str, int]:
@@ -680,7 +689,7 @@ class _Run:
             self.unreadable += 1
         return image
 
-    def process(self, items: Sequence[_Item]) -> None:
+    def process(self, items: Sequence[SourceItem]) -> None:
         x = np.stack([preprocess(it.image, self.meta.preprocessing) for it in items]).astype(np.float32)
         # The Keras prediction and its full map come from one pass, for the class the source
         # recorded a map of (None: the Keras prediction).
@@ -704,7 +713,7 @@ class _Run:
         for i, it in enumerate(items):
             self._record(it, i, keras_probs[i], edge, maps, faith.get(i, {}))
 
-    def _record(self, it: _Item, i: int, keras_probs: np.ndarray, edge: EdgeMaps, maps, faith) -> None:
+    def _record(self, it: SourceItem, i: int, keras_probs: np.ndarray, edge: EdgeMaps, maps, faith) -> None:
         """Compare item ``i`` of the batch, and write its row."""
         classes = self.meta.classes
         label = lambda c: classes[c] if c < len(classes) else str(c)  # noqa: E731
@@ -763,7 +772,7 @@ class _Run:
         return {i: {k: float(v[j]) for k, v in scores.items()} for j, i in enumerate(chosen)}
 
     # -- whole run ---------------------------------------------------------------------------
-    def run(self, items: Iterable[_Item]) -> ValidationResult:
+    def run(self, items: Iterable[SourceItem]) -> ValidationResult:
         from tqdm.auto import tqdm
 
         per_image = self.out_dir / "per_image.csv"
