@@ -10,15 +10,8 @@ This module gathers the public names of the fog dataset, which live in five modu
 
 and the generic folder-per-class loader in :mod:`toolkit.datasets.folder`.
 
-The four classes of the source talk (dense-fog, moderate-fog, light-fog, no-fog) are defined by
-meteorological visibility V. Fog is added to a clear scene J with known per-pixel depth d (metres)
-by the atmospheric scattering model (Koschmieder 1924; Narasimhan & Nayar 2002, Eq. 1–3; used for
-Foggy Cityscapes by Sakaridis et al. 2018, Eq. 1):
-
-    I(x) = J(x)·t(x) + A·(1 − t(x)),     t(x) = exp(−β·d(x))
-
-with airlight A and extinction coefficient β. Visibility is where the contrast of a black object
-against the horizon falls to 2 %: exp(−β·V) = 0.02, hence V = −ln(0.02)/β ≈ 3.912/β.
+The model (I = J·t + A·(1 − t), t = exp(−β·d), V = 3.912/β) is described in
+:mod:`toolkit.datasets.physics` and docs/fog.md.
 
 Everything here is numpy + OpenCV, importable on the device (no TensorFlow).
 

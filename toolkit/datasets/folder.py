@@ -16,7 +16,7 @@ import numpy as np
 from firmware_host.errors import InputError, SourceError
 from firmware_host.sources import read_image
 
-__all__ = ["Size", "IMAGE_SUFFIXES", "FolderDataset", "load_folder_dataset", "parse_size", "fit_image", "list_images"]
+__all__ = ["Size", "IMAGE_SUFFIXES", "FolderDataset", "load_folder_dataset", "parse_size", "fit_image", "list_images", "read_images"]
 
 #: An image size: ``(height, width)``, or an int for a square.
 Size = Union[int, Tuple[int, int], Sequence[int]]
@@ -59,6 +59,22 @@ def fit_image(image: np.ndarray, h: int, w: int) -> np.ndarray:
         image = image[y0:y0 + ch]
     interp = cv2.INTER_AREA if image.shape[0] > h else cv2.INTER_LINEAR
     return cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=interp)
+
+
+def read_images(paths: Sequence[Path]) -> Tuple[List[Tuple[Path, np.ndarray]], int]:
+    """Decode each file to ``(H, W, 3)`` RGB uint8.
+
+    Returns:
+        ``([(path, image), …] of the readable files, number of unreadable files)``.
+    """
+    images, skipped = [], 0
+    for path in paths:
+        img = read_image(path, rgb=True)
+        if img is None:
+            skipped += 1
+        else:
+            images.append((path, img))
+    return images, skipped
 
 
 def list_images(directory: Path) -> List[Path]:
@@ -127,11 +143,9 @@ def load_folder_dataset(directory, size: Size = (64, 64), class_names: Optional[
         folder = root / name
         if not folder.is_dir():
             continue
-        for path in list_images(folder):
-            img = read_image(path, rgb=True)
-            if img is None:
-                skipped += 1
-                continue
+        images, unreadable = read_images(list_images(folder))
+        skipped += unreadable
+        for path, img in images:
             xs.append(fit_image(img, h, w))
             ys.append(index)
             paths.append(str(path))

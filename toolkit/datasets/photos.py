@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
 from firmware_host.errors import SourceError
-from firmware_host.sources import read_image
 
-from .folder import IMAGE_SUFFIXES, fit_image, list_images
+from .folder import IMAGE_SUFFIXES, fit_image, list_images, read_images
 from .physics import SKY_DEPTH_M, apply_fog, beta_from_visibility, sample_visibility
 from .scene import FogSample, random_airlight, sensor_readout
 
@@ -87,16 +86,15 @@ def fog_photo(rng, photo: np.ndarray, fog_class: str, h: int, w: int, margin: fl
                      tuple(float(a) for a in airlight))
 
 
-def load_photos(directory: Path):
+def load_photos(directory: Path) -> List[Tuple[Path, np.ndarray]]:
+    """The readable photos of ``directory`` as ``(path, RGB image)``; warns about the others.
+
+    Raises:
+        SourceError: not a folder, or no readable image in it.
+    """
     if not directory.is_dir():
         raise SourceError(f"--images must be a folder of road photos. '{directory}' is not a directory.")
-    photos, skipped = [], 0
-    for path in list_images(directory):
-        img = read_image(path, rgb=True)
-        if img is None:
-            skipped += 1
-        else:
-            photos.append((path, img))
+    photos, skipped = read_images(list_images(directory))
     if not photos:
         raise SourceError(
             f"No readable image in '{directory}' ({skipped} unreadable). Put clear-weather road "
