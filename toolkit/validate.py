@@ -42,7 +42,7 @@ from firmware_host._io import atomic_open, atomic_write_text, ensure_writable_di
 from firmware_host._version import __version__
 from firmware_host.errors import InputError, MetadataError, SourceError
 from firmware_host.preprocess import preprocess
-from firmware_host.sources import read_image
+from firmware_host.imageio import is_image_file, read_image, scan_images
 
 from . import metrics as M
 
@@ -129,8 +129,9 @@ def _fmt_stat(stats: Mapping, key: str) -> str:
 def iter_image_files(root: Union[str, Path]) -> List[Path]:
     """Every regular, non-hidden file below ``root``, sorted by relative path.
 
-    Files are not filtered by extension: :func:`read_rgb` decides what is an image, so a
-    ``.jpeg`` without its suffix is used and a ``README`` is counted as skipped.
+    The images of :func:`firmware_host.imageio.scan_images` (the one listing rule of every
+    command), then the other files, which :func:`read_rgb` cannot decode and so are counted as
+    skipped.
 
     Raises:
         SourceError: ``root`` is not a directory.
@@ -138,21 +139,18 @@ def iter_image_files(root: Union[str, Path]) -> List[Path]:
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"--images '{root}' is not a directory. Pass a folder of images.")
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
-    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+    listing = scan_images(root, recursive=True)
+    return list(listing.images + listing.others)
 
 
 def read_rgb(path: Union[str, Path]) -> Optional[np.ndarray]:
     """Decode an image file to ``(H, W, 3)`` RGB uint8; ``None`` if it is not a readable image.
 
-    :func:`firmware_host.sources.read_image`, shared by every edgecam image reader: OpenCV picks
-    the decoder from the file's signature (a stray video or archive is not loaded), and files
-    it refuses — including headers claiming more pixels than it allows — give ``None``.
+    :func:`firmware_host.imageio.read_image`, shared by every edgecam image reader: the format
+    comes from the file's signature (a stray video or archive is not loaded), and files it
+    refuses — including headers claiming more pixels than the limit — give ``None``.
     """
-    return read_image(path, rgb=True) if Path(path).is_file() else None
+    return read_image(path, rgb=True)
 
 
 # -- the device log ----------------------------------------------------------------------------
@@ -543,7 +541,7 @@ class ImageFolderSource(EdgeSource):
 
     def items(self, read):
         for path in self.files:
-            image = read(path)
+            image = read(path, decode=is_image_file(path))  # non-image names: skipped, not decoded
             if image is not None:
                 yield SourceItem(path.relative_to(self.location).as_posix(), image)
 
@@ -682,9 +680,9 @@ class _Run:
         return {"unreadable": self.unreadable, **self.source.skipped}
 
     # -- per batch ---------------------------------------------------------------------------
-    def read(self, path: Path) -> Optional[np.ndarray]:
-        """The image at ``path`` as RGB uint8, or None (counted as ``unreadable``)."""
-        image = read_rgb(path)
+    def read(self, path: Path, decode: bool = True) -> Optional[np.ndarray]:
+        """The image at ``path`` as RGB uint8, or None (counted as ``unreadable``; also when not ``decode``)."""
+        image = read_rgb(path) if decode else None
         if image is None:
             self.unreadable += 1
         return image

@@ -14,15 +14,12 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from firmware_host.errors import InputError, SourceError
-from firmware_host.sources import read_image
+from firmware_host.imageio import IMAGE_SUFFIXES, list_images, read_image
 
-__all__ = ["Size", "IMAGE_SUFFIXES", "FolderDataset", "load_folder_dataset", "parse_size", "fit_image", "list_images", "read_images"]
+__all__ = ["Size", "FolderDataset", "load_folder_dataset", "parse_size", "fit_image", "read_images"]
 
 #: An image size: ``(height, width)``, or an int for a square.
 Size = Union[int, Tuple[int, int], Sequence[int]]
-
-#: Suffixes of the image files a dataset folder is read from.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def parse_size(size: Size) -> Tuple[int, int]:
@@ -76,10 +73,6 @@ def read_images(paths: Sequence[Path]) -> Tuple[List[Tuple[Path, np.ndarray]], i
             images.append((path, img))
     return images, skipped
 
-
-def list_images(directory: Path) -> List[Path]:
-    """Files below ``directory`` (recursively) with an :data:`IMAGE_SUFFIXES` suffix, sorted."""
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 @dataclass(frozen=True)

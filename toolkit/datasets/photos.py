@@ -9,8 +9,9 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from firmware_host.errors import SourceError
+from firmware_host.imageio import IMAGE_SUFFIXES, list_images
 
-from .folder import IMAGE_SUFFIXES, fit_image, list_images, read_images
+from .folder import fit_image, read_images
 from .physics import SKY_DEPTH_M, apply_fog, beta_from_visibility, sample_visibility
 from .scene import FogSample, random_airlight, sensor_readout
 
