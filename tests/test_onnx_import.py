@@ -320,3 +320,25 @@ def test_live_pytorch_grad_cam(tmp_path):
         exps = _explain_all(ExplainableModel(result.path), ref["images"])
         assert [e.class_index for e in exps] == ref["classes"].tolist()
         assert min(pearson(e.cam, c) for e, c in zip(exps, ref["cam"])) >= 0.999
+
+
+# -- int8 -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["gap_linear", "mlp", "many_classes"])
+def test_int8_qdq_keeps_the_head_float(tmp_path, name):
+    """int8 QDQ: the feature extractor is quantized, edgecam's head and the classifier head are not."""
+    path, ref = _fixture(name)
+    result = convert_onnx(path, tmp_path / "q.onnx", quantize="int8", calibration=list(ref["images"]),
+                          emit_baseline=True)
+    assert result.metadata.quantization == "int8" and result.self_check is not None
+    graph = onnx.load(str(result.path)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+    head = [n for n in graph.node if n.name.startswith("edgecam_head/") or n.op_type in ("Gemm", "MatMul")]
+    assert head
+    for node in head:  # no input of a head node comes straight from a DequantizeLinear
+        assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input[1:]), node.name
+    assert any(n.op_type == "DequantizeLinear" for n in onnx.load(str(result.baseline_path)).graph.node)
+    exps = _explain_all(ExplainableModel(result.path), ref["images"])
+    # Tiny random-weight nets with near-flat maps: looser than the float bound (docs/onnx-import.md).
+    assert np.mean([e.class_index == c for e, c in zip(exps, ref["classes"])]) >= 0.85
+    assert np.median([pearson(e.cam, c) for e, c in zip(exps, ref["cam"])]) >= 0.75

@@ -17,7 +17,7 @@ import numpy as np
 from .graph import HeadChain, ImageInput, Tables
 from .ops import RULES
 
-__all__ = ["PREFIX", "RESERVED", "Emitter", "rename_reserved", "build_explained", "build_plain"]
+__all__ = ["PREFIX", "RESERVED", "Emitter", "name_nodes", "rename_reserved", "build_explained", "build_plain"]
 
 PREFIX = "edgecam_head/"
 RESERVED = ("image", "class_index", "probabilities", "logits", "feature_maps", "cam", "cams")
@@ -58,6 +58,15 @@ class Emitter:
         if op_type == "ReduceSum" or self.opset >= 18:
             return self.op(op_type, [x, self.const(np.array(axes, np.int64))], out=out, keepdims=keepdims)
         return self.op(op_type, [x], out=out, axes=list(axes), keepdims=keepdims)
+
+
+def name_nodes(model) -> None:
+    """Give unnamed nodes a unique name (int8 quantization excludes nodes by name)."""
+    taken = {n.name for n in model.graph.node}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = next(f"{node.op_type}_{i}{s}" for s in ("", "_", "__", "___") if f"{node.op_type}_{i}{s}" not in taken)
+            taken.add(node.name)
 
 
 def rename_reserved(model) -> Dict[str, str]:

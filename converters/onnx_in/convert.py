@@ -26,7 +26,7 @@ from firmware_host.metadata import EdgecamMetadata, Preprocessing, embed_onnx_me
 from firmware_host.preprocess import check_image, preprocess
 
 from .analysis import Analysis, analyze
-from .build import build_explained, build_plain, rename_reserved
+from .build import build_explained, build_plain, name_nodes, rename_reserved
 from .check import ReferenceRun, self_check
 from .graph import ImageInput, Tables, find_head, fix_input_size, image_input, load_onnx
 
@@ -214,6 +214,7 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
     original = load_onnx(model)
     source = {"name": Path(model).name, "sha256": file_sha256(model)}
     rename_reserved(original)
+    name_nodes(original)
     image = image_input(original, opts.input_size)
     fix_input_size(original, image)
     tables = Tables(original)
@@ -229,7 +230,8 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
     explained = type(original)()
     explained.CopyFrom(original)
     inputs = build_explained(explained, tables, image, head, analysis.mode, weights, resolved, method)
-    content = _quantized(_checked(explained), opts.quantize, x, inputs)
+    head_nodes = [n.name for n in head.nodes]
+    content = _quantized(_checked(explained), opts.quantize, x, inputs, head_nodes)
     cam_key = "cams" if resolved == "all" else "cam"
     metadata = EdgecamMetadata(
         classes=_labels(opts.labels, head.num_logits),
@@ -267,17 +269,17 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
         plain = type(original)()
         plain.CopyFrom(original)
         build_plain(plain, tables, image, head)
-        atomic_write_bytes(baseline, _quantized(_checked(plain), opts.quantize, x, {"image": "image"}))
+        atomic_write_bytes(baseline, _quantized(_checked(plain), opts.quantize, x, {"image": "image"}, head_nodes))
     return ConversionResult(path=output, metadata=metadata, reason=analysis.reason, self_check=check,
                             baseline_path=baseline, size_bytes=os.path.getsize(output), format="onnx")
 
 
-def _quantized(content: bytes, quantize: str, x: np.ndarray, inputs) -> bytes:
+def _quantized(content: bytes, quantize: str, x: np.ndarray, inputs, head_nodes) -> bytes:
     if quantize != "int8":
         return content
     from .quantize import quantize_int8
 
-    return quantize_int8(content, x, inputs)
+    return quantize_int8(content, x, inputs, head_nodes)
 
 
 def _run_self_check(output, run, head, tables, images, x, method, quantize, source):
