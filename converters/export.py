@@ -578,6 +578,11 @@ def convert(
         ModelFileError, LayerError, UnsupportedHeadError, ConversionError, InputError,
         MissingDependencyError (ONNX without ``edgecam[onnx]``/tf2onnx).
     """
+    if isinstance(model, (str, Path)) and str(model).lower().endswith(".onnx"):  # no TensorFlow needed
+        options = {k: v for k, v in locals().items() if k not in ("model", "output")}
+        from .onnx_in import convert_onnx
+
+        return convert_onnx(model, output, **options)
     tf, keras = require_host()
 
     output = Path(output)
