@@ -298,7 +298,7 @@ class TrainResult:
 
 def _load_data(data, size):
     """Return ``(x float32 0–255, y int64, class_names, (H, W))`` from a folder or arrays."""
-    from toolkit.datasets.fog import FolderDataset, _size, load_folder_dataset
+    from toolkit.datasets.folder import FolderDataset, load_folder_dataset, parse_size
 
     if isinstance(data, (str, os.PathLike)):
         root = Path(data)
@@ -326,10 +326,10 @@ def _load_data(data, size):
             f"Labels must be in [0, {len(class_names)}) for classes {class_names}. "
             f"Got range [{y.min()}, {y.max()}]."
         )
-    if size is not None and tuple(x.shape[1:3]) != _size(size):
+    if size is not None and tuple(x.shape[1:3]) != parse_size(size):
         import cv2
 
-        h, w = _size(size)
+        h, w = parse_size(size)
         x = np.stack([cv2.resize(np.asarray(img), (w, h), interpolation=cv2.INTER_AREA) for img in x])
     return x.astype(np.float32), y, class_names, tuple(int(v) for v in x.shape[1:3])
 
@@ -420,7 +420,7 @@ def train(
 
     Args:
         data: a folder-per-class directory (read with
-            :func:`toolkit.datasets.fog.load_folder_dataset`), a ``FolderDataset``, or a tuple
+            :func:`toolkit.datasets.folder.load_folder_dataset`), a ``FolderDataset``, or a tuple
             ``(x, y, class_names)`` with x ``(N, H, W, 3)`` RGB 0–255.
         out_dir: output directory.
         epochs: training epochs per model.
