@@ -26,6 +26,8 @@ import glob as _glob
 import os
 import queue
 import re
+import stat
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -227,14 +229,29 @@ class _CaptureReader:
             self.cap = None
 
 
-class _ImageListReader:
-    """Images of a folder (sorted by name) or a glob (sorted), read with :func:`read_image`."""
+def _regular(path: str) -> bool:
+    """True for a regular file (or a link to one): FIFOs, devices and sockets are not images,
+    and opening a FIFO blocks until someone writes to it."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
-    def __init__(self, spec: SourceSpec) -> None:
+
+class _ImageListReader:
+    """Images of a folder (sorted by name) or a glob (sorted), read with :func:`read_image`.
+
+    Only regular files are read: a FIFO, device or socket named like an image is skipped with a
+    warning (``notify``), at listing time and again just before reading.
+    """
+
+    def __init__(self, spec: SourceSpec, notify: Callable[[str], None]) -> None:
         self.spec = spec
         self.files: List[str] = []
         self.pos = 0
         self.fps = 0.0
+        self._notify = notify
+        self._warned = False
 
     def open(self) -> None:
         if self.spec.kind == "folder":
@@ -243,12 +260,18 @@ class _ImageListReader:
                 raise SourceError(
                     f"Image folder '{folder}' does not exist (any more). Check the --source path."
                 )
-            files = sorted(
-                str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
-            )
+            named = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         else:
-            files = sorted(
-                p for p in _glob.glob(str(self.spec.target)) if p.lower().endswith(IMAGE_EXTENSIONS)
+            named = sorted(p for p in _glob.glob(str(self.spec.target)) if p.lower().endswith(IMAGE_EXTENSIONS))
+        files = [p for p in named if _regular(p)]
+        kept = set(files)
+        skipped = [p for p in named if p not in kept]
+        if skipped and not self._warned:  # once, not again at every --loop pass
+            self._warned = True
+            shown = ", ".join(os.path.basename(p) for p in skipped[:5]) + (" …" if len(skipped) > 5 else "")
+            self._notify(
+                f"--source {self.spec.target!r}: skipping {len(skipped)} entries that are not regular files "
+                f"(FIFOs, devices, sockets or folders named like images): {shown}"
             )
         if not files:
             raise SourceError(
@@ -264,8 +287,11 @@ class _ImageListReader:
         self.pos += 1
         if self.spec.kind == "folder" and not Path(self.spec.target).is_dir():
             raise _ReadFailure  # the whole folder went away (unmounted card, deleted)
-        if not os.path.exists(name):
-            return None, name  # one file vanished: counted as corrupt, the run goes on
+        if not _regular(name):
+            # Vanished, or replaced by a FIFO/device since the listing: counted as corrupt.
+            if os.path.exists(name):
+                self._notify(f"--source: skipping '{name}': not a regular file (a FIFO or device?).")
+            return None, name
         return read_image(name), name
 
     def rewind(self) -> None:
@@ -273,6 +299,10 @@ class _ImageListReader:
 
     def close(self) -> None:
         pass
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _default_capture(spec: SourceSpec, open_timeout_ms: int):
@@ -335,6 +365,7 @@ class FrameSource:
         failures_before_reconnect: consecutive failed reads that count as "gone".
         capture_factory: ``f(spec, open_timeout_ms) -> capture`` (tests inject fakes).
         queue_size: buffer length of ordered sources.
+        notify: receives warnings, such as skipped non-regular files (default: stderr).
     """
 
     def __init__(
@@ -350,6 +381,7 @@ class FrameSource:
         capture_factory: Optional[Callable] = None,
         open_timeout_ms: int = 10000,
         queue_size: int = 4,
+        notify: Optional[Callable[[str], None]] = None,
     ) -> None:
         if reconnect_attempts < 0 or backoff[0] <= 0 or backoff[1] < backoff[0]:
             raise InputError(
@@ -364,7 +396,7 @@ class FrameSource:
         self._backoff = backoff
         self._fail_limit = max(1, failures_before_reconnect)
         if spec.kind in ("folder", "glob"):
-            self._reader = _ImageListReader(spec)
+            self._reader = _ImageListReader(spec, notify or _warn)
         else:
             self._reader = _CaptureReader(spec, capture_factory or _default_capture, open_timeout_ms)
         self._reader.open()  # fail now, loudly, if the source is not there at all
