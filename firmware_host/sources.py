@@ -26,8 +26,6 @@ import glob as _glob
 import os
 import queue
 import re
-import stat
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from typing import Callable, List, Optional, Tuple, Union
 import numpy as np
 
 from .errors import InputError, SourceError
+from .imageio import IMAGE_SUFFIXES, filter_images, list_images, read_image
 
 __all__ = [
     "Frame",
@@ -49,41 +48,8 @@ __all__ = [
     "read_image",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-def read_image(path: Union[str, os.PathLike], rgb: bool = False) -> Optional[np.ndarray]:
-    """Decode an image file as ``(H, W, 3)`` BGR (or RGB) uint8, or ``None`` if it cannot be decoded.
-
-    Never raises: a missing, unreadable, truncated or non-image file, and an image OpenCV
-    refuses (too many pixels, unsupported variant), all give ``None``, so a folder reader can
-    skip and count it. 16-bit and gray files are converted to 8-bit BGR by ``IMREAD_COLOR``.
-
-    Every edgecam reader of image files goes through here (run's folder source, calibration
-    folders, explain, the fog dataset's photos), so they all skip the same files.
-
-    Args:
-        path: the file.
-        rgb: return RGB (C-contiguous) instead of OpenCV's BGR.
-
-    Returns:
-        The image, or ``None``.
-    """
-    import cv2
-
-    try:
-        image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
-    except (cv2.error, OSError, ValueError, MemoryError):
-        return None
-    if (
-        not isinstance(image, np.ndarray)
-        or image.dtype != np.uint8
-        or image.ndim != 3
-        or image.shape[2] != 3
-        or image.size == 0
-    ):
-        return None
-    return np.ascontiguousarray(image[..., ::-1]) if rgb else image
+# Image files are listed and read by firmware_host.imageio; these names stay importable from here.
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 
 
 _STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
@@ -229,29 +195,14 @@ class _CaptureReader:
             self.cap = None
 
 
-def _regular(path: str) -> bool:
-    """True for a regular file (or a link to one): FIFOs, devices and sockets are not images,
-    and opening a FIFO blocks until someone writes to it."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return False
-
-
 class _ImageListReader:
-    """Images of a folder (sorted by name) or a glob (sorted), read with :func:`read_image`.
+    """Images of a folder (sorted by name) or a glob (sorted), read with :func:`read_image`."""
 
-    Only regular files are read: a FIFO, device or socket named like an image is skipped with a
-    warning (``notify``), at listing time and again just before reading.
-    """
-
-    def __init__(self, spec: SourceSpec, notify: Callable[[str], None]) -> None:
+    def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
         self.files: List[str] = []
         self.pos = 0
         self.fps = 0.0
-        self._notify = notify
-        self._warned = False
 
     def open(self) -> None:
         if self.spec.kind == "folder":
@@ -260,19 +211,9 @@ class _ImageListReader:
                 raise SourceError(
                     f"Image folder '{folder}' does not exist (any more). Check the --source path."
                 )
-            named = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            files = [str(p) for p in list_images(folder, recursive=False)]
         else:
-            named = sorted(p for p in _glob.glob(str(self.spec.target)) if p.lower().endswith(IMAGE_EXTENSIONS))
-        files = [p for p in named if _regular(p)]
-        kept = set(files)
-        skipped = [p for p in named if p not in kept]
-        if skipped and not self._warned:  # once, not again at every --loop pass
-            self._warned = True
-            shown = ", ".join(os.path.basename(p) for p in skipped[:5]) + (" …" if len(skipped) > 5 else "")
-            self._notify(
-                f"--source {self.spec.target!r}: skipping {len(skipped)} entries that are not regular files "
-                f"(FIFOs, devices, sockets or folders named like images): {shown}"
-            )
+            files = filter_images(sorted(_glob.glob(str(self.spec.target))))
         if not files:
             raise SourceError(
                 f"--source {self.spec.target!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}). "
@@ -287,11 +228,8 @@ class _ImageListReader:
         self.pos += 1
         if self.spec.kind == "folder" and not Path(self.spec.target).is_dir():
             raise _ReadFailure  # the whole folder went away (unmounted card, deleted)
-        if not _regular(name):
-            # Vanished, or replaced by a FIFO/device since the listing: counted as corrupt.
-            if os.path.exists(name):
-                self._notify(f"--source: skipping '{name}': not a regular file (a FIFO or device?).")
-            return None, name
+        if not os.path.exists(name):
+            return None, name  # one file vanished: counted as corrupt, the run goes on
         return read_image(name), name
 
     def rewind(self) -> None:
@@ -299,10 +237,6 @@ class _ImageListReader:
 
     def close(self) -> None:
         pass
-
-
-def _warn(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def _default_capture(spec: SourceSpec, open_timeout_ms: int):
@@ -365,7 +299,6 @@ class FrameSource:
         failures_before_reconnect: consecutive failed reads that count as "gone".
         capture_factory: ``f(spec, open_timeout_ms) -> capture`` (tests inject fakes).
         queue_size: buffer length of ordered sources.
-        notify: receives warnings, such as skipped non-regular files (default: stderr).
     """
 
     def __init__(
@@ -381,7 +314,6 @@ class FrameSource:
         capture_factory: Optional[Callable] = None,
         open_timeout_ms: int = 10000,
         queue_size: int = 4,
-        notify: Optional[Callable[[str], None]] = None,
     ) -> None:
         if reconnect_attempts < 0 or backoff[0] <= 0 or backoff[1] < backoff[0]:
             raise InputError(
@@ -396,7 +328,7 @@ class FrameSource:
         self._backoff = backoff
         self._fail_limit = max(1, failures_before_reconnect)
         if spec.kind in ("folder", "glob"):
-            self._reader = _ImageListReader(spec, notify or _warn)
+            self._reader = _ImageListReader(spec)
         else:
             self._reader = _CaptureReader(spec, capture_factory or _default_capture, open_timeout_ms)
         self._reader.open()  # fail now, loudly, if the source is not there at all

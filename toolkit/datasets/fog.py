@@ -29,7 +29,7 @@ import numpy as np
 
 from firmware_host._io import atomic_path, atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from firmware_host.errors import InputError, OutputError, SourceError
-from firmware_host.sources import read_image
+from firmware_host.imageio import IMAGE_SUFFIXES, list_images, read_image
 
 __all__ = [
     "CLASS_NAMES",
@@ -97,7 +97,6 @@ SKY_DEPTH_M = 10_000.0
 #: label is never decided by a few percent of β that no camera can resolve (see docs/fog.md).
 DEFAULT_MARGIN = 1.25
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 _VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 
 
@@ -810,10 +809,6 @@ def _fog_photo(rng, photo: np.ndarray, fog_class: str, h: int, w: int, margin: f
                      tuple(float(a) for a in airlight))
 
 
-def _list_images(directory: Path):
-    return sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
-
-
 # --------------------------------------------------------------------------------------------
 # Dataset on disk
 # --------------------------------------------------------------------------------------------
@@ -968,7 +963,7 @@ def _load_photos(directory: Path):
     if not directory.is_dir():
         raise SourceError(f"--images must be a folder of road photos. '{directory}' is not a directory.")
     photos, skipped = [], 0
-    for path in _list_images(directory):
+    for path in list_images(directory):
         img = read_image(path, rgb=True)
         if img is None:
             skipped += 1
@@ -977,7 +972,7 @@ def _load_photos(directory: Path):
     if not photos:
         raise SourceError(
             f"No readable image in '{directory}' ({skipped} unreadable). Put clear-weather road "
-            f"photos ({', '.join(_IMAGE_SUFFIXES)}) there."
+            f"photos ({', '.join(IMAGE_SUFFIXES)}) there."
         )
     if skipped:
         warnings.warn(f"Skipped {skipped} unreadable file(s) in '{directory}'.", stacklevel=3)
@@ -1045,7 +1040,7 @@ def load_folder_dataset(directory, size: Size = (64, 64), class_names: Optional[
         folder = root / name
         if not folder.is_dir():
             continue
-        for path in _list_images(folder):
+        for path in list_images(folder):
             img = read_image(path, rgb=True)
             if img is None:
                 skipped += 1
@@ -1056,7 +1051,7 @@ def load_folder_dataset(directory, size: Size = (64, 64), class_names: Optional[
     if not xs:
         raise SourceError(
             f"No readable image in '{root}' (class folders: {', '.join(class_names)}; {skipped} "
-            f"unreadable file(s)). Put images ({', '.join(_IMAGE_SUFFIXES)}) in '{root}/<class>/'."
+            f"unreadable file(s)). Put images ({', '.join(IMAGE_SUFFIXES)}) in '{root}/<class>/'."
         )
     if skipped:
         warnings.warn(f"Skipped {skipped} unreadable image file(s) under '{root}'.", stacklevel=2)

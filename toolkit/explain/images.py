@@ -25,7 +25,7 @@ import numpy as np
 from firmware_host import cam as _cam
 from firmware_host._io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from firmware_host.errors import InputError, OutputError
-from firmware_host.sources import read_image
+from firmware_host.imageio import IMAGE_SUFFIXES, list_images, read_image
 
 __all__ = ["ExplainedImage", "ExplainRun", "explain_images", "collect_images"]
 
@@ -70,15 +70,15 @@ def collect_images(inputs: Sequence[Union[str, Path]]) -> List[Path]:
     Raises:
         InputError: a path does not exist, or nothing image-like was found.
     """
-    from converters.export import IMAGE_SUFFIXES
-
     files: List[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files += list_images(path, recursive=True)
         elif path.is_file():
             files.append(path)
+        elif path.exists():  # a FIFO, socket or device: opening it could block for ever
+            log.warning("Skipped '%s': not a regular file (FIFO, socket or device).", path)
         else:
             raise InputError(f"Image path '{path}' does not exist. Pass image files or folders.")
     unique = list(dict.fromkeys(p.resolve() for p in files))
