@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from firmware_host import cam as _cam
+from firmware_host import imageio
 from firmware_host._io import atomic_write_bytes, ensure_writable_dir
 from firmware_host._version import __version__
 from firmware_host.compare import pearson
@@ -66,7 +67,7 @@ THRESHOLDS = {
 ALL_CLASSES_LIMIT = 32
 # Ops under this name scope stay float32 in int8 models (see _quantize_int8).
 FLOAT_SCOPE = "edgecam_float_head"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_SUFFIXES = imageio.IMAGE_SUFFIXES  # one list, firmware_host/imageio.py
 
 
 @dataclass(frozen=True)
@@ -176,13 +177,14 @@ def load_images(directory: Union[str, Path], limit: Optional[int] = None) -> Tup
     Raises:
         InputError: the folder is missing or holds no readable image.
     """
-    from firmware_host.sources import read_image
+    from firmware_host.imageio import read_image, scan_images
 
     root = Path(directory)
     if not root.is_dir():
         raise InputError(f"Image folder '{root}' does not exist or is not a directory.")
-    every = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    files = [p for p in every if p.suffix.lower() in IMAGE_SUFFIXES]
+    listing = scan_images(root, recursive=True)
+    files = listing.images
+    every = files + listing.others + listing.special
     images, skipped = [], len(every) - len(files)  # files that are not images count as skipped
     for file in files:
         if limit is not None and len(images) >= limit:
@@ -576,6 +578,11 @@ def convert(
         ModelFileError, LayerError, UnsupportedHeadError, ConversionError, InputError,
         MissingDependencyError (ONNX without ``edgecam[onnx]``/tf2onnx).
     """
+    if isinstance(model, (str, Path)) and str(model).lower().endswith(".onnx"):  # no TensorFlow needed
+        options = {k: v for k, v in locals().items() if k not in ("model", "output")}
+        from .onnx_in import convert_onnx
+
+        return convert_onnx(model, output, **options)
     tf, keras = require_host()
 
     output = Path(output)

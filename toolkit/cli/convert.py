@@ -18,7 +18,8 @@ from ._common import cli_errors, quiet_tensorflow
 @click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]), default="none", show_default=True)
 @click.option("--calibration", type=click.Path(exists=True, file_okay=False), help="Folder of representative images (needed for int8).")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line.")
-@click.option("--target-layer", help="Explanation layer; 'outer/inner' inside nested models.")
+@click.option("--target-layer", "--target-tensor", "target_layer",
+              help="Explanation layer ('outer/inner' inside nested models); for .onnx input, the tensor name.")
 @click.option("--color", type=click.Choice(["rgb", "bgr", "gray"]), help="Channel order the model expects.")
 @click.option("--input-scale", type=float, multiple=True, help="x = pixel*scale + offset (1 or 3 values).")
 @click.option("--input-offset", type=float, multiple=True, help="See --input-scale.")
@@ -35,7 +36,7 @@ from ._common import cli_errors, quiet_tensorflow
 @click.option("--emit-baseline", is_flag=True, help="Also write OUT.plain.tflite (.plain.onnx) without the explanation head.")
 def convert(model, output, fmt, quantize, calibration, labels, target_layer, color, input_scale, input_offset,
             mean, std, input_size, cam_output, cam_method, approximate, unsafe, no_self_check, emit_baseline):
-    """Export MODEL (.keras, .h5 or SavedModel dir) to a LiteRT .tflite and/or ONNX .onnx that explains itself."""
+    """Export MODEL (.keras, .h5, SavedModel dir, or .onnx from PyTorch) to a .tflite and/or .onnx that explains itself."""
     quiet_tensorflow()
     logging.basicConfig(level=logging.WARNING, format="edgecam: %(levelname)s: %(message)s")
     with cli_errors():
