@@ -356,28 +356,29 @@ def test_approximate_for_an_unknown_head_operator(tmp_path):
     assert result.self_check.top1_agreement == 1.0 and result.self_check.pearson_median > 0.5
 
 
-def test_finite_difference_gradients_match_the_exact_ones(tmp_path):
-    """The approximate path's differentiation, checked on heads whose gradient is known."""
-    from converters.onnx_in.analysis import analyze
-    from converters.onnx_in.approximate import HeadGradients
+def _head_values(name):
+    """The fixture's model, tables, head and feature maps of its images (original graph)."""
     from converters.onnx_in.check import ReferenceRun
     from converters.onnx_in.graph import Tables, find_head, image_input
 
+    path, ref = _fixture(name)
+    model = onnx.load(str(path))
+    tables = Tables(model)
+    head = find_head(model, tables)
+    x = ((ref["images"] / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).astype(np.float32)
+    return model, tables, head, ReferenceRun(model, head, image_input(model)).run(x)[head.target], ref
+
+
+def test_finite_difference_gradients_match_the_exact_ones():
+    """The approximate path's differentiation, checked on heads whose gradient is known."""
+    from converters.onnx_in.analysis import analyze
+    from converters.onnx_in.approximate import HeadGradients
+
     # Linear head: the finite differences equal the folded Grad-CAM weights.
-    path, ref = _fixture("gap_linear")
-    model = onnx.load(str(path))
-    tables = Tables(model)
-    head = find_head(model, tables)
-    x = ((ref["images"] / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).astype(np.float32)
-    fmaps = ReferenceRun(model, head, image_input(model)).run(x)[head.target]
-    grads = HeadGradients(model, head)
-    np.testing.assert_allclose(grads.alpha(fmaps[0]), analyze(head, tables).alpha, rtol=2e-3, atol=1e-6)
+    model, tables, head, fmaps, _ = _head_values("gap_linear")
+    np.testing.assert_allclose(HeadGradients(model, head).alpha(fmaps[0]), analyze(head, tables).alpha,
+                               rtol=2e-3, atol=1e-6)
     # ReLU MLP head: per-image maps agree with pytorch-grad-cam.
-    path, ref = _fixture("mlp")
-    model = onnx.load(str(path))
-    tables = Tables(model)
-    head = find_head(model, tables)
-    x = ((ref["images"] / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).astype(np.float32)
-    fmaps = ReferenceRun(model, head, image_input(model)).run(x)[head.target]
+    model, _, head, fmaps, ref = _head_values("mlp")
     maps = HeadGradients(model, head).reference(fmaps, ref["classes"])
     assert min(pearson(m, c) for m, c in zip(maps, ref["cam"])) >= 0.99
