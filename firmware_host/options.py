@@ -288,13 +288,21 @@ class RunOptions:
             object.__setattr__(self, option.name, option.convert(getattr(self, option.name)))
 
     @classmethod
-    def build(cls, options: Optional["RunOptions"] = None, overrides: Optional[Mapping[str, Any]] = None) -> "RunOptions":
+    def build(cls, options: Union["RunOptions", Mapping[str, Any], None] = None,
+              overrides: Optional[Mapping[str, Any]] = None) -> "RunOptions":
         """``options`` (or the defaults) with ``overrides`` applied, all checked.
+
+        Args:
+            options: a :class:`RunOptions`, a mapping of field names (e.g. a run.toml table
+                without ``model``/``source``), or None for the defaults.
+            overrides: field names → values applied over ``options``.
 
         Raises:
             TypeError: an override names no option.
             InputError: a value is out of range.
         """
+        if isinstance(options, Mapping):
+            options, overrides = None, {**options, **(overrides or {})}
         unknown = sorted(set(overrides or {}) - set(spec_by_name()))
         if unknown:
             raise TypeError(f"Unknown run option(s) {', '.join(unknown)}. Options: {', '.join(spec_by_name())}.")
