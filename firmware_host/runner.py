@@ -271,7 +271,7 @@ def _open_sinks(stack: contextlib.ExitStack, sinks: Iterable[Sink], context: Run
         where = sink.open(context)
         opened.append(sink)
         if where is not None:
-            outputs[sink.name] = where
+            outputs[getattr(sink, "name", type(sink).__name__)] = where
     return opened, outputs
 
 
