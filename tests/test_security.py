@@ -362,3 +362,210 @@ def test_self_link_bundle_gives_one_error_line(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("Error:") == 1
     assert "is the top-level member but not a directory" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- preview server (issue 13, item 5)
+import select
+import socket
+import threading
+import time
+
+
+def _read_all(sock: socket.socket, limit: float = 5.0) -> bytes:
+    """Everything the server sends until it closes (at most ``limit`` seconds)."""
+    sock.settimeout(limit)
+    chunks = []
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return b"".join(chunks)
+
+
+def _feeder(server, shape=(48, 64), noise=False):
+    import numpy as np
+
+    stop = threading.Event()
+    rng = np.random.default_rng(0)
+
+    def feed():
+        i = 0
+        while not stop.is_set():
+            frame = rng.integers(0, 256, (*shape, 3), dtype=np.uint8) if noise else np.full((*shape, 3), i % 256, np.uint8)
+            server.publish(frame)
+            i += 1
+            stop.wait(0.02)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    return stop, thread
+
+
+def _get(port: int, path: str = "/", host: str = None, timeout: float = 5.0):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.putrequest("GET", path, skip_host=host is not None)
+    if host is not None:
+        conn.putheader("Host", host)
+    conn.endheaders()
+    response = conn.getresponse()
+    body = response.read() if path != "/stream.mjpg" or response.status != 200 else b""
+    conn.close()
+    return response.status, body
+
+
+def test_preview_caps_connections_and_closes_idle_ones():
+    """40 idle sockets against a cap of 8: 32 are answered 503 at once, the server never holds more
+    than 8 connection threads, the 8 it holds are closed after the timeout (3 s), and it serves again."""
+    from firmware_host.preview import PreviewServer
+
+    before = threading.active_count()
+    with PreviewServer(port=0, max_connections=8, timeout=3.0) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(40)]
+        try:
+            busy, held = 0, []
+            # Answers come from the accepting thread: read what each socket got within 3 s.
+            deadline = time.monotonic() + 3.0
+            pending = list(idle)
+            while pending and time.monotonic() < deadline and busy < 32:
+                readable, _, _ = select.select(pending, [], [], 0.2)
+                for sock in readable:
+                    if _read_all(sock, 1.0).startswith(b"HTTP/1.0 503"):
+                        busy += 1
+                    pending.remove(sock)
+                assert threading.active_count() - before <= 8 + 2  # + the server's own thread
+            assert busy == 32
+            held = [s for s in idle if s in pending]
+            assert len(held) == 8
+            # The held ones sent nothing: closed by the server after its request timeout.
+            closed = [_read_all(sock, 10.0) for sock in held]
+            assert closed == [b""] * 8
+        finally:
+            for sock in idle:
+                sock.close()
+        stop, feeder = _feeder(server)
+        try:
+            assert _get(server.port, "/latest.jpg")[0] == 200
+        finally:
+            stop.set()
+            feeder.join()
+
+
+def test_preview_slow_loris_and_oversized_requests_are_cut_off():
+    from firmware_host.preview import MAX_REQUEST_BYTES, PreviewServer
+
+    with PreviewServer(port=0, timeout=1.0) as server:
+        # One header byte every 0.1 s would take 20 s; the whole request must arrive within 1 s.
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        closed_after = None
+        for i, byte in enumerate(b"X-Slow: " + b"a" * 192):
+            try:
+                sock.send(bytes([byte]))
+            except OSError:
+                closed_after = i
+                break
+            readable, _, _ = select.select([sock], [], [], 0.1)
+            if readable and sock.recv(4096) == b"":
+                closed_after = i
+                break
+        sock.close()
+        assert closed_after is not None and closed_after < 200
+
+        # Headers over the size limit: closed without an answer, nothing buffered without bound.
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        try:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Big: " + b"b" * 1000 + b"\r\n")
+            for _ in range(MAX_REQUEST_BYTES // 1000 + 2):
+                sock.sendall(b"X-Big: " + b"b" * 1000 + b"\r\n")
+        except OSError:
+            pass
+        assert b"200 OK" not in _read_all(sock, 5.0)
+        sock.close()
+        assert _get(server.port, "/")[0] == 200
+
+
+def test_preview_viewer_that_stops_reading_loses_its_slot():
+    """A stream client that never reads (a tiny receive buffer): the server's write times out, the
+    only viewer slot is freed and a new viewer is served instead of getting 503."""
+    from firmware_host.preview import PreviewServer
+
+    with PreviewServer(port=0, max_clients=1, timeout=1.0) as server:
+        stop, feeder = _feeder(server, shape=(240, 320), noise=True)
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect(("127.0.0.1", server.port))
+        try:
+            stuck.sendall(b"GET /stream.mjpg HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            statuses = []
+            for _ in range(40):  # at most ~20 s
+                status, _ = _get(server.port, "/stream.mjpg")
+                statuses.append(status)
+                if status == 200:
+                    break
+                time.sleep(0.5)
+            assert statuses[0] == 503 and statuses[-1] == 200, statuses
+        finally:
+            stuck.close()
+            stop.set()
+            feeder.join()
+
+
+FOREIGN_HOSTS = st.from_regex(r"\A[a-z][a-z0-9-]{0,12}(\.[a-z][a-z0-9-]{0,8}){1,3}(:[0-9]{1,5})?\Z").filter(
+    lambda h: "localhost" not in h.split(":")[0] and h.split(":")[0].split(".")[-1] != "local")
+
+
+@pytest.fixture(scope="module")
+def fed_preview():
+    from firmware_host.preview import PreviewServer
+
+    server = PreviewServer(port=0, allowed_hosts=("camera.fleet.example", ".cams.example"))
+    stop, feeder = _feeder(server)
+    yield server
+    stop.set()
+    feeder.join()
+    server.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(host=FOREIGN_HOSTS, path=st.sampled_from(["/", "/latest.jpg", "/stream.mjpg"]))
+def test_preview_refuses_foreign_host_headers(fed_preview, host, path):
+    """DNS rebinding: a page on attacker.example whose name now resolves to the device (or to a
+    local ssh -L tunnel) sends Host: attacker.example. It gets 421 and no picture."""
+    if host.split(":")[0] in ("camera.fleet.example",) or host.split(":")[0].endswith(".cams.example"):
+        return
+    status, body = _get(fed_preview.port, path, host=host)
+    assert status == 421 and b"\xff\xd8" not in body
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:9999", "localhost", "LOCALHOST:8080", "localhost.",
+                                  "cam.localhost:1", "127.8.9.10", "[::1]:8080", "camera.fleet.example",
+                                  "Camera.Fleet.Example:443", "a.cams.example", "cams.example"])
+def test_preview_serves_loopback_bound_and_allowed_names(fed_preview, host):
+    assert _get(fed_preview.port, "/latest.jpg", host=host)[0] == 200
+
+
+def test_preview_host_rules_when_bound_to_all_interfaces(monkeypatch):
+    from firmware_host.preview import host_allowed
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "raspberrypi")
+    for host in ("192.168.1.20:8080", "10.0.0.7", "[fe80::1]:8080", "raspberrypi", "raspberrypi.local:8080"):
+        assert host_allowed(host, "0.0.0.0"), host
+    for host in ("attacker.example", "raspberrypi.attacker.example", "", ":8080", "evil.local"):
+        assert not host_allowed(host, "0.0.0.0"), host
+    # Bound to one LAN address: that address, loopback and the machine's name; no other address.
+    assert host_allowed("192.168.1.20", "192.168.1.20") and not host_allowed("192.168.1.21", "192.168.1.20")
+    assert not host_allowed("raspberrypi.local", "127.0.0.1")  # a loopback server has no LAN name
+    monkeypatch.setenv("EDGECAM_PREVIEW_ALLOWED_HOSTS", "cam7.fleet.example, .depot.example")
+    from firmware_host.preview import PreviewServer
+
+    with PreviewServer(port=0) as server:
+        assert server.allowed_hosts == {"cam7.fleet.example", ".depot.example"}
+        assert _get(server.port, "/", host="cam7.fleet.example")[0] == 200
+        assert _get(server.port, "/", host="cam8.fleet.example")[0] == 421
+        assert _get(server.port, "/", host="bus.depot.example")[0] == 200
