@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
+from firmware_host import imageio
 from firmware_host._io import atomic_write_bytes, ensure_writable_dir
 from firmware_host._version import __version__
 from firmware_host.errors import ConversionError, FidelityError, InputError, UnsupportedHeadError
@@ -67,7 +68,7 @@ QUANTIZATIONS = LITERT_PLANS + ("auto",)
 # Self-check bounds per plan (docs/convert.md, "The gate"): below them nothing is written.
 THRESHOLDS = {name: {"pearson": t.pearson_median, "p05": t.pearson_p05, "top1": t.top1} for name, t in GATES.items()}
 ALL_CLASSES_LIMIT = 32
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_SUFFIXES = imageio.IMAGE_SUFFIXES  # one list, firmware_host/imageio.py
 
 
 @dataclass(frozen=True)
@@ -198,13 +199,14 @@ def load_images(directory: Union[str, Path], limit: Optional[int] = None) -> Tup
     Raises:
         InputError: the folder is missing or holds no readable image.
     """
-    from firmware_host.sources import read_image
+    from firmware_host.imageio import read_image, scan_images
 
     root = Path(directory)
     if not root.is_dir():
         raise InputError(f"Image folder '{root}' does not exist or is not a directory.")
-    every = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    files = [p for p in every if p.suffix.lower() in IMAGE_SUFFIXES]
+    listing = scan_images(root, recursive=True)
+    files = listing.images
+    every = files + listing.others + listing.special
     images, skipped = [], len(every) - len(files)  # files that are not images count as skipped
     for file in files:
         if limit is not None and len(images) >= limit:
@@ -988,6 +990,10 @@ def convert(model, output: Union[str, Path], **options: Any) -> ConversionResult
         FidelityError: the model misses its bounds (nothing written); ModelFileError, LayerError,
         UnsupportedHeadError, ConversionError, InputError, MissingDependencyError.
     """
+    if isinstance(model, (str, Path)) and str(model).lower().endswith(".onnx"):  # no TensorFlow needed
+        from .onnx_in import convert_onnx
+
+        return convert_onnx(model, output, **options)
     require_host()
     unknown = set(options) - set(ConvertOptions.__dataclass_fields__)
     if unknown:

@@ -21,13 +21,13 @@ Anything else raises :class:`UnsupportedHeadError` explaining which layer and wh
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from firmware_host.errors import UnsupportedHeadError
 
-__all__ = ["Step", "HeadAnalysis", "analyze_head", "ELEMENTWISE"]
+__all__ = ["Step", "HeadAnalysis", "HeadLayer", "HEAD_LAYERS", "analyze_head", "supported_layers", "head_layers_markdown", "ELEMENTWISE"]
 
 IDENTITY_LAYERS = {
     "Dropout",
@@ -122,96 +122,72 @@ def _act_name(fn) -> str:
     return {"swish": "silu", "hard_swish": "hard_silu"}.get(str(name), str(name))
 
 
-def _to_steps(chain: Sequence[object], strip_last: bool) -> List[Step]:
-    """Translate Keras layers into steps; raise for layers the analyser does not know."""
-    steps: List[Step] = []
-    for i, layer in enumerate(chain):
-        cls = type(layer).__name__
-        last = i == len(chain) - 1
-        name = layer.name
-        if cls in IDENTITY_LAYERS:
-            steps.append(Step("identity", name))
-        elif cls in ("Activation", "Softmax"):
-            act = "softmax" if cls == "Softmax" else _act_name(layer.activation)
-            if last and strip_last:
-                continue  # the final softmax/sigmoid, split off
-            steps.append(Step("act", name, activation=act))
-        elif cls in ("ReLU", "LeakyReLU", "ELU"):
-            if cls == "ReLU":
-                max_value = layer.max_value
-                params = (
-                    ("max_value", float("inf") if max_value is None else float(max_value)),
-                    ("negative_slope", float(layer.negative_slope)),
-                    ("threshold", float(layer.threshold)),
-                )
-                steps.append(Step("act", name, activation="relu_general", params=params))
-            elif cls == "LeakyReLU":
-                slope = getattr(layer, "negative_slope", getattr(layer, "alpha", 0.3))
-                steps.append(Step("act", name, activation="leaky_relu", params=(("negative_slope", float(slope)),)))
-            else:
-                steps.append(Step("act", name, activation="elu", params=(("alpha", float(layer.alpha)),)))
-        elif cls == "BatchNormalization":
-            axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
-            rank = len(layer.input.shape)
-            if axis not in (-1, rank - 1):
-                raise UnsupportedHeadError(
-                    f"Layer {name!r} normalises axis {axis}; edgecam folds only channels-last "
-                    "BatchNormalization."
-                )
-            gamma = _np(layer.gamma) if layer.scale else 1.0
-            beta = _np(layer.beta) if layer.center else 0.0
-            mean, var = _np(layer.moving_mean), _np(layer.moving_variance)
-            scale = gamma / np.sqrt(var + layer.epsilon)
-            bias = beta - mean * scale
-            steps.append(Step("affine", name, scale=np.broadcast_to(scale, mean.shape).copy(), bias=np.broadcast_to(bias, mean.shape).copy()))
-        elif cls == "Rescaling":
-            channels = int(layer.input.shape[-1])
-            scale = np.broadcast_to(np.asarray(layer.scale, np.float64), (channels,)).copy()
-            bias = np.broadcast_to(np.asarray(layer.offset, np.float64), (channels,)).copy()
-            steps.append(Step("affine", name, scale=scale, bias=bias))
-        elif cls == "Normalization":
-            steps.append(_normalization_step(layer))
-        elif cls == "LayerNormalization":
-            steps.append(_layernorm_step(layer))
-        elif cls == "Dense":
-            act = _act_name(layer.activation)
-            if last and strip_last:
-                act = "linear"
-            bias = _np(layer.bias) if layer.use_bias else np.zeros(int(layer.units))
-            steps.append(Step("dense", name, kernel=_np(layer.kernel), bias=bias, activation=act))
-        elif cls == "Conv2D" and tuple(layer.kernel_size) == (1, 1) and tuple(layer.strides) == (1, 1) and getattr(layer, "groups", 1) == 1:
-            act = _act_name(layer.activation)
-            if last and strip_last:
-                act = "linear"
-            kernel = _np(layer.kernel)[0, 0]
-            bias = _np(layer.bias) if layer.use_bias else np.zeros(kernel.shape[1])
-            steps.append(Step("dense", name, kernel=kernel, bias=bias, activation=act))
-        elif cls == "GlobalAveragePooling2D":
-            steps.append(Step("gap", name, keepdims=bool(getattr(layer, "keepdims", False))))
-        elif cls == "GlobalMaxPooling2D":
-            steps.append(Step("gmp", name, keepdims=bool(getattr(layer, "keepdims", False))))
-        elif cls == "Flatten":
-            steps.append(Step("flatten", name))
-        elif cls == "Reshape":
-            steps.append(Step("reshape", name, shape=tuple(int(v) for v in layer.target_shape)))
-        else:
-            raise UnsupportedHeadError(
-                f"Layer {name!r} ({cls}) in the head is not one edgecam can turn into an exact "
-                "CAM head (supported: Dense, 1×1 Conv2D, BatchNormalization, Normalization, LayerNormalization, Rescaling, Dropout, "
-                "activations, ReLU/LeakyReLU/ELU, GlobalAverage/MaxPooling2D, Flatten, Reshape)."
-            )
-    for step in steps:
-        acts = [step.activation] if step.kind in ("dense", "act") else []
-        for act in acts:
-            if act not in ELEMENTWISE and act != "relu_general":
-                raise UnsupportedHeadError(
-                    f"Layer {step.name!r} uses activation {act!r}, whose derivative edgecam "
-                    f"cannot write with builtin ops (supported: {', '.join(ELEMENTWISE)})."
-                )
-    return steps
+# -- one builder per layer type ----------------------------------------------------------------
+# Each takes (layer, strip) — strip: this is the head's last layer and its softmax/sigmoid is
+# split off — and returns the layer's Step, or None for a layer that vanishes.
+def _unsupported(layer) -> UnsupportedHeadError:
+    return UnsupportedHeadError(
+        f"Layer {layer.name!r} ({type(layer).__name__}) in the head is not one edgecam can turn into "
+        f"an exact CAM head (supported: {supported_layers()})."
+    )
 
 
-def _normalization_step(layer) -> Step:
+def _identity(layer, strip: bool) -> Step:
+    return Step("identity", layer.name)
+
+
+def _activation(layer, strip: bool) -> Optional[Step]:
+    if strip:
+        return None  # the final softmax/sigmoid, split off
+    act = "softmax" if type(layer).__name__ == "Softmax" else _act_name(layer.activation)
+    return Step("act", layer.name, activation=act)
+
+
+def _relu(layer, strip: bool) -> Step:
+    max_value = layer.max_value
+    params = (
+        ("max_value", float("inf") if max_value is None else float(max_value)),
+        ("negative_slope", float(layer.negative_slope)),
+        ("threshold", float(layer.threshold)),
+    )
+    return Step("act", layer.name, activation="relu_general", params=params)
+
+
+def _leaky_relu(layer, strip: bool) -> Step:
+    slope = getattr(layer, "negative_slope", getattr(layer, "alpha", 0.3))
+    return Step("act", layer.name, activation="leaky_relu", params=(("negative_slope", float(slope)),))
+
+
+def _elu(layer, strip: bool) -> Step:
+    return Step("act", layer.name, activation="elu", params=(("alpha", float(layer.alpha)),))
+
+
+def _batch_normalization(layer, strip: bool) -> Step:
+    """Inference BatchNormalization is affine per channel: ``γ(x − μ)/√(σ² + ε) + β``."""
+    axis = layer.axis if isinstance(layer.axis, int) else layer.axis[0]
+    rank = len(layer.input.shape)
+    if axis not in (-1, rank - 1):
+        raise UnsupportedHeadError(
+            f"Layer {layer.name!r} normalises axis {axis}; edgecam folds only channels-last "
+            "BatchNormalization."
+        )
+    gamma = _np(layer.gamma) if layer.scale else 1.0
+    beta = _np(layer.beta) if layer.center else 0.0
+    mean, var = _np(layer.moving_mean), _np(layer.moving_variance)
+    scale = gamma / np.sqrt(var + layer.epsilon)
+    bias = beta - mean * scale
+    return Step("affine", layer.name, scale=np.broadcast_to(scale, mean.shape).copy(),
+                bias=np.broadcast_to(bias, mean.shape).copy())
+
+
+def _rescaling(layer, strip: bool) -> Step:
+    channels = int(layer.input.shape[-1])
+    scale = np.broadcast_to(np.asarray(layer.scale, np.float64), (channels,)).copy()
+    bias = np.broadcast_to(np.asarray(layer.offset, np.float64), (channels,)).copy()
+    return Step("affine", layer.name, scale=scale, bias=bias)
+
+
+def _normalization(layer, strip: bool) -> Step:
     """keras.layers.Normalization is affine per channel: ``(x - mean) / max(√var, ε)``."""
     from keras import backend
 
@@ -230,7 +206,7 @@ def _normalization_step(layer) -> Step:
     return Step("affine", layer.name, scale=1.0 / std, bias=-mean / std)
 
 
-def _layernorm_step(layer) -> Step:
+def _layer_normalization(layer, strip: bool) -> Step:
     """LayerNormalization over the channel axis (ConvNeXt's head: GAP → LayerNorm → Dense).
 
     Not affine (it divides by the vector's own spread), so it needs the gradient mode; its
@@ -248,6 +224,111 @@ def _layernorm_step(layer) -> Step:
     gamma = _np(layer.gamma) if layer.scale else np.ones(channels)
     beta = _np(layer.beta) if layer.center else np.zeros(channels)
     return Step("layernorm", layer.name, scale=gamma, bias=beta, params=(("epsilon", float(layer.epsilon)),))
+
+
+def _dense(layer, strip: bool) -> Step:
+    act = "linear" if strip else _act_name(layer.activation)
+    bias = _np(layer.bias) if layer.use_bias else np.zeros(int(layer.units))
+    return Step("dense", layer.name, kernel=_np(layer.kernel), bias=bias, activation=act)
+
+
+def _conv_1x1(layer, strip: bool) -> Step:
+    """A 1×1, stride-1, ungrouped Conv2D is a Dense applied at every position."""
+    if tuple(layer.kernel_size) != (1, 1) or tuple(layer.strides) != (1, 1) or getattr(layer, "groups", 1) != 1:
+        raise _unsupported(layer)
+    act = "linear" if strip else _act_name(layer.activation)
+    kernel = _np(layer.kernel)[0, 0]
+    bias = _np(layer.bias) if layer.use_bias else np.zeros(kernel.shape[1])
+    return Step("dense", layer.name, kernel=kernel, bias=bias, activation=act)
+
+
+def _global_pooling(kind: str):
+    def build(layer, strip: bool) -> Step:
+        return Step(kind, layer.name, keepdims=bool(getattr(layer, "keepdims", False)))
+
+    return build
+
+
+def _flatten(layer, strip: bool) -> Step:
+    return Step("flatten", layer.name)
+
+
+def _reshape(layer, strip: bool) -> Step:
+    return Step("reshape", layer.name, shape=tuple(int(v) for v in layer.target_shape))
+
+
+# -- the table ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HeadLayer:
+    """One row of :data:`HEAD_LAYERS`: Keras layer types and how they become a :class:`Step`.
+
+    Attributes:
+        types: Keras layer class names (``type(layer).__name__``).
+        label: the name the "supported" error message and the docs use.
+        step: the step kind it becomes.
+        note: conditions and remarks (docs/convert.md).
+        build: ``(layer, strip) -> Step | None``; may raise :class:`UnsupportedHeadError`.
+    """
+
+    types: Tuple[str, ...]
+    label: str
+    step: str
+    note: str
+    build: Callable[[Any, bool], Optional[Step]] = field(repr=False)
+
+
+#: Every layer type the head analyser knows. A new layer type is one row and one builder; the
+#: error message and docs/convert.md's "head layers" table are generated from it.
+HEAD_LAYERS: Tuple[HeadLayer, ...] = (
+    HeadLayer(("Dense",), "Dense", "dense", "activation from the list below; a fused final softmax/sigmoid is split off", _dense),
+    HeadLayer(("Conv2D",), "1×1 Conv2D", "dense", "kernel 1×1, strides 1, groups 1: a Dense at every position", _conv_1x1),
+    HeadLayer(("BatchNormalization",), "BatchNormalization", "affine", "channels-last (axis −1); folded with the moving statistics", _batch_normalization),
+    HeadLayer(("Normalization",), "Normalization", "affine", "per channel (axis −1); `invert=True` too", _normalization),
+    HeadLayer(("LayerNormalization",), "LayerNormalization", "layernorm", "channel axis, no `rms_scaling` (ConvNeXt's GAP → LayerNorm → Dense); gradient mode", _layer_normalization),
+    HeadLayer(("Rescaling",), "Rescaling", "affine", "scale and offset, one or per channel", _rescaling),
+    HeadLayer(tuple(sorted(IDENTITY_LAYERS)), "Dropout (and other identity layers)", "identity", "inactive at inference", _identity),
+    HeadLayer(("Activation", "Softmax"), "activations", "act", "element-wise, from the list below; a final softmax/sigmoid is split off", _activation),
+    HeadLayer(("ReLU",), "ReLU", "act", "`max_value`, `negative_slope`, `threshold`", _relu),
+    HeadLayer(("LeakyReLU",), "LeakyReLU", "act", "`negative_slope`", _leaky_relu),
+    HeadLayer(("ELU",), "ELU", "act", "`alpha`", _elu),
+    HeadLayer(("GlobalAveragePooling2D",), "GlobalAveragePooling2D", "gap", "`keepdims` too", _global_pooling("gap")),
+    HeadLayer(("GlobalMaxPooling2D",), "GlobalMaxPooling2D", "gmp", "`keepdims` too; gradient mode", _global_pooling("gmp")),
+    HeadLayer(("Flatten",), "Flatten", "flatten", "the flatten mode when only affine layers follow", _flatten),
+    HeadLayer(("Reshape",), "Reshape", "reshape", "of the pooled vector", _reshape),
+)
+_BUILDERS = {name: row for row in HEAD_LAYERS for name in row.types}
+
+
+def supported_layers() -> str:
+    """The supported head layers, as the error message lists them."""
+    return ", ".join(row.label for row in HEAD_LAYERS)
+
+
+def head_layers_markdown() -> str:
+    """docs/convert.md's head-layer table, generated from :data:`HEAD_LAYERS`."""
+    lines = ["| Keras layer | step | conditions |", "|---|---|---|"]
+    for row in HEAD_LAYERS:
+        lines.append(f"| {', '.join(f'`{t}`' for t in row.types)} | `{row.step}` | {row.note} |")
+    return "\n".join(lines) + "\n"
+
+
+def _to_steps(chain: Sequence[object], strip_last: bool) -> List[Step]:
+    """Translate Keras layers into steps through :data:`HEAD_LAYERS`; raise for unknown layers."""
+    steps: List[Step] = []
+    for i, layer in enumerate(chain):
+        row = _BUILDERS.get(type(layer).__name__)
+        if row is None:
+            raise _unsupported(layer)
+        step = row.build(layer, strip_last and i == len(chain) - 1)
+        if step is not None:
+            steps.append(step)
+    for step in steps:
+        if step.kind in ("dense", "act") and step.activation not in ELEMENTWISE + ("relu_general",):
+            raise UnsupportedHeadError(
+                f"Layer {step.name!r} uses activation {step.activation!r}, whose derivative edgecam "
+                f"cannot write with builtin ops (supported: {', '.join(ELEMENTWISE)})."
+            )
+    return steps
 
 
 def _linear_fold(steps: Sequence[Step], shape: Tuple[int, int, int]):

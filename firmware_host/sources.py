@@ -35,6 +35,7 @@ from typing import Callable, List, Optional, Tuple, Union
 import numpy as np
 
 from .errors import InputError, SourceError
+from .imageio import IMAGE_SUFFIXES, filter_images, list_images, read_image
 
 __all__ = [
     "Frame",
@@ -47,41 +48,8 @@ __all__ = [
     "read_image",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-def read_image(path: Union[str, os.PathLike], rgb: bool = False) -> Optional[np.ndarray]:
-    """Decode an image file as ``(H, W, 3)`` BGR (or RGB) uint8, or ``None`` if it cannot be decoded.
-
-    Never raises: a missing, unreadable, truncated or non-image file, and an image OpenCV
-    refuses (too many pixels, unsupported variant), all give ``None``, so a folder reader can
-    skip and count it. 16-bit and gray files are converted to 8-bit BGR by ``IMREAD_COLOR``.
-
-    Every edgecam reader of image files goes through here (run's folder source, calibration
-    folders, explain, the fog dataset's photos), so they all skip the same files.
-
-    Args:
-        path: the file.
-        rgb: return RGB (C-contiguous) instead of OpenCV's BGR.
-
-    Returns:
-        The image, or ``None``.
-    """
-    import cv2
-
-    try:
-        image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR)
-    except (cv2.error, OSError, ValueError, MemoryError):
-        return None
-    if (
-        not isinstance(image, np.ndarray)
-        or image.dtype != np.uint8
-        or image.ndim != 3
-        or image.shape[2] != 3
-        or image.size == 0
-    ):
-        return None
-    return np.ascontiguousarray(image[..., ::-1]) if rgb else image
+# Image files are listed and read by firmware_host.imageio; these names stay importable from here.
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 
 
 _STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
@@ -243,13 +211,9 @@ class _ImageListReader:
                 raise SourceError(
                     f"Image folder '{folder}' does not exist (any more). Check the --source path."
                 )
-            files = sorted(
-                str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
-            )
+            files = [str(p) for p in list_images(folder, recursive=False)]
         else:
-            files = sorted(
-                p for p in _glob.glob(str(self.spec.target)) if p.lower().endswith(IMAGE_EXTENSIONS)
-            )
+            files = filter_images(sorted(_glob.glob(str(self.spec.target))))
         if not files:
             raise SourceError(
                 f"--source {self.spec.target!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}). "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Tuple
 
@@ -79,3 +80,24 @@ def read_video(path: Path) -> List[np.ndarray]:
         frames.append(frame)
     cap.release()
     return frames
+
+
+@dataclass(frozen=True)
+class FakeExplanation:
+    """Just what the telemetry writer reads from an :class:`~firmware_host.Explanation`."""
+
+    probabilities: np.ndarray
+    class_index: int
+    predicted_index: int
+    label: str
+    cam: np.ndarray
+    latency_ms: float = 1.5
+
+    @property
+    def confidence(self):
+        return float(self.probabilities[self.class_index])
+
+    def peak(self):
+        from firmware_host import cam
+
+        return cam.peak(self.cam)

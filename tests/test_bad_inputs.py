@@ -434,3 +434,21 @@ def test_unwritable_output_directory_simulated(files, tmp_path, monkeypatch):
     assert_cli_error(run_cli("convert", files / "good.keras", "-o", locked / "m.tflite"),
                      r"Output directory '.*locked' is not writable")
     assert not started  # refused before any work
+
+
+def test_validate_lambda_refusal_names_an_option_validate_has(files, tiny_fog_model, tmp_path):
+    """The safe_mode refusal says "pass --unsafe": `edgecam validate` must have that option."""
+    import re
+
+    from toolkit.cli.validate import validate_cmd
+
+    result = run_cli("validate", files / "lambda.keras", tiny_fog_model, "--images", files / "mixed",
+                     "--out", tmp_path / "o", "--quiet", "--no-faithfulness")
+    assert_cli_error(result, r"contains a Lambda layer .* refuses to load in safe_mode.*--unsafe")
+    named = set(re.findall(r"(--[a-z][a-z-]+)", result.output))
+    offered = {opt for param in validate_cmd.params for opt in param.opts}
+    assert named and named <= offered, (named, offered)
+    # With the option, the model loads (and is then judged as a model, not refused as a file).
+    trusted = run_cli("validate", files / "lambda.keras", tiny_fog_model, "--images", files / "mixed",
+                      "--out", tmp_path / "u", "--quiet", "--no-faithfulness", "--unsafe")
+    assert "Lambda" not in trusted.output and "No such option" not in trusted.output

@@ -31,8 +31,6 @@ from firmware_host.runconfig import (
     dumps_run_config,
     load_run_config,
     parse_run_config,
-    to_click_defaults,
-    to_run_kwargs,
 )
 from toolkit.deploy.bundle import build_bundle, build_wheel, check_wheel
 from toolkit.deploy.deploy import SshOptions, deploy, parse_remote, plan_deploy, Remote
@@ -428,7 +426,7 @@ def test_run_config_round_trip_and_errors(tmp_path):
     (tmp_path / "run.toml").write_text(text)
     loaded = load_run_config(tmp_path / "run.toml")
     assert loaded["model"] == str(tmp_path / "m.tflite")
-    assert to_run_kwargs(loaded)["num_threads"] == 2 and to_click_defaults(loaded)["log_path"] == options["log"]
+    assert loaded["threads"] == 2 and loaded["log"] == options["log"]  # keys are RunOptions' field names
     with pytest.raises(InputError, match=r"must hold exactly one table, \[run\]"):
         parse_run_config('source = "0"\n')
     with pytest.raises(InputError, match=r"\[run\] max_frames must be of type int. Got True"):
@@ -449,11 +447,11 @@ def _config_probe():
     @config_option
     @click.argument("model", type=click.Path(exists=True, dir_okay=False))
     @click.option("--source", required=True)
-    @click.option("--log", "log_path")
+    @click.option("--log")
     @click.option("--threads", type=int)
     @click.option("--loop", is_flag=True)
-    def probe(model, source, log_path, threads, loop):
-        click.echo(json.dumps([model, source, log_path, threads, loop]))
+    def probe(model, source, log, threads, loop):
+        click.echo(json.dumps([model, source, log, threads, loop]))
 
     return probe
 
@@ -481,9 +479,11 @@ def test_run_config_keys_match_edgecam_run():
     runner = pytest.importorskip("firmware_host.runner", reason="edgecam run has not landed")
     from toolkit.cli.run import run_cmd
 
-    params = set(inspect.signature(runner.run).parameters)
-    assert set(to_run_kwargs(dict.fromkeys(RUN_KEYS))) <= params
-    assert set(to_click_defaults(dict.fromkeys(RUN_KEYS))) <= {p.name for p in run_cmd.params}
+    from firmware_host.options import RunOptions
+
+    params = set(inspect.signature(runner.run).parameters) | set(RunOptions.__dataclass_fields__)
+    assert set(RUN_KEYS) <= params
+    assert set(RUN_KEYS) <= {p.name for p in run_cmd.params}
 
 
 # ----------------------------------------------------------------------------- doctor
@@ -735,3 +735,127 @@ def test_deploy_refuses_tampered_bundle_and_unknown_host_key(sshd, model, wheel,
         assert snapshot(prefix) == before
     finally:
         stop_runner(prefix)
+
+
+# ----------------------------------------------------------------------------- health-checked releases (issue 13, item 9)
+def _bundle_with(model_path, wheel, tmp_path, name, run_toml):
+    (tmp_path / f"{name}.toml").write_text(run_toml)
+    return make_bundle(model_path, wheel, tmp_path / f"{name}.tar.gz", config=tmp_path / f"{name}.toml")
+
+
+def _runner_pid(prefix):
+    pidfile = prefix / "run" / "edgecam.pid"
+    if not pidfile.is_file():
+        return None
+    pid = int(pidfile.read_text())
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    return pid
+
+
+def _fresh_records(telemetry: Path, after: float, timeout: float = 60.0):
+    """Telemetry lines written after ``after`` (a time.time()), waiting up to ``timeout``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if telemetry.is_file() and telemetry.stat().st_mtime > after and telemetry.stat().st_size > 0:
+            return telemetry.read_text().splitlines()
+        time.sleep(0.2)
+    return []
+
+
+@pytest.mark.skipif(not TINY_MODEL.is_file() or not RUN_HAS_CONFIG, reason="needs the tiny model and edgecam run --config")
+def test_deploy_health_check_rollback_and_healthy_release(sshd, wheel, test_video, tmp_path):
+    """Over the loopback sshd: a healthy release is kept; a release whose model cannot load is never
+    made current (the running one keeps running); a release that sends no telemetry (its camera is
+    missing) is rolled back automatically; deploy exits non-zero naming the reason each time."""
+    options, login, _ = sshd
+    prefix = tmp_path / "vehicle"
+    model = tmp_path / "fog.tflite"
+    shutil.copy(TINY_MODEL, model)
+    looping = f'[run]\nsource = "{test_video}"\nloop = true\nrealtime = true\n'
+    good_a = _bundle_with(model, wheel, tmp_path, "a", looping)
+    good_b = _bundle_with(model, wheel, tmp_path, "b", looping + "smooth = 0.5\n")
+    broken = tmp_path / "broken" / "fog.tflite"
+    broken.parent.mkdir()
+    broken.write_bytes(b"\x1c\x00\x00\x00TFL3" + os.urandom(3000))  # a .tflite header, then noise
+    bad_model = _bundle_with(broken, wheel, tmp_path, "c", looping)
+    # No /dev/video7 here: the runner starts, cannot open the camera, writes no telemetry.
+    no_camera = _bundle_with(model, wheel, tmp_path, "d", "[run]\nsource = 7\n")
+    assert not Path("/dev/video7").exists()
+    telemetry = prefix / "data" / "telemetry.jsonl"
+    try:
+        first = _cli(*_deploy_args(good_a.path, login, prefix, options, "--wait", "60"))
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "health check" in first.stdout and "first telemetry lines" in first.stdout
+        assert os.readlink(prefix / "current") == f"releases/{good_a.bundle_id}"
+        pid_a = _runner_pid(prefix)
+        assert pid_a is not None
+
+        # 1. The model does not load: refused before the switch; A's runner is untouched.
+        refused = _cli(*_deploy_args(bad_model.path, login, prefix, options, "--wait", "60"))
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "model failed to load" in refused.stderr and "Nothing was switched" in refused.stderr
+        assert refused.stderr.count("Error:") == 1 and "Traceback" not in refused.stderr
+        assert os.readlink(prefix / "current") == f"releases/{good_a.bundle_id}"
+        assert not (prefix / "previous").exists()
+        assert _runner_pid(prefix) == pid_a
+        mark = time.time()
+        assert _fresh_records(telemetry, mark), "release A stopped sending telemetry"
+
+        # 2. The runner starts but its camera is missing: no telemetry, rolled back to A.
+        rolled = _cli(*_deploy_args(no_camera.path, login, prefix, options, "--wait", "60"))
+        assert rolled.returncode == 1, rolled.stdout + rolled.stderr
+        assert "camera not found" in rolled.stderr and "Rolled back automatically" in rolled.stderr
+        assert "rolling back automatically" in rolled.stdout
+        assert os.readlink(prefix / "current") == f"releases/{good_a.bundle_id}"
+        assert os.readlink(prefix / "previous") == f"releases/{no_camera.bundle_id}"
+        pid = _runner_pid(prefix)
+        assert pid is not None and pid != pid_a  # A was restarted, and runs
+        mark = time.time()
+        assert _fresh_records(telemetry, mark), "release A sends no telemetry after the rollback"
+
+        # 3. A healthy release is kept.
+        kept = _cli(*_deploy_args(good_b.path, login, prefix, options, "--wait", "60"))
+        assert kept.returncode == 0, kept.stdout + kept.stderr
+        assert os.readlink(prefix / "current") == f"releases/{good_b.bundle_id}"
+        assert os.readlink(prefix / "previous") == f"releases/{good_a.bundle_id}"
+        assert load_run_config(prefix / "current" / "run.toml")["smooth"] == 0.5
+        assert _runner_pid(prefix) is not None
+    finally:
+        stop_runner(prefix)
+
+
+def test_diagnose_names_the_reason_from_real_doctor_output(tmp_path):
+    """doctor run with no interpreter importable, and with a model that does not load: the deploy
+    message names "interpreter missing" / "model failed to load"."""
+    from toolkit.deploy.deploy import diagnose
+
+    bogus = tmp_path / "bogus.tflite"
+    bogus.write_bytes(b"not a model")
+    block = "import sys\nfor m in ('tensorflow', 'ai_edge_litert', 'tflite_runtime'): sys.modules[m] = None\n"
+    code = block + f"from toolkit.cli import main\nmain(['doctor', '--model', {str(bogus)!r}, '--repeats', '1'])\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 1
+    assert diagnose(proc.stdout).startswith("interpreter missing (interpreter")
+    code = f"from toolkit.cli import main\nmain(['doctor', '--model', {str(bogus)!r}, '--repeats', '1'])\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 1
+    assert diagnose(proc.stdout).startswith("model failed to load (model")
+    assert diagnose("all fine\n") is None
+
+
+def test_dry_run_shows_the_rollback_it_would_run(model, wheel, tmp_path):
+    bundle = make_bundle(model, wheel, tmp_path / "b.tar.gz")
+    lines = []
+    steps = deploy(bundle.path, "pi@cam:ec", SshOptions(), ["--no-systemd"], dry_run=True, wait=15, echo=lines.append)
+    text = "\n".join(lines)
+    assert steps[-1].argv[-1].endswith("--status --wait 15 --expect-telemetry") and steps[-1].check
+    assert "only if no telemetry arrives: roll back" in text and "--rollback" in text
+    lines.clear()
+    steps = deploy(bundle.path, "pi@cam:ec", SshOptions(), ["--no-start"], dry_run=True, wait=15, echo=lines.append)
+    assert "--expect-telemetry" not in steps[-1].argv[-1] and "roll back" not in "\n".join(lines)
+    with pytest.raises(InputError, match="not a POSIX user name"):
+        deploy(bundle.path, "pi@cam:ec", SshOptions(), ["--user", "pi\nExecStartPre=/bin/sh"], dry_run=True,
+               echo=lines.append)

@@ -4,35 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests._run_helpers import frame_pattern, read_video
+from tests._run_helpers import FakeExplanation, frame_pattern, read_video
 from firmware_host import cam
 from firmware_host.errors import InputError
 from firmware_host.sinks import SnapshotSink, TelemetryLog, VideoSink, annotate, encode_jpeg, read_jsonl
-
-
-@dataclass(frozen=True)
-class FakeExplanation:
-    """Just what TelemetryLog reads from an Explanation."""
-
-    probabilities: np.ndarray
-    class_index: int
-    predicted_index: int
-    label: str
-    cam: np.ndarray
-    latency_ms: float = 1.5
-
-    @property
-    def confidence(self):
-        return float(self.probabilities[self.class_index])
-
-    def peak(self):
-        return cam.peak(self.cam)
 
 
 def explanation(i: int) -> FakeExplanation:

@@ -1,11 +1,15 @@
 """Validate an edge model's heatmaps against full Grad-CAM of the Keras model, streaming.
 
-Two sources of edge maps:
+The edge maps come from an :class:`EdgeSource` — the one thing that differs between modes:
 
-* :func:`validate` — a folder of images: the converted ``.tflite`` runs through
-  ``firmware_host`` on the host, exactly as on the device;
-* :func:`validate_log` — the JSONL telemetry that ``edgecam run`` wrote on a device: the CAMs the
-  device actually produced, for the frames it saved (see :class:`RunLogReader`).
+* :class:`ImageFolderSource` (:func:`validate`) — a folder of images: the converted ``.tflite``
+  runs through ``firmware_host`` on the host, exactly as on the device;
+* :class:`RunLogSource` (:func:`validate_log`) — the JSONL telemetry that ``edgecam run`` wrote
+  on a device: the CAMs the device actually produced, for the frames it saved (see
+  :class:`RunLogReader`).
+
+How a run goes (method, gates, batch size, faithfulness sample…) is one
+:class:`ValidationOptions`; :func:`validate_source` runs any source with it.
 
 For every image the full Grad-CAM is computed with ``toolkit.explain`` on the Keras model, for
 the class whose edge map is compared (the Keras prediction in folder mode, the recorded class in
@@ -27,7 +31,7 @@ import itertools
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -38,7 +42,8 @@ from firmware_host._io import atomic_open, atomic_write_text, ensure_writable_di
 from firmware_host._version import __version__
 from firmware_host.errors import InputError, MetadataError, SourceError
 from firmware_host.preprocess import preprocess
-from firmware_host.sources import read_image
+from firmware_host.telemetry import BadRecord, TelemetryRecord, read_records
+from firmware_host.imageio import is_image_file, read_image, scan_images
 
 from . import metrics as M
 
@@ -46,11 +51,19 @@ __all__ = [
     "ValidationResult",
     "LogFrame",
     "RunLogReader",
+    "ValidationOptions",
+    "EdgeSource",
+    "EdgeMaps",
+    "SourceItem",
+    "ImageFolderSource",
+    "RunLogSource",
     "validate",
     "validate_log",
+    "validate_source",
     "iter_image_files",
     "read_rgb",
     "CSV_COLUMNS",
+    "csv_cell",
     "SCHEMA_VERSION",
 ]
 
@@ -116,8 +129,9 @@ def _fmt_stat(stats: Mapping, key: str) -> str:
 def iter_image_files(root: Union[str, Path]) -> List[Path]:
     """Every regular, non-hidden file below ``root``, sorted by relative path.
 
-    Files are not filtered by extension: :func:`read_rgb` decides what is an image, so a
-    ``.jpeg`` without its suffix is used and a ``README`` is counted as skipped.
+    The images of :func:`firmware_host.imageio.scan_images` (the one listing rule of every
+    command), then the other files, which :func:`read_rgb` cannot decode and so are counted as
+    skipped.
 
     Raises:
         SourceError: ``root`` is not a directory.
@@ -125,21 +139,18 @@ def iter_image_files(root: Union[str, Path]) -> List[Path]:
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"--images '{root}' is not a directory. Pass a folder of images.")
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
-    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+    listing = scan_images(root, recursive=True)
+    return list(listing.images + listing.others)
 
 
 def read_rgb(path: Union[str, Path]) -> Optional[np.ndarray]:
     """Decode an image file to ``(H, W, 3)`` RGB uint8; ``None`` if it is not a readable image.
 
-    :func:`firmware_host.sources.read_image`, shared by every edgecam image reader: OpenCV picks
-    the decoder from the file's signature (a stray video or archive is not loaded), and files
-    it refuses — including headers claiming more pixels than it allows — give ``None``.
+    :func:`firmware_host.imageio.read_image`, shared by every edgecam image reader: the format
+    comes from the file's signature (a stray video or archive is not loaded), and files it
+    refuses — including headers claiming more pixels than the limit — give ``None``.
     """
-    return read_image(path, rgb=True) if Path(path).is_file() else None
+    return read_image(path, rgb=True)
 
 
 # -- the device log ----------------------------------------------------------------------------
@@ -155,7 +166,7 @@ class LogFrame:
             ``probabilities``).
         probabilities: ``(K,)`` float32 recorded probabilities.
         cam: ``(h, w)`` float32 recorded CAM (ReLU'd, feature-map resolution).
-        frame_path: absolute path of the saved frame image.
+        frame_path: path of the saved frame image, inside the log's folder.
         line: 1-based line number in the log, for messages.
     """
 
@@ -172,15 +183,17 @@ class LogFrame:
 class RunLogReader:
     """Tolerant reader of ``edgecam run`` telemetry (one JSON object per line).
 
+    Lines are parsed by :func:`firmware_host.telemetry.read_records`, the one reader of run logs,
+    so a record is good here exactly when it is good for ``edgecam run`` and ``sinks.read_jsonl``.
     Fields relied on (docs/validate.md): ``frame`` (int), ``class_index`` (int),
     ``probabilities`` (list of K floats), ``cam`` (h×w nested list), ``frame_path`` (image path
-    relative to the log's directory, or absolute); ``predicted_index`` (else the argmax of
+    relative to the log's directory); ``predicted_index`` (else the argmax of
     ``probabilities``), ``timestamp`` and ``peak`` are read if present.
     Unknown keys are ignored. Records are skipped, and counted in :attr:`skipped`, when they are
     not JSON objects (``malformed``), have no ``frame_path`` (``no_frame_path``: the device saves
-    every Nth frame only), lack or break a required field or disagree with the model's shapes
-    (``invalid``). A missing or unreadable frame image is counted by the validator
-    (``unreadable``).
+    every Nth frame only), lack or break a required field, disagree with the model's shapes or
+    name a frame outside the log's folder (``invalid``). A missing or unreadable frame image is
+    counted by the validator (``unreadable``).
 
     Args:
         path: the ``.jsonl`` file.
@@ -188,7 +201,7 @@ class RunLogReader:
         num_classes: K the probabilities must have, or None.
 
     Raises:
-        SourceError: the log cannot be opened.
+        SourceError: the log does not exist (InputError when iterating: it cannot be read).
     """
 
     def __init__(
@@ -214,60 +227,38 @@ class RunLogReader:
             return sum(1 for line in handle if b'"frame_path"' in line)
 
     def __iter__(self) -> Iterator[LogFrame]:
-        base = self.path.parent
-        try:
-            handle = open(self.path, "r", encoding="utf-8", errors="replace")
-        except OSError as exc:
-            raise SourceError(f"Cannot read run log '{self.path}': {exc.strerror}.") from exc
-        with handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                self.records += 1
-                try:
-                    rec = json.loads(line)
-                except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
-                    self.skipped["malformed"] += 1  # e.g. a last line cut by a power loss
-                    continue
-                if not isinstance(rec, dict):
-                    self.skipped["malformed"] += 1
-                    continue
-                if not rec.get("frame_path"):
-                    self.skipped["no_frame_path"] += 1
-                    continue
-                frame = self._parse(rec, base, number)
-                if frame is None:
-                    self.skipped["invalid"] += 1
-                    continue
+        # The one tolerant reader of run logs (firmware_host.telemetry): the same rules as
+        # `edgecam run` and sinks.read_jsonl. Raises InputError only if the file cannot be read.
+        records = read_records(self.path, num_classes=self.num_classes, cam_shape=self.feature_map_shape,
+                               require_finite=True)
+        for record in records:
+            self.records += 1
+            frame = self._frame(record)
+            if isinstance(frame, str):
+                self.skipped[frame] += 1
+            else:
                 yield frame
 
-    def _parse(self, rec: Mapping, base: Path, number: int) -> Optional[LogFrame]:
-        try:
-            cam = np.asarray(rec["cam"], dtype=np.float32)
-            probs = np.asarray(rec["probabilities"], dtype=np.float32).ravel()
-            class_index = int(rec["class_index"])
-            predicted = int(rec["predicted_index"]) if "predicted_index" in rec else int(np.argmax(probs))
-            frame = int(rec.get("frame", number - 1))
-        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: 1e400, 10**400
-            return None
-        if cam.ndim != 2 or not np.all(np.isfinite(cam)) or not np.all(np.isfinite(probs)):
-            return None
-        if self.feature_map_shape is not None and cam.shape != self.feature_map_shape:
-            return None
-        if self.num_classes is not None and probs.size != self.num_classes:
-            return None
-        if not (0 <= class_index < probs.size and 0 <= predicted < probs.size):
-            return None
-        path = Path(str(rec["frame_path"]))
+    def _frame(self, record: Union[TelemetryRecord, BadRecord]) -> Union[LogFrame, str]:
+        """A record as a :class:`LogFrame`, or the name of the reason it is skipped."""
+        if isinstance(record, BadRecord):
+            return "invalid" if record.reason == "invalid" else "malformed"  # malformed, not_object
+        if not record.frame_path:
+            return "no_frame_path"
+        # Only a frame inside the log's folder: an absolute path, a '..' that climbs out or a
+        # symlink that leads out would let a crafted log put any host image into report.html.
+        path = record.frame_file(self.path.parent)
+        if path is None:
+            return "invalid"
         return LogFrame(
-            frame=frame,
-            timestamp=rec.get("timestamp"),
-            class_index=class_index,
-            predicted_index=predicted,
-            probabilities=probs,
-            cam=_cam.relu(cam),
-            frame_path=path if path.is_absolute() else base / path,
-            line=number,
+            frame=record.frame,
+            timestamp=record.timestamp,
+            class_index=record.class_index,
+            predicted_index=record.predicted_index,
+            probabilities=record.probabilities.astype(np.float32),
+            cam=_cam.relu(record.cam.astype(np.float32)),
+            frame_path=path,
+            line=record.line,
         )
 
 
@@ -275,8 +266,8 @@ class RunLogReader:
 class _HostModel:
     """The Keras model: probabilities and full Grad-CAM maps at the explanation layer."""
 
-    def __init__(self, keras_model, method: str, target_layer: Optional[str]) -> None:
-        self.model = _load_keras(keras_model)
+    def __init__(self, keras_model, method: str, target_layer: Optional[str], safe_mode: bool = True) -> None:
+        self.model = _load_keras(keras_model, safe_mode)
         self.name = str(keras_model) if isinstance(keras_model, (str, os.PathLike)) else getattr(
             self.model, "name", "keras model"
         )
@@ -318,12 +309,12 @@ class _HostModel:
                 _cam.relu(np.asarray(out.maps, dtype=np.float32)))
 
 
-def _load_keras(keras_model):
+def _load_keras(keras_model, safe_mode: bool = True):
     if not isinstance(keras_model, (str, os.PathLike)):
         return keras_model
     from converters.loading import load_keras_model
 
-    return load_keras_model(keras_model)
+    return load_keras_model(keras_model, safe_mode=safe_mode)
 
 
 def _resolve_layer(model, target_layer: Optional[str]) -> str:
@@ -333,14 +324,236 @@ def _resolve_layer(model, target_layer: Optional[str]) -> str:
     return find_target(model, target_layer).path
 
 
-# -- the run -----------------------------------------------------------------------------------
+# -- options -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Item:
+class ValidationOptions:
+    """How a validation runs, whatever the source of the edge maps.
+
+    Attributes:
+        method: the host explainer (a name in ``toolkit.explain.METHODS``).
+        min_pearson: gate: median feature-map Pearson must be at least this (None: no gate).
+        min_top1: gate: top-1 agreement (edge vs Keras) must be at least this.
+        batch_size: images per batch (memory is O(batch_size)).
+        faithfulness: also score deletion/insertion AUC of both maps (2 × 2 ×
+            (faithfulness_steps + 1) Keras predictions per scored image).
+        progress: show a tqdm progress bar on stderr.
+        target_layer: layer of the full Grad-CAM; ``None`` picks it as ``edgecam convert``
+            does (the last spatial layer), so a model converted at another layer shows up as a
+            mismatch. Pass the edge's layer to compare at a custom conversion layer.
+        faithfulness_steps: perturbation steps K of the deletion/insertion curves.
+        faithfulness_images: score faithfulness on at most this many images, spread evenly
+            over the run (every ceil(total / n)-th image); ``None`` scores every image.
+        cases: how many worst and best images the report shows.
+        safe_mode: load a Keras model file with Keras' safe_mode (refuses Lambda layers that
+            carry Python code); ``edgecam validate --unsafe`` turns it off.
+
+    Raises:
+        InputError: an unknown method, a threshold out of range, a batch size or step count < 1.
+    """
+
+    method: str = "gradcam"
+    min_pearson: Optional[float] = None
+    min_top1: Optional[float] = None
+    batch_size: int = 16
+    faithfulness: bool = True
+    progress: bool = True
+    target_layer: Optional[str] = None
+    faithfulness_steps: int = 16
+    faithfulness_images: Optional[int] = 50
+    cases: int = 4
+    safe_mode: bool = True
+
+    def __post_init__(self) -> None:
+        import toolkit.explain as explainers
+
+        methods = getattr(explainers, "METHODS", None)
+        if methods is not None and self.method not in methods:
+            raise InputError(f"Unknown method {self.method!r}. Choose one of: {', '.join(sorted(methods))}.")
+        if self.min_pearson is not None and not -1.0 <= float(self.min_pearson) <= 1.0:
+            raise InputError(f"min_pearson must be in [-1, 1]. Got {self.min_pearson}.")
+        if self.min_top1 is not None and not 0.0 <= float(self.min_top1) <= 1.0:
+            raise InputError(f"min_top1 is a fraction in [0, 1]. Got {self.min_top1}.")
+        if self.batch_size < 1 or self.faithfulness_steps < 1:
+            raise InputError(f"batch_size and faithfulness_steps must be >= 1. Got {self.batch_size} "
+                             f"and {self.faithfulness_steps}.")
+
+    @classmethod
+    def of(cls, options: Optional["ValidationOptions"] = None, **overrides: Any) -> "ValidationOptions":
+        """``options`` (default: the defaults) with some fields replaced by keyword.
+
+        Raises:
+            TypeError: ``options`` is not a :class:`ValidationOptions`, or a keyword is no field.
+        """
+        if options is not None and not isinstance(options, cls):
+            raise TypeError(f"options must be a ValidationOptions, not {type(options).__name__}; pass "
+                            "method, thresholds and the rest by keyword.")
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}. Valid: "
+                            f"{', '.join(f.name for f in fields(cls))}.")
+        return replace(options if options is not None else cls(), **overrides)
+
+    @property
+    def thresholds(self) -> Dict[str, Optional[float]]:
+        """The gates, by summary name."""
+        return {"min_pearson": self.min_pearson, "min_top1": self.min_top1}
+
+
+# -- sources of edge maps ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class SourceItem:
+    """One image of an :class:`EdgeSource`.
+
+    Attributes:
+        name: how per_image.csv and the report name it (a path relative to the source).
+        image: ``(H, W, 3)`` RGB uint8.
+        frame: what a device recorded for it (:class:`RunLogSource`), else None.
+    """
+
     name: str
     image: np.ndarray
     frame: Optional[LogFrame] = None
 
 
+@dataclass(frozen=True)
+class EdgeMaps:
+    """The edge side of one batch of N items.
+
+    Attributes:
+        probabilities: ``(N, K)`` edge class probabilities.
+        predicted: ``(N,)`` the edge model's top-1.
+        classes: ``(N,)`` the class each edge CAM explains.
+        cams: ``(N, h, w)`` raw (ReLU'd) edge CAMs at feature-map resolution.
+    """
+
+    probabilities: np.ndarray
+    predicted: np.ndarray
+    classes: np.ndarray
+    cams: np.ndarray
+
+
+class EdgeSource:
+    """Where the edge maps come from: the one thing that differs between validation modes.
+
+    A source lists its items (an image plus, for recorded maps, what the device recorded), tells
+    which class the host must explain, and gives the edge side of each batch. Everything else —
+    the Keras side, metrics, outputs — is shared (:func:`validate_source`).
+
+    Attributes:
+        mode: the summary's ``mode``.
+        location: the folder or file the items come from (the summary's ``source``).
+        total: how many items at most, known up front (progress bar, faithfulness sample).
+        empty_hint: how to fix a source that gave no usable image.
+        class_mismatch_warning: the summary's warning when some edge maps explain another class
+            than the Keras prediction, or None when that is expected.
+    """
+
+    mode: str = ""
+    location: Path
+    total: int = 0
+    empty_hint: str = "Pass a folder of JPEG/PNG images."
+    class_mismatch_warning: Optional[str] = None
+
+    def bind(self, edge) -> None:
+        """Called once the edge model is open (a source may check itself against its metadata)."""
+
+    def items(self, read: Callable[..., Optional[np.ndarray]]) -> Iterator[SourceItem]:
+        """The items, with images read through ``read(path, decode=True)`` (None: unreadable,
+        already counted; ``decode=False`` counts a file known not to be an image without reading it)."""
+        raise NotImplementedError
+
+    @property
+    def skipped(self) -> Dict[str, int]:
+        """The source's own skip counters (the summary's ``skipped`` adds ``unreadable``)."""
+        return {}
+
+    def recorded_classes(self, items: Sequence[SourceItem]) -> Optional[np.ndarray]:
+        """``(N,)`` classes the host must explain, or None for the Keras prediction."""
+        return None
+
+    def edge_maps(self, edge, items: Sequence[SourceItem], keras_classes: np.ndarray) -> EdgeMaps:
+        """The edge side of a batch; ``keras_classes`` are the Keras model's top-1."""
+        raise NotImplementedError
+
+
+class ImageFolderSource(EdgeSource):
+    """A folder of images, run through the edge model on the host exactly as on the device.
+
+    Raises:
+        SourceError: ``root`` is not a directory.
+    """
+
+    mode = "images"
+    class_mismatch_warning = (
+        "the edge model could not explain the Keras class for some images (no class "
+        "weights); their maps compare the edge's predicted class"
+    )
+
+    def __init__(self, root: Union[str, Path]) -> None:
+        self.location = Path(root)
+        self.files = iter_image_files(self.location)
+        self.total = len(self.files)
+
+    def items(self, read):
+        for path in self.files:
+            image = read(path, decode=is_image_file(path))  # non-image names: skipped, not decoded
+            if image is not None:
+                yield SourceItem(path.relative_to(self.location).as_posix(), image)
+
+    def edge_maps(self, edge, items, keras_classes):
+        images = [it.image for it in items]
+        try:
+            exps = edge.explain_batch(images, class_index=keras_classes)
+        except MetadataError:
+            # A 'predicted'-output model without class weights can only explain its own
+            # prediction; compare that class's maps then (cam_class records which).
+            exps = edge.explain_batch(images)
+        return EdgeMaps(np.stack([e.probabilities for e in exps]), np.array([e.predicted_index for e in exps]),
+                        np.array([e.class_index for e in exps]), np.stack([e.cam for e in exps]))
+
+
+class RunLogSource(EdgeSource):
+    """The JSONL an ``edgecam run`` wrote on a device: the maps the device actually produced.
+
+    The host explains the recorded class; frames without a saved image are skipped.
+
+    Raises:
+        SourceError: the log does not exist.
+    """
+
+    mode = "log"
+    empty_hint = "Pass a folder of JPEG/PNG images or a log whose records have frame_path."
+
+    def __init__(self, log_path: Union[str, Path]) -> None:
+        self.location = Path(log_path)
+        self.reader = RunLogReader(self.location)  # fails early on a missing log
+        self.total = self.reader.count_saved_frames()
+
+    def bind(self, edge) -> None:
+        meta = edge.metadata
+        self.reader = RunLogReader(self.location, meta.feature_map_shape[:2], meta.num_classes)
+
+    def items(self, read):
+        base = self.reader.path.parent
+        for frame in self.reader:
+            image = read(frame.frame_path)
+            if image is not None:
+                yield SourceItem(frame.frame_path.relative_to(base).as_posix(), image, frame)
+
+    @property
+    def skipped(self) -> Dict[str, int]:
+        return dict(self.reader.skipped)
+
+    def recorded_classes(self, items):
+        return np.array([it.frame.class_index for it in items])
+
+    def edge_maps(self, edge, items, keras_classes):
+        frames = [it.frame for it in items]
+        return EdgeMaps(np.stack([f.probabilities for f in frames]), np.array([f.predicted_index for f in frames]),
+                        np.array([f.class_index for f in frames]), np.stack([f.cam for f in frames]))
+
+
+# -- the run -----------------------------------------------------------------------------------
 def _batches(items: Iterable, size: int) -> Iterator[list]:
     it = iter(items)
     while True:
@@ -394,119 +607,100 @@ class _Cases:
 class _Run:
     """Accumulates per-image records over batches and writes the outputs."""
 
-    def __init__(self, edge, host, *, mode, source, out_dir, thresholds, batch_size, faithfulness,
-                 faithfulness_steps, faithfulness_images, n_cases, progress_total, progress) -> None:
+    def __init__(self, edge, host, source: EdgeSource, out_dir: Path, options: ValidationOptions) -> None:
         self.edge = edge
         self.host = host
         self.meta = edge.metadata
-        self.mode = mode
         self.source = source
         self.out_dir = out_dir
-        self.thresholds = thresholds
-        self.batch_size = batch_size
-        self.faithfulness = faithfulness and faithfulness_images != 0
-        self.steps = faithfulness_steps
+        self.options = options
+        self.batch_size = options.batch_size
+        self.faithfulness = options.faithfulness and options.faithfulness_images != 0
+        self.steps = options.faithfulness_steps
         # Faithfulness costs 4·(steps+1) model passes per image: score an evenly spread sample.
-        self.faith_left = faithfulness_images
+        n, total = options.faithfulness_images, source.total
+        self.faith_left = n
         # Image k·total/N for k < N (floored): N images evenly over a run of known length.
-        self.faith_pick = None
-        if progress_total and faithfulness_images and progress_total > faithfulness_images:
-            self.faith_pick = {k * progress_total // faithfulness_images for k in range(faithfulness_images)}
-        self.cases = _Cases(n_cases)
+        self.faith_pick = {k * total // n for k in range(n)} if total and n and total > n else None
+        self.cases = _Cases(options.cases)
         self.records: List[Dict[str, Any]] = []
-        self.skipped: Dict[str, int] = {"unreadable": 0}
-        self.progress_total = progress_total
-        self.progress = progress
+        self.unreadable = 0
         self.fm_size = tuple(int(v) for v in self.meta.feature_map_shape[:2])
         self.in_size = tuple(int(v) for v in edge.input_size)
         self.full_fm_size: Optional[Tuple[int, int]] = None
 
+    @property
+    def skipped(self) -> Dict[str, int]:
+        return {"unreadable": self.unreadable, **self.source.skipped}
+
     # -- per batch ---------------------------------------------------------------------------
-    def read(self, path: Path) -> Optional[np.ndarray]:
-        """The image at ``path`` as RGB uint8, or None (counted as ``unreadable``)."""
-        image = read_rgb(path)
+    def read(self, path: Path, decode: bool = True) -> Optional[np.ndarray]:
+        """The image at ``path`` as RGB uint8, or None (counted as ``unreadable``; also when not ``decode``)."""
+        image = read_rgb(path) if decode else None
         if image is None:
-            self.skipped["unreadable"] += 1
+            self.unreadable += 1
         return image
 
-    def _edge_side(self, items: Sequence[_Item], keras_classes: np.ndarray):
-        """Edge probabilities ``(N, K)``, edge predictions, CAM classes, raw edge CAMs."""
-        if self.mode == "log":
-            probs = np.stack([it.frame.probabilities for it in items])
-            cams = np.stack([it.frame.cam for it in items])
-            classes = np.array([it.frame.class_index for it in items])
-            return probs, np.array([it.frame.predicted_index for it in items]), classes, cams
-        images = [it.image for it in items]
-        try:
-            exps = self.edge.explain_batch(images, class_index=keras_classes)
-        except MetadataError:
-            # A 'predicted'-output model without class weights can only explain its own
-            # prediction; compare that class's maps then (cam_class records which).
-            exps = self.edge.explain_batch(images)
-        probs = np.stack([e.probabilities for e in exps])
-        return (probs, np.array([e.predicted_index for e in exps]),
-                np.array([e.class_index for e in exps]), np.stack([e.cam for e in exps]))
-
-    def process(self, items: Sequence[_Item]) -> None:
-        meta = self.meta
-        x = np.stack([preprocess(it.image, meta.preprocessing) for it in items]).astype(np.float32)
-        # The Keras prediction and its full map come from one pass; the log mode explains the
-        # class the device recorded a CAM for.
-        recorded = np.array([it.frame.class_index for it in items]) if self.mode == "log" else None
-        keras_probs, explained, full_raw = self.host.explain(x, recorded, self.batch_size)
-        keras_classes = keras_probs.argmax(axis=1)
-        edge_probs, edge_pred, cam_classes, edge_raw = self._edge_side(items, keras_classes)
-        if edge_probs.shape != keras_probs.shape:
+    def process(self, items: Sequence[SourceItem]) -> None:
+        x = np.stack([preprocess(it.image, self.meta.preprocessing) for it in items]).astype(np.float32)
+        # The Keras prediction and its full map come from one pass, for the class the source
+        # recorded a map of (None: the Keras prediction).
+        keras_probs, explained, full_raw = self.host.explain(x, self.source.recorded_classes(items), self.batch_size)
+        edge = self.source.edge_maps(self.edge, items, keras_probs.argmax(axis=1))
+        if edge.probabilities.shape != keras_probs.shape:
             raise InputError(
-                f"The edge model gives {edge_probs.shape[1]} class probabilities but the Keras "
+                f"The edge model gives {edge.probabilities.shape[1]} class probabilities but the Keras "
                 f"model gives {keras_probs.shape[1]}: they are not the same model. Pass the Keras "
                 "model that was converted."
             )
-        redo = np.flatnonzero(cam_classes != explained)
-        if redo.size:  # the edge explained another class (see _edge_side): match it
-            full_raw[redo] = self.host.explain(x[redo], cam_classes[redo], self.batch_size)[2]
+        redo = np.flatnonzero(edge.classes != explained)
+        if redo.size:  # the edge explained another class (see ImageFolderSource): match it
+            full_raw[redo] = self.host.explain(x[redo], edge.classes[redo], self.batch_size)[2]
         self.full_fm_size = tuple(full_raw.shape[1:3])
         # One post-processing path for both maps (firmware_host.cam). The edge grid is the
         # feature-map resolution; a full map from another layer is resized onto it.
-        edge_fm = _cam.heatmap(edge_raw)
-        full_fm = _cam.heatmap(full_raw, self.fm_size)
-        edge_in = _cam.heatmap(edge_raw, self.in_size)
-        full_in = _cam.heatmap(full_raw, self.in_size)
-        faith = self._faithfulness(x, edge_in, full_in, cam_classes)
+        maps = {"edge_fm": _cam.heatmap(edge.cams), "full_fm": _cam.heatmap(full_raw, self.fm_size),
+                "edge_in": _cam.heatmap(edge.cams, self.in_size), "full_in": _cam.heatmap(full_raw, self.in_size)}
+        faith = self._faithfulness(x, maps["edge_in"], maps["full_in"], edge.classes)
         for i, it in enumerate(items):
-            fm = M.compare_maps(edge_fm[i], full_fm[i])
-            inr = M.compare_maps(edge_in[i], full_in[i], cells=self.fm_size)
-            kc, ec = int(keras_classes[i]), int(edge_pred[i])
-            rec: Dict[str, Any] = {
-                "index": len(self.records),
-                "image": it.name,
-                "frame": "" if it.frame is None else it.frame.frame,
-                "keras_class": kc,
-                "keras_label": meta.classes[kc] if kc < len(meta.classes) else str(kc),
-                "keras_confidence": float(keras_probs[i, kc]),
-                "edge_class": ec,
-                "edge_label": meta.classes[ec] if ec < len(meta.classes) else str(ec),
-                "edge_confidence": float(edge_probs[i, ec]),
-                "cam_class": int(cam_classes[i]),
-                "top1_agree": int(kc == ec),
-                "prob_max_abs_diff": float(np.max(np.abs(edge_probs[i] - keras_probs[i]))),
-            }
-            rec.update(fm.as_dict())
-            rec.update(inr.as_dict("in_"))
-            if i in faith:
-                rec.update(faith[i])
-            self.records.append(rec)
-            self.writer.writerow({k: _csv_value(rec.get(k, "")) for k in CSV_COLUMNS})
-            self.cases.offer(fm.pearson, lambda i=i, it=it, rec=rec, fm=fm: {
-                "name": it.name,
-                "image": _thumbnail(it.image),
-                "edge_heat": edge_fm[i].copy(),
-                "full_heat": full_fm[i].copy(),
-                "metrics": {k: v for k, v in fm.as_dict().items()},
-                "caption": (f"keras: {rec['keras_label']} {rec['keras_confidence']:.2f} · edge: "
-                            f"{rec['edge_label']} {rec['edge_confidence']:.2f}"
-                            + ("" if rec["cam_class"] == kc else f" · maps of class {rec['cam_class']}")),
-            })
+            self._record(it, i, keras_probs[i], edge, maps, faith.get(i, {}))
+
+    def _record(self, it: SourceItem, i: int, keras_probs: np.ndarray, edge: EdgeMaps, maps, faith) -> None:
+        """Compare item ``i`` of the batch, and write its row."""
+        classes = self.meta.classes
+        label = lambda c: classes[c] if c < len(classes) else str(c)  # noqa: E731
+        fm = M.compare_maps(maps["edge_fm"][i], maps["full_fm"][i])
+        inr = M.compare_maps(maps["edge_in"][i], maps["full_in"][i], cells=self.fm_size)
+        kc, ec = int(keras_probs.argmax()), int(edge.predicted[i])
+        rec: Dict[str, Any] = {
+            "index": len(self.records),
+            "image": it.name,
+            "frame": "" if it.frame is None else it.frame.frame,
+            "keras_class": kc,
+            "keras_label": label(kc),
+            "keras_confidence": float(keras_probs[kc]),
+            "edge_class": ec,
+            "edge_label": label(ec),
+            "edge_confidence": float(edge.probabilities[i, ec]),
+            "cam_class": int(edge.classes[i]),
+            "top1_agree": int(kc == ec),
+            "prob_max_abs_diff": float(np.max(np.abs(edge.probabilities[i] - keras_probs))),
+            **fm.as_dict(),
+            **inr.as_dict("in_"),
+            **faith,
+        }
+        self.records.append(rec)
+        self.writer.writerow({k: csv_cell(rec.get(k, "")) for k in CSV_COLUMNS})
+        self.cases.offer(fm.pearson, lambda: {
+            "name": it.name,
+            "image": _thumbnail(it.image),
+            "edge_heat": maps["edge_fm"][i].copy(),
+            "full_heat": maps["full_fm"][i].copy(),
+            "metrics": dict(fm.as_dict()),
+            "caption": (f"keras: {rec['keras_label']} {rec['keras_confidence']:.2f} · edge: "
+                        f"{rec['edge_label']} {rec['edge_confidence']:.2f}"
+                        + ("" if rec["cam_class"] == kc else f" · maps of class {rec['cam_class']}")),
+        })
 
     def _faithfulness(self, x, edge_in, full_in, classes) -> Dict[int, Dict[str, float]]:
         """Deletion/insertion AUC of both maps for this batch's sampled images, by position."""
@@ -530,12 +724,12 @@ class _Run:
         return {i: {k: float(v[j]) for k, v in scores.items()} for j, i in enumerate(chosen)}
 
     # -- whole run ---------------------------------------------------------------------------
-    def run(self, items: Iterable[_Item]) -> ValidationResult:
+    def run(self, items: Iterable[SourceItem]) -> ValidationResult:
         from tqdm.auto import tqdm
 
         per_image = self.out_dir / "per_image.csv"
         with atomic_open(per_image, "w") as handle, tqdm(
-            total=self.progress_total, unit="img", desc="validate", disable=not self.progress
+            total=self.source.total, unit="img", desc="validate", disable=not self.options.progress
         ) as bar:
             self.writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
             self.writer.writeheader()
@@ -545,8 +739,7 @@ class _Run:
             if not self.records:
                 skipped = ", ".join(f"{v} {k}" for k, v in self.skipped.items() if v) or "none"
                 raise InputError(
-                    f"No usable image in {self.source} (skipped: {skipped}). Pass a folder of "
-                    "JPEG/PNG images" + (" or a log whose records have frame_path." if self.mode == "log" else ".")
+                    f"No usable image in {self.source.location} (skipped: {skipped}). {self.source.empty_hint}"
                 )
         summary = self.summary()
         summary_path = atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -566,8 +759,8 @@ class _Run:
             "schema_version": SCHEMA_VERSION,
             "edgecam_version": __version__,
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "mode": self.mode,
-            "source": str(self.source),
+            "mode": self.source.mode,
+            "source": str(self.source.location),
             "keras_model": self.host.name,
             "edge_model": str(getattr(self.edge, "path", "")),
             "method": self.host.method,
@@ -603,19 +796,29 @@ class _Run:
                 f"{self.host.layer!r}; pass --target-layer {meta.target_layer} to compare at the "
                 "converter's layer"
             )
-        if self.mode == "images" and any(r["cam_class"] != r["keras_class"] for r in self.records):
-            warnings.append(
-                "the edge model could not explain the Keras class for some images (no class "
-                "weights); their maps compare the edge's predicted class"
-            )
+        mismatch = self.source.class_mismatch_warning
+        if mismatch and any(r["cam_class"] != r["keras_class"] for r in self.records):
+            warnings.append(mismatch)
         out["warnings"] = warnings
-        out.update(_verdict(out, self.thresholds))
+        out.update(_verdict(out, self.options.thresholds))
         return out
 
 
-def _csv_value(v: Any) -> Any:
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection"):
+# an image or class name from a device could. Such text cells get a leading apostrophe.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(v: Any) -> Any:
+    """A per_image.csv cell: floats in full precision, text made inert for spreadsheets.
+
+    Numbers stay numbers (``-0.5`` is written as is); only text that starts with ``= + - @``
+    (or a tab / carriage return) is prefixed with ``'``.
+    """
     if isinstance(v, float):
         return "nan" if math.isnan(v) else repr(v)
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v
     return v
 
 
@@ -638,40 +841,47 @@ def _verdict(summary: Mapping[str, Any], thresholds: Mapping[str, Optional[float
             "checks": checks, "passed": passed, "verdict": verdict}
 
 
-def _check_args(method: str, min_pearson, min_top1, batch_size: int, steps: int) -> None:
-    import toolkit.explain as explainers
-
-    methods = getattr(explainers, "METHODS", None)
-    if methods is not None and method not in methods:
-        raise InputError(f"Unknown method {method!r}. Choose one of: {', '.join(sorted(methods))}.")
-    if min_pearson is not None and not -1.0 <= float(min_pearson) <= 1.0:
-        raise InputError(f"min_pearson must be in [-1, 1]. Got {min_pearson}.")
-    if min_top1 is not None and not 0.0 <= float(min_top1) <= 1.0:
-        raise InputError(f"min_top1 is a fraction in [0, 1]. Got {min_top1}.")
-    if batch_size < 1 or steps < 1:
-        raise InputError(f"batch_size and faithfulness_steps must be >= 1. Got {batch_size} and {steps}.")
-
-
-def _open(edge_model_path, keras_model, method, target_layer):
+def _open(edge_model_path, keras_model, method, target_layer, safe_mode: bool = True):
     from firmware_host import ExplainableModel
 
     edge = ExplainableModel(edge_model_path)
-    host = _HostModel(keras_model, method, target_layer)
+    host = _HostModel(keras_model, method, target_layer, safe_mode)
     return edge, host
 
 
-def _start(keras_model, edge_model_path, out_dir, *, mode, source, total, method, min_pearson,
-           min_top1, batch_size, faithfulness, progress, target_layer, faithfulness_steps,
-           faithfulness_images, cases) -> "_Run":
-    """Check the arguments and the output folder, open both models, and set up a run."""
-    _check_args(method, min_pearson, min_top1, batch_size, faithfulness_steps)
+def validate_source(
+    keras_model,
+    edge_model_path: Union[str, Path],
+    source: EdgeSource,
+    out_dir: Union[str, Path],
+    options: Optional[ValidationOptions] = None,
+    **overrides: Any,
+) -> ValidationResult:
+    """Compare the edge maps of ``source`` with full Grad-CAM of the Keras model.
+
+    Args:
+        keras_model: the Keras model that was converted (a ``keras.Model`` or a path).
+        edge_model_path: the converted ``.tflite`` (its metadata: classes, preprocessing,
+            feature-map shape; and the edge maps for an :class:`ImageFolderSource`).
+        source: where the edge maps come from (:class:`ImageFolderSource`, :class:`RunLogSource`).
+        out_dir: where ``summary.json``, ``per_image.csv`` and ``report.html`` go.
+        options: a :class:`ValidationOptions` (default: its defaults).
+        **overrides: fields of :class:`ValidationOptions` by keyword (``min_pearson=0.9``…).
+
+    Returns:
+        A :class:`ValidationResult`; ``passed`` is False when a threshold fails.
+
+    Raises:
+        InputError: no usable image, bad options, or the models do not match.
+        OutputError: ``out_dir`` is not writable.
+        ModelFileError / MetadataError / LayerError: the models cannot be loaded or explained.
+    """
+    opts = ValidationOptions.of(options, **overrides)
     out = ensure_writable_dir(out_dir)
-    edge, host = _open(edge_model_path, keras_model, method, target_layer)
-    return _Run(edge, host, mode=mode, source=source, out_dir=out,
-                thresholds={"min_pearson": min_pearson, "min_top1": min_top1}, batch_size=batch_size,
-                faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
-                faithfulness_images=faithfulness_images, n_cases=cases, progress_total=total,
-                progress=progress)
+    edge, host = _open(edge_model_path, keras_model, opts.method, opts.target_layer, opts.safe_mode)
+    source.bind(edge)
+    run = _Run(edge, host, source, out, opts)
+    return run.run(source.items(run.read))
 
 
 def validate(
@@ -679,16 +889,8 @@ def validate(
     edge_model_path: Union[str, Path],
     images_dir: Union[str, Path],
     out_dir: Union[str, Path],
-    method: str = "gradcam",
-    min_pearson: Optional[float] = None,
-    min_top1: Optional[float] = None,
-    batch_size: int = 16,
-    faithfulness: bool = True,
-    progress: bool = True,
-    target_layer: Optional[str] = None,
-    faithfulness_steps: int = 16,
-    faithfulness_images: Optional[int] = 50,
-    cases: int = 4,
+    options: Optional[ValidationOptions] = None,
+    **overrides: Any,
 ) -> ValidationResult:
     """Compare the edge model's heatmaps with full Grad-CAM over a folder of images.
 
@@ -697,20 +899,10 @@ def validate(
         edge_model_path: the converted ``.tflite``.
         images_dir: folder of images (searched recursively; non-images are skipped and counted).
         out_dir: where ``summary.json``, ``per_image.csv`` and ``report.html`` go.
-        method: the host explainer (a name in ``toolkit.explain.METHODS``).
-        min_pearson: gate: median feature-map Pearson must be at least this.
-        min_top1: gate: top-1 agreement (edge vs Keras) must be at least this.
-        batch_size: images per batch (memory is O(batch_size)).
-        faithfulness: also score deletion/insertion AUC of both maps (2 × 2 ×
-            (faithfulness_steps + 1) Keras predictions per scored image).
-        progress: show a tqdm progress bar on stderr.
-        target_layer: layer of the full Grad-CAM; ``None`` picks it as ``edgecam convert``
-            does (the last spatial layer), so a model converted at another layer shows up as a
-            mismatch. Pass the edge's layer to compare at a custom conversion layer.
-        faithfulness_steps: perturbation steps K of the deletion/insertion curves.
-        faithfulness_images: score faithfulness on at most this many images, spread evenly
-            over the run (every ceil(total / n)-th image); ``None`` scores every image.
-        cases: how many worst and best images the report shows.
+        options: a :class:`ValidationOptions` (default: its defaults).
+        **overrides: its fields by keyword: ``method``, ``min_pearson``, ``min_top1``,
+            ``batch_size``, ``faithfulness``, ``progress``, ``target_layer``,
+            ``faithfulness_steps``, ``faithfulness_images``, ``cases``, ``safe_mode``.
 
     Returns:
         A :class:`ValidationResult`; ``passed`` is False when a threshold fails.
@@ -721,21 +913,8 @@ def validate(
         OutputError: ``out_dir`` is not writable.
         ModelFileError / MetadataError / LayerError: the models cannot be loaded or explained.
     """
-    root = Path(images_dir)
-    files = iter_image_files(root)
-    run = _start(keras_model, edge_model_path, out_dir, mode="images", source=root, total=len(files),
-                 method=method, min_pearson=min_pearson, min_top1=min_top1, batch_size=batch_size,
-                 faithfulness=faithfulness, progress=progress, target_layer=target_layer,
-                 faithfulness_steps=faithfulness_steps, faithfulness_images=faithfulness_images,
-                 cases=cases)
-
-    def items() -> Iterator[_Item]:
-        for path in files:
-            image = run.read(path)
-            if image is not None:
-                yield _Item(path.relative_to(root).as_posix(), image)
-
-    return run.run(items())
+    source = ImageFolderSource(images_dir)
+    return validate_source(keras_model, edge_model_path, source, out_dir, options, **overrides)
 
 
 def validate_log(
@@ -743,39 +922,17 @@ def validate_log(
     edge_model_path: Union[str, Path],
     log_path: Union[str, Path],
     out_dir: Union[str, Path],
-    method: str = "gradcam",
-    min_pearson: Optional[float] = None,
-    min_top1: Optional[float] = None,
-    batch_size: int = 16,
-    faithfulness: bool = True,
-    progress: bool = True,
-    target_layer: Optional[str] = None,
-    faithfulness_steps: int = 16,
-    faithfulness_images: Optional[int] = 50,
-    cases: int = 4,
+    options: Optional[ValidationOptions] = None,
+    **overrides: Any,
 ) -> ValidationResult:
     """Compare the CAMs a device recorded (``edgecam run`` JSONL) with full Grad-CAM.
 
     The edge model file gives the metadata (classes, preprocessing, feature-map shape); the
     edge maps, probabilities and classes are the recorded ones. Full Grad-CAM explains the
     recorded ``class_index``; top-1 agreement compares the recorded ``predicted_index`` (else
-    ``argmax(probabilities)``) with the Keras prediction on the saved frame. Arguments as :func:`validate`, with ``log_path`` the
-    JSONL file; records without ``frame_path`` are skipped and counted (``skipped``).
+    ``argmax(probabilities)``) with the Keras prediction on the saved frame. Arguments as
+    :func:`validate`, with ``log_path`` the JSONL file; records without ``frame_path``, or whose
+    ``frame_path`` leads outside the log's folder, are skipped and counted (``skipped``).
     """
-    reader = RunLogReader(log_path)  # fails early on a missing log; shape checks come below
-    run = _start(keras_model, edge_model_path, out_dir, mode="log", source=Path(log_path),
-                 total=reader.count_saved_frames(),
-                 method=method, min_pearson=min_pearson, min_top1=min_top1, batch_size=batch_size,
-                 faithfulness=faithfulness, progress=progress, target_layer=target_layer,
-                 faithfulness_steps=faithfulness_steps, faithfulness_images=faithfulness_images,
-                 cases=cases)
-    reader = RunLogReader(log_path, run.meta.feature_map_shape[:2], run.meta.num_classes)
-
-    def items() -> Iterator[_Item]:
-        for frame in reader:
-            image = run.read(frame.frame_path)
-            if image is not None:
-                yield _Item(os.path.relpath(frame.frame_path, reader.path.parent), image, frame)
-        run.skipped.update(reader.skipped)
-
-    return run.run(items())
+    source = RunLogSource(log_path)
+    return validate_source(keras_model, edge_model_path, source, out_dir, options, **overrides)

@@ -9,14 +9,14 @@ from toolkit.cli._common import cli_errors
 
 @click.command("bundle")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
-@click.option("--target", type=click.Choice(["rpi", "jetson"]), default="rpi", show_default=True,
+@click.option("--target", type=click.Choice(["rpi", "jetson", "linux"]), default="rpi", show_default=True,
               help="Device family (sets the Pythons for --with-wheels and venv defaults).")
 @click.option("-o", "--out", type=click.Path(dir_okay=False), default=None,
               help="Bundle to write [default: MODEL-TARGET.tar.gz beside the model].")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="run.toml whose [run] options the device's `edgecam run` uses.")
 @click.option("--with-wheels", is_flag=True,
-              help="Download every device package (aarch64) into the bundle for an offline install.")
+              help="Download every device package (the target's machines) into the bundle for an offline install.")
 @click.option("--python-version", "python_versions", multiple=True, metavar="X.Y",
               help="Device Python(s) to download wheels for (repeatable) [default: the target's].")
 @click.option("--wheel", type=click.Path(exists=True, dir_okay=False), default=None,

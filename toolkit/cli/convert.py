@@ -32,7 +32,8 @@ from ._common import cli_errors, quiet_tensorflow
 @click.option("--plan-cost", type=click.Choice(["measured", "nominal"]), default="measured", show_default=True,
               help="How auto ranks passing plans: interpreter latency measured here, or the nominal ARM order.")
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line.")
-@click.option("--target-layer", help="Explanation layer; 'outer/inner' inside nested models.")
+@click.option("--target-layer", "--target-tensor", "target_layer",
+              help="Explanation layer ('outer/inner' inside nested models); for .onnx input, the tensor name.")
 @click.option("--color", type=click.Choice(["rgb", "bgr", "gray"]), help="Channel order the model expects.")
 @click.option("--input-scale", type=float, multiple=True, help="x = pixel*scale + offset (1 or 3 values).")
 @click.option("--input-offset", type=float, multiple=True, help="See --input-scale.")
@@ -50,7 +51,7 @@ from ._common import cli_errors, quiet_tensorflow
 def convert(model, output, fmt, quantize, calibration, min_p05, min_median, min_top1, allow_low_fidelity, plan_cost, labels,
             target_layer, color, input_scale, input_offset, mean, std, input_size, cam_output, cam_method, approximate,
             unsafe, no_self_check, emit_baseline):
-    """Export MODEL (.keras, .h5 or SavedModel dir) to a LiteRT .tflite and/or ONNX .onnx that explains itself."""
+    """Export MODEL (.keras, .h5, SavedModel dir, or .onnx from PyTorch) to a .tflite and/or .onnx that explains itself."""
     quiet_tensorflow()
     logging.basicConfig(level=logging.WARNING, format="edgecam: %(levelname)s: %(message)s")
     with cli_errors():

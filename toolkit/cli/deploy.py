@@ -25,12 +25,16 @@ from toolkit.cli._common import cli_errors
 @click.option("--install-arg", "install_args", multiple=True, metavar="ARG",
               help="Extra install.sh argument (repeatable), e.g. --install-arg=--user=pi.")
 @click.option("--wait", type=click.IntRange(0, 600), default=10, show_default=True,
-              help="Seconds to wait for the first telemetry lines.")
+              help="Seconds to wait for the new release's first telemetry; without any, deploy rolls "
+                   "back to the previous release and fails (0: do not wait or check).")
 def deploy(bundle, target, identity, port, ssh_options, dry_run, rollback, no_systemd,
            system_site_packages, remote_python, install_args, wait):
     """Upload BUNDLE to USER@HOST[:DIR] (default dir: ~/edgecam), install it and restart.
 
     Uses the system ssh/scp, so ~/.ssh/config applies; host-key checking stays on.
+    The new release must explain a test frame (edgecam doctor --bundle) before it becomes
+    current, and send telemetry within --wait seconds after the restart, or it is rolled back;
+    the exit code is non-zero whenever the device does not end up on a healthy release.
     With --rollback, give only USER@HOST[:DIR].
     """
     from toolkit.deploy.deploy import SshOptions, deploy as run_deploy

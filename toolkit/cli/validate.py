@@ -30,9 +30,10 @@ from ._common import cli_errors, quiet_tensorflow
               help="Score deletion/insertion AUC on at most N images spread over the set (0: all).")
 @click.option("--no-faithfulness", is_flag=True, help="Skip deletion/insertion AUC (much faster).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--unsafe", is_flag=True, help="Load the Keras model with safe_mode off (trusted files only).")
 def validate_cmd(keras_model, edge_model, images_dir, from_log, out_dir, method, target_layer,
                  min_pearson, min_top1, batch_size, faithfulness_steps, faithfulness_images,
-                 no_faithfulness, quiet):
+                 no_faithfulness, quiet, unsafe):
     """Compare EDGE_MODEL's heatmaps with full Grad-CAM of KERAS_MODEL.
 
     Writes summary.json, per_image.csv and report.html to --out. Exits with code 1 when a
@@ -41,16 +42,16 @@ def validate_cmd(keras_model, edge_model, images_dir, from_log, out_dir, method,
     if (images_dir is None) == (from_log is None):
         raise click.UsageError("Pass exactly one of --images DIR or --from-log RUN.jsonl.")
     quiet_tensorflow()
-    from toolkit.validate import validate, validate_log
+    from toolkit.validate import ImageFolderSource, RunLogSource, ValidationOptions, validate_source
 
-    kwargs = dict(method=method, min_pearson=min_pearson, min_top1=min_top1, batch_size=batch_size,
-                  faithfulness=not no_faithfulness, progress=not quiet, target_layer=target_layer,
-                  faithfulness_steps=faithfulness_steps, faithfulness_images=faithfulness_images or None)
     with cli_errors():
-        if from_log is not None:
-            result = validate_log(keras_model, edge_model, from_log, out_dir, **kwargs)
-        else:
-            result = validate(keras_model, edge_model, images_dir, out_dir, **kwargs)
+        options = ValidationOptions(
+            method=method, min_pearson=min_pearson, min_top1=min_top1, batch_size=batch_size,
+            faithfulness=not no_faithfulness, progress=not quiet, target_layer=target_layer,
+            faithfulness_steps=faithfulness_steps, faithfulness_images=faithfulness_images or None,
+            safe_mode=not unsafe)
+        source = RunLogSource(from_log) if from_log is not None else ImageFolderSource(images_dir)
+        result = validate_source(keras_model, edge_model, source, out_dir, options)
     click.echo(result.describe())
     if not result.passed:
         click.get_current_context().exit(1)

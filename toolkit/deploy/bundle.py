@@ -34,14 +34,21 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from firmware_host._io import atomic_copy, atomic_open, ensure_writable_dir
 from firmware_host.errors import DeployError, InputError, ModelFileError
 from firmware_host.manifest import bundle_id, sha256_file, write_manifest
 from firmware_host.runconfig import dumps_run_config, load_run_config
 
-from .requirements import DEVICE_PINS, PLATFORM_TAGS, pins_for, render_requirements
+from .requirements import (
+    DEVICE_PINS,
+    MACHINE_PLATFORM_TAGS,
+    interpreter_for,
+    pins_for,
+    pins_for_machines,
+    render_requirements,
+)
 
 __all__ = [
     "TARGETS",
@@ -50,6 +57,8 @@ __all__ = [
     "build_bundle",
     "build_wheel",
     "check_wheel",
+    "check_target_covers",
+    "check_device_target",
     "download_wheels",
 ]
 
@@ -64,25 +73,36 @@ class Target:
     """A device family: which Pythons to fetch wheels for, and install defaults.
 
     Attributes:
-        name: ``rpi`` or ``jetson``.
+        name: ``rpi``, ``jetson`` or ``linux``.
         description: shown in the README.
         python_versions: device CPython versions ``--with-wheels`` downloads for by default.
         system_site_packages: make the OS's Python packages visible in the venv (JetPack ships
             its CUDA/GStreamer builds system-wide).
+        machines: the ``uname -m`` values the target's requirements cover; ``deploy`` refuses
+            any other device, and ``--with-wheels`` downloads for those with index wheels.
     """
 
     name: str
     description: str
     python_versions: Tuple[str, ...]
     system_site_packages: bool
+    machines: Tuple[str, ...] = ("aarch64",)
 
 
 TARGETS: Dict[str, Target] = {
-    # Raspberry Pi OS 64-bit: Bullseye (3.9), Bookworm (3.11), Trixie (3.13).
-    "rpi": Target("rpi", "Raspberry Pi 4/5 (64-bit Raspberry Pi OS)", ("3.9", "3.11", "3.13"), False),
+    # Raspberry Pi OS 64-bit: Bullseye (3.9), Bookworm (3.11), Trixie (3.13); 32-bit (armv7l)
+    # through tflite-runtime on Python 3.9/3.10 (wheels from piwheels, never bundled).
+    "rpi": Target("rpi", "Raspberry Pi 4/5 (64-bit Raspberry Pi OS)", ("3.9", "3.11", "3.13"), False,
+                  ("aarch64", "armv7l")),
     # JetPack 6 (Ubuntu 22.04, Python 3.10); JetPack 5 images upgraded to 3.9+.
-    "jetson": Target("jetson", "NVIDIA Jetson (JetPack 6, aarch64)", ("3.10",), True),
+    "jetson": Target("jetson", "NVIDIA Jetson (JetPack 6, aarch64)", ("3.10",), True, ("aarch64",)),
+    # Industrial PCs, in-vehicle NUCs and lab machines: Debian 12 (3.11), Ubuntu 22.04/24.04 (3.10/3.12).
+    "linux": Target("linux", "Generic Linux PC (x86-64 or aarch64, glibc 2.28+)", ("3.10", "3.11", "3.12"), False,
+                    ("x86_64", "aarch64")),
 }
+
+# `uname -m` spellings of the same machine.
+_MACHINE_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "armv8l": "armv7l"}
 
 
 @dataclass(frozen=True)
@@ -183,24 +203,124 @@ def check_wheel(wheel: PathLike) -> str:
     return version.group(1).strip() if version else "?"
 
 
-# ------------------------------------------------------------------------- wheels for offline
-def download_wheels(dest: PathLike, python_versions: Sequence[str], pins=DEVICE_PINS) -> List[Path]:
-    """``pip download`` every device package for aarch64 and each Python version into ``dest``.
+# ------------------------------------------------------------------------- target vs device
+def check_target_covers(target: str, machine: str, python: str) -> str:
+    """Check that a ``target`` bundle installs an interpreter on a ``machine``/``python`` device.
 
-    Markers are applied here (see :mod:`toolkit.deploy.requirements`), one pip call per version.
+    Args:
+        target: a key of :data:`TARGETS`.
+        machine: the device's ``uname -m`` (``aarch64``, ``x86_64``, ``armv7l`` …).
+        python: the device Python's ``X.Y``.
+
+    Returns:
+        The LiteRT interpreter pin that will serve the device (``ai-edge-litert==2.3.0`` …).
+
+    Raises:
+        InputError: unknown target.
+        DeployError: the target's requirements do not cover that machine, or have no interpreter
+            wheel for that Python there.
+    """
+    if target not in TARGETS:
+        raise InputError(f"Unknown target {target!r}. Choose one of: {', '.join(TARGETS)}.")
+    profile = TARGETS[target]
+    machine = _MACHINE_ALIASES.get(machine, machine)
+    covering = [name for name, t in TARGETS.items() if machine in t.machines]
+    if machine not in profile.machines:
+        advice = (f"Build one with `edgecam bundle MODEL --target {covering[0]}`"
+                  + (f" (targets for {machine}: {', '.join(covering)})" if len(covering) > 1 else "")
+                  if covering else f"edgecam has no target for {machine} (see docs/devices.md)")
+        raise DeployError(
+            f"This bundle is for target '{target}' ({', '.join(profile.machines)}), but the device is "
+            f"{machine}: its requirements would install no LiteRT interpreter there. Nothing was "
+            f"uploaded or installed. {advice}."
+        )
+    if not re.match(r"^\d+\.\d+$", python) or tuple(map(int, python.split("."))) < (3, 9):
+        raise DeployError(
+            f"The device's Python is {python!r}; edgecam needs CPython 3.9 or newer. Nothing was "
+            "installed. Install a newer Python on the device and pass --python PY (docs/devices.md)."
+        )
+    interpreter = interpreter_for(python, machine, pins_for_machines(profile.machines))
+    if interpreter is None:
+        raise DeployError(
+            f"Target '{target}' has no LiteRT interpreter wheel for Python {python} on {machine} "
+            "(tflite-runtime, the only armv7l interpreter, stops at Python 3.10). Nothing was "
+            "installed. Use a device Python the target covers with --python PY (docs/devices.md)."
+        )
+    return interpreter
+
+
+# The remote probe: `uname -m`, then the device Python's X.Y (the Python install.sh will use).
+_PROBE_SCRIPT = 'uname -m && "$1" -c "$2"'
+_PROBE_PYTHON = "import sys; print('%d.%d' % sys.version_info[:2])"
+
+
+def check_device_target(bundle_dir: PathLike, install_args: Sequence[str], remote: Callable[..., Sequence[str]],
+                        echo: Callable[[str], None] = print) -> Optional[str]:
+    """Read the device's ``uname -m`` and Python over ssh and check the bundle's target covers them.
+
+    Skipped (returns None) with ``--no-deps`` among ``install_args``: the bundle's requirements are
+    then not installed, so the device's own packages decide.
+
+    Args:
+        bundle_dir: the extracted bundle (its ``bundle.json`` names the target).
+        install_args: install.sh's arguments (``--python PY`` picks the probed interpreter).
+        remote: builds the ssh argument vector for a remote command (argv parts).
+        echo: progress output.
+
+    Returns:
+        The interpreter pin that will serve the device, or None when skipped.
+
+    Raises:
+        DeployError: the probe failed, or :func:`check_target_covers` refused.
+    """
+    args = list(install_args)
+    if "--no-deps" in args:
+        return None
+    python = "python3"
+    for i, arg in enumerate(args):
+        if arg == "--python" and i + 1 < len(args):
+            python = args[i + 1]
+        elif arg.startswith("--python="):
+            python = arg.split("=", 1)[1]
+    target = json.loads(Path(bundle_dir, "bundle.json").read_text(encoding="utf-8")).get("target", "rpi")
+    echo("==> check the device's machine and Python")
+    argv = list(remote("sh", "-c", _PROBE_SCRIPT, "sh", python, _PROBE_PYTHON))
+    if shutil.which(argv[0]) is None:
+        raise DeployError(
+            f"'{argv[0]}' is not installed here. Install the OpenSSH client (apt install openssh-client)."
+        )
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    lines = proc.stdout.split()
+    if proc.returncode != 0 or len(lines) != 2:
+        hint = " (255: ssh could not connect or authenticate)" if proc.returncode == 255 else ""
+        raise DeployError(
+            f"Reading the device's machine and Python ({python}) failed with exit code "
+            f"{proc.returncode}{hint}: {(proc.stderr or proc.stdout).strip()[-300:]}. Nothing was "
+            "uploaded. Check ssh, and that the device has that Python (--python PY)."
+        )
+    return check_target_covers(target, lines[0], lines[1])
+
+
+# ------------------------------------------------------------------------- wheels for offline
+def download_wheels(dest: PathLike, python_versions: Sequence[str], pins=DEVICE_PINS,
+                    machines: Sequence[str] = ("aarch64",)) -> List[Path]:
+    """``pip download`` every device package for each machine and Python version into ``dest``.
+
+    Markers are applied here (see :mod:`toolkit.deploy.requirements`), one pip call per machine
+    and version. Machines without index wheels (armv7l: piwheels) are skipped.
 
     Raises:
         DeployError: pip failed (no network, or no wheel for a version/platform).
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    for version in python_versions:
-        lines = pins_for(version, "aarch64", pins)
+    for machine, version in [(m, v) for m in machines if m in MACHINE_PLATFORM_TAGS for v in python_versions]:
+        lines = pins_for(version, machine, pins)
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as req:
             req.write("\n".join(lines) + "\n")
         cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q",
                "--only-binary=:all:", "--python-version", version, "-d", str(dest), "-r", req.name]
-        for tag in PLATFORM_TAGS:
+        for tag in MACHINE_PLATFORM_TAGS[machine]:
             cmd += ["--platform", tag]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -208,7 +328,7 @@ def download_wheels(dest: PathLike, python_versions: Sequence[str], pins=DEVICE_
             os.unlink(req.name)
         if proc.returncode != 0:
             raise DeployError(
-                f"Downloading the device wheels for Python {version} failed: "
+                f"Downloading the device wheels for Python {version} on {machine} failed: "
                 f"{(proc.stderr or proc.stdout).strip()[-1500:]}. Check the network, or bundle "
                 "without --with-wheels (the device then installs from the index)."
             )
@@ -262,7 +382,8 @@ def build_bundle(
         target: a key of :data:`TARGETS`.
         out: the ``.tar.gz`` to write (default ``<model stem>-<target>.tar.gz`` beside the model).
         config: a run.toml whose ``[run]`` options go into the bundle's run.toml.
-        with_wheels: also download every device package (aarch64) for an offline install.
+        with_wheels: also download every device package (the target's machines that have index
+            wheels) for an offline install.
         wheel: a prebuilt edgecam wheel (default: build one from the source tree).
         python_versions: device Pythons for ``with_wheels`` (default: the target's).
 
@@ -309,7 +430,7 @@ def build_bundle(
         version = check_wheel(wheel_path)
         shutil.copy2(model, staging / model.name)
         if with_wheels:
-            download_wheels(staging / "wheels", versions)
+            download_wheels(staging / "wheels", versions, pins_for_machines(profile.machines), profile.machines)
         header = (
             f"edgecam run options for {model.name} (target {target}), read by "
             "`edgecam run --config run.toml`.\n'model' is relative to this file; other paths are "
@@ -318,6 +439,7 @@ def build_bundle(
         (staging / "run.toml").write_text(dumps_run_config(options, header), encoding="utf-8")
         (staging / "requirements.txt").write_text(
             render_requirements(
+                pins_for_machines(profile.machines),
                 header=(
                     f"edgecam {version} device requirements ({profile.description}); install with\n"
                     "pip install -r requirements.txt, then the edgecam wheel with --no-deps."

@@ -6,7 +6,10 @@
 #   (--no-deps skips requirements.txt; --extra-site DIR adds DIR to the venv's path: for CI,
 #    where the host's packages stand in for the device's. EDGECAM_SERVICE_MODE=systemd|user|process
 #    overrides how the runner is supervised.)
-#   sh install.sh --prefix DIR --rollback | --status [--wait S] | --start | --stop | --verify
+#   sh install.sh --prefix DIR --rollback | --status [--wait S [--expect-telemetry]] | --start | --stop | --verify
+#   (Before `current` is switched, the new release must pass `edgecam doctor --bundle`: it loads the
+#    bundled model and explains a test frame. --status --wait S --expect-telemetry exits 3 when the
+#    runner writes no telemetry within S seconds of its last (re)start.)
 #
 # Layout under --prefix (default: $HOME/edgecam):
 #   releases/<bundle-id>/   the bundle's files + venv/   (one per installed bundle)
@@ -29,6 +32,7 @@ NO_START=0
 NO_DEPS=${EDGECAM_INSTALL_NO_DEPS:-0}
 EXTRA_SITE=${EDGECAM_EXTRA_SITE:-}
 WAIT=0
+EXPECT_TELEMETRY=0
 SERVICE=edgecam
 
 while [ $# -gt 0 ]; do
@@ -43,6 +47,7 @@ while [ $# -gt 0 ]; do
         --extra-site=*) EXTRA_SITE=${1#*=} ;;
         --wait) [ $# -ge 2 ] || die "--wait needs seconds"; WAIT=$2; shift ;;
         --wait=*) WAIT=${1#*=} ;;
+        --expect-telemetry) EXPECT_TELEMETRY=1 ;;
         --system-site-packages) SYSTEM_SITE=1 ;;
         --no-systemd) SYSTEMD=no ;;
         --no-start) NO_START=1 ;;
@@ -67,6 +72,17 @@ case "$PREFIX" in
     *[!A-Za-z0-9._/-]*) die "--prefix '$PREFIX' may only contain letters, digits and . _ / -; choose a plain path" ;;
 esac
 case "$WAIT" in *[!0-9]*|'') die "--wait takes whole seconds, got '$WAIT'" ;; esac
+# --user becomes User= in a root systemd unit: a POSIX user name only (as `edgecam deploy` checks).
+check_user() {
+    case "$1" in
+        '') ;;
+        [!A-Za-z_]*|*[!A-Za-z0-9_.-]*) die "--user '$1' is not a POSIX user name (letters, digits, . _ -; not starting with '-' or a digit)" ;;
+        *) [ ${#1} -le 32 ] || die "--user '$1' is longer than 32 characters" ;;
+    esac
+}
+check_user "$RUN_USER"
+case "$PYTHON" in *"
+"*) die "--python must not contain a newline" ;; esac
 
 # ---------------------------------------------------------------- manifest verification
 sha256_check() {  # run in the bundle dir: verify MANIFEST.sha256
@@ -205,6 +221,7 @@ process_stop() {
 # ---------------------------------------------------------------- service control
 render_unit() {
     [ -n "$RUN_USER" ] || RUN_USER=$(conf_get RUN_USER)
+    check_user "$RUN_USER"
     if [ -n "$RUN_USER" ]; then user_line="User=$RUN_USER"; else
         user_line="# No User=: the service runs as root. Pass --user NAME to install.sh to change it."
     fi
@@ -228,7 +245,9 @@ service_restart() {
             as_root cp "$PREFIX/edgecam.service" "/etc/systemd/system/$SERVICE.service"
             ctl daemon-reload
             ctl enable --quiet "$SERVICE"
-            ctl restart "$SERVICE"
+            ctl stop "$SERVICE" 2>/dev/null || true
+            mark_start
+            ctl start "$SERVICE"
             say "systemd service '$SERVICE' enabled and restarted"
             ;;
         user)
@@ -236,14 +255,56 @@ service_restart() {
             cp "$PREFIX/edgecam.service" "$HOME/.config/systemd/user/$SERVICE.service"
             ctl daemon-reload
             ctl enable --quiet "$SERVICE"
-            ctl restart "$SERVICE"
+            ctl stop "$SERVICE" 2>/dev/null || true
+            mark_start
+            ctl start "$SERVICE"
             say "systemd user service '$SERVICE' enabled and restarted (no root: to start it at boot without a login, run once: sudo loginctl enable-linger $(id -un))"
             ;;
         *)
             process_stop
+            mark_start
             process_start
             ;;
     esac
+}
+
+# The runner's last (re)start, after the old runner stopped: telemetry newer than this file came
+# from the release now running (an old run.jsonl is still there until the runner rotates it).
+STARTED_REL=run/started
+mark_start() { mkdir -p "$PREFIX/run" && : >"$PREFIX/$STARTED_REL"; }
+
+runner_alive() {
+    if [ "$(service_mode)" = process ]; then running_pid >/dev/null; else ctl is-active --quiet "$SERVICE"; fi
+}
+
+runner_log_tail() {  # the runner's last log lines, for the reason of a failure
+    if [ "$(service_mode)" = process ]; then
+        tail -n 15 "$PREFIX/data/edgecam.log" 2>/dev/null || true
+    elif [ "$(service_mode)" = user ]; then
+        journalctl --user -u "$SERVICE" -n 15 --no-pager -o cat 2>/dev/null || true
+    else
+        as_root journalctl -u "$SERVICE" -n 15 --no-pager -o cat 2>/dev/null || true
+    fi
+}
+
+# fresh_telemetry FILE: FILE has data written since the runner's last start.
+fresh_telemetry() {
+    [ -s "$1" ] || return 1
+    [ -f "$PREFIX/$STARTED_REL" ] || return 0
+    [ -n "$(find "$1" -newer "$PREFIX/$STARTED_REL" 2>/dev/null)" ]
+}
+
+# health_check REL: the release loads its bundled model and explains a test frame, before
+# `current` may point at it. On failure nothing is switched and the running release stays.
+health_check() {
+    say "health check: $1/venv/bin/edgecam doctor --bundle $1"
+    if report=$(cd "$PREFIX/data" && "$1/venv/bin/edgecam" doctor --bundle "$1" --repeats 1 2>&1); then
+        printf '%s\n' "$report" | grep -E '^\[ ok \] (interpreter|model) ' | sed 's/^/install.sh:   /' || true
+        return 0
+    fi
+    printf '%s\n' "$report" | sed 's/^/install.sh:   /' >&2
+    cur=$(readlink "$PREFIX/current" 2>/dev/null || true)
+    die "health check failed: release $(basename "$1") cannot explain a test frame (see the [FAIL] lines above); current stays at ${cur:-nothing} and the running release was not touched"
 }
 
 service_stop() {
@@ -270,13 +331,27 @@ show_status() {
     fi
     if tel=$(telemetry_path); then
         i=0
-        while [ ! -s "$tel" ] && [ $i -lt $((WAIT * 5)) ]; do sleep 0.2; i=$((i + 1)); done
-        if [ -s "$tel" ]; then
+        while ! fresh_telemetry "$tel" && [ $i -lt $((WAIT * 5)) ]; do
+            # A runner that already died will not write any: stop waiting (after a 1 s grace).
+            if [ "$EXPECT_TELEMETRY" = 1 ] && [ $i -ge 5 ] && ! runner_alive; then break; fi
+            sleep 0.2; i=$((i + 1))
+        done
+        if fresh_telemetry "$tel"; then
             say "first telemetry lines ($tel):"
             head -n 3 "$tel" | cut -c1-240
-        else
-            say "no telemetry yet in $tel"
+            return 0
         fi
+        say "no telemetry yet in $tel"
+    elif [ "$EXPECT_TELEMETRY" = 1 ]; then
+        # No log configured: the best sign of health left is a runner still alive after WAIT.
+        sleep "$WAIT"
+        if runner_alive; then say "runner alive after $WAIT s (run.toml sets no log to watch)"; return 0; fi
+    fi
+    if [ "$EXPECT_TELEMETRY" = 1 ]; then
+        if runner_alive; then why="sent no telemetry within $WAIT s"; else why="stopped without sending telemetry"; fi
+        echo "install.sh: the runner of $(readlink "$PREFIX/current") $why; its last log lines:" >&2
+        runner_log_tail | cut -c1-300 | sed 's/^/install.sh:   /' >&2
+        exit 3
     fi
 }
 
@@ -325,6 +400,7 @@ do_install() {
         touch "$rel/.complete"
         say "release $id installed in $rel"
     fi
+    health_check "$rel"
     old=$(readlink "$PREFIX/current" 2>/dev/null || true)
     if [ "$old" != "releases/$id" ]; then
         [ -n "$old" ] && swap_link "$old" previous
