@@ -385,7 +385,9 @@ def _export_onnx(endpoint: Endpoint, plans: Sequence[str], representative, float
 
     for plan in plans:
         try:
-            yield plan, export_onnx(endpoint, plan, representative, float_head, float_scope=FLOAT_SCOPE)
+            # Every CAM head (linear ones too) stays float in QDQ: ONNX outputs are float, so the
+            # runtime cannot recombine dequantized feature maps with the float class weights itself.
+            yield plan, export_onnx(endpoint, plan, representative, True, float_scope=FLOAT_SCOPE)
         except ConversionError as exc:
             yield plan, exc
 

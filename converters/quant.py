@@ -196,7 +196,7 @@ class PlanFigures:
         return out
 
 
-def split_held_out(n: int, fraction: float = 0.25, minimum: int = 8) -> Tuple[np.ndarray, np.ndarray]:
+def split_held_out(n: int, fraction: float = 0.25, minimum: int = 10) -> Tuple[np.ndarray, np.ndarray]:
     """Indices ``(calibrate, held_out)``: every ``1/fraction``-th image is held out.
 
     With fewer than ``2 * minimum`` images there is too little to hold out: both are all images
