@@ -569,3 +569,46 @@ def test_preview_host_rules_when_bound_to_all_interfaces(monkeypatch):
         assert _get(server.port, "/", host="cam7.fleet.example")[0] == 200
         assert _get(server.port, "/", host="cam8.fleet.example")[0] == 421
         assert _get(server.port, "/", host="bus.depot.example")[0] == 200
+
+
+# ----------------------------------------------------------------------------- small ones (issue 13, item 10)
+def _keras2_saved_model(directory: Path, layers) -> Path:
+    """A Keras 2 SavedModel directory as tf_keras writes it: saved_model.pb and keras_metadata.pb,
+    whose nodes carry each layer's JSON metadata (here with the protobuf framing bytes around)."""
+    import json
+
+    directory.mkdir()
+    (directory / "saved_model.pb").write_bytes(b"\x08\x01\x12\x00")
+    chunks = []
+    for layer in layers:
+        text = json.dumps(layer).encode()
+        chunks.append(b"\x0a" + bytes([len(text) & 0x7F | 0x80, len(text) >> 7]) + text)
+    (directory / "keras_metadata.pb").write_bytes(b"".join(chunks))
+    return directory
+
+
+def test_keras2_saved_model_with_lambda_is_refused_in_safe_mode(tmp_path):
+    """tf_keras rebuilds Lambda layers from marshalled bytecode with no safe mode of its own on the
+    SavedModel path: edgecam refuses them before tf_keras reads the file, installed or not."""
+    import base64
+    import marshal
+
+    from converters.loading import load_keras_model
+    from firmware_host.errors import ModelFileError
+
+    code = base64.b64encode(marshal.dumps((lambda x: x).__code__)).decode()
+    lambda_layer = {"class_name": "Lambda", "config": {"name": "lambda", "function": [code, None, None],
+                                                      "function_type": "lambda"}}
+    dense = {"class_name": "Dense", "config": {"name": "dense", "units": 2}}
+    model = _keras2_saved_model(tmp_path / "k2", [dense, lambda_layer])
+    with pytest.raises(ModelFileError, match=r"Keras 2 SavedModel with a Lambda layer.*--unsafe"):
+        load_keras_model(model)
+    try:
+        import tf_keras  # noqa: F401
+    except ImportError:
+        # Without safe_mode the file goes on to tf_keras, which is not installed here.
+        with pytest.raises(ModelFileError, match="needs the tf_keras package"):
+            load_keras_model(model, safe_mode=False)
+        plain = _keras2_saved_model(tmp_path / "plain", [dense])
+        with pytest.raises(ModelFileError, match="needs the tf_keras package"):
+            load_keras_model(plain)

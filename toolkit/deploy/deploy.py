@@ -23,7 +23,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 from firmware_host.errors import DeployError, InputError
 from firmware_host.manifest import bundle_id, verify_manifest
 
+from .scratch import owned_tempdir
 from .bundle import check_device_target
 from .safetar import BUNDLE_TOP, safe_extract
 
@@ -511,7 +511,7 @@ def deploy(
         steps = plan_rollback(remote, ssh, wait)
         run_plan(steps, dry_run, echo)
         return steps
-    with tempfile.TemporaryDirectory(prefix="edgecam-deploy-") as tmp:
+    with owned_tempdir("edgecam-deploy-") as tmp:
         local = safe_extract(bundle, tmp, top_pattern=BUNDLE_TOP)
         try:
             verify_manifest(local, strict=True)
