@@ -14,9 +14,9 @@
 * the order is the relative path, sorted as POSIX text (``a/b.png`` before ``a_b.png``).
 
 **Reading** (:func:`load_image`, :func:`read_image`): the file is opened once, checked to be a
-regular file, read whole, and its header parsed (PNG, JPEG, BMP, WebP, TIFF, PNM) *before*
+regular file, and its header parsed (PNG, JPEG, BMP, WebP, TIFF, PNM) *before* the rest is read or
 anything is decoded. A file whose header claims more than :func:`max_image_pixels` pixels
-(default :data:`DEFAULT_MAX_IMAGE_PIXELS`, 4096 × 4096) is refused: a 250 KB PNG can claim
+(default :data:`DEFAULT_MAX_IMAGE_PIXELS`, 4096 × 2160) is refused: a 250 KB PNG can claim
 16000 × 16000 pixels and cost gigabytes once decoded (a "decompression bomb"). A baseline JPEG
 over the limit is decoded at 1/2, 1/4 or 1/8 scale instead (libjpeg decodes reduced in
 memory proportional to the output), when that brings it under the limit. Raise the limit
@@ -63,8 +63,10 @@ log = logging.getLogger("edgecam.imageio")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm")
 
-DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
-"""16.8 MP: a 4K video frame (8.3 MP) and a 12 MP phone photo fit; the BGR image is ≤ 48 MiB."""
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 2160
+"""8.8 MP, a DCI 4K frame (its BGR pixels are 25 MiB; predict on a PNG that size peaks near 500 MB).
+
+Larger baseline JPEGs, such as 12 MP phone photos, are decoded at 1/2 scale."""
 
 MAX_IMAGE_PIXELS: Optional[int] = None
 """Set to override the limit for this process (``None``: the environment variable or the default)."""

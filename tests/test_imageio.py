@@ -255,3 +255,68 @@ def test_predict_names_the_pixel_limit(tmp_path, tiny_fog_model):
     bad = _cli("predict", tiny_fog_model, path, env={"EDGECAM_MAX_IMAGE_PIXELS": "1e400"})
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("Error: EDGECAM_MAX_IMAGE_PIXELS must be a whole number")
+
+
+# -- decompression bombs: peak memory of every command that reads images ------------------------
+BOMB_SIDE = 16000  # 256 MP: 768 MB once decoded to BGR, from a ~250 KB file
+
+
+@pytest.fixture(scope="module")
+def bomb_folders(tmp_path_factory):
+    """``bomb/`` holds the bomb and one good image; ``good/`` only the good image."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("bombs")
+    bomb = png_bomb(BOMB_SIDE, BOMB_SIDE)
+    assert len(bomb) < 300_000 and image_header(bomb).pixels == BOMB_SIDE**2
+    good = cv2.imread(str(DATA / "tiny_fog_input.png"))
+    for name in ("bomb", "good"):
+        (root / name).mkdir()
+        cv2.imwrite(str(root / name / "b_good.png"), good)
+    (root / "bomb" / "a_bomb.png").write_bytes(bomb)
+    return root
+
+
+def _peak_rss_mb(args, cwd, timeout=600):
+    """Run ``edgecam ARGS`` in a child of a fresh interpreter; that child's peak RSS (MB), exit code, stderr."""
+    wrapper = (
+        "import resource, subprocess, sys; "
+        "p = subprocess.run([sys.executable, '-m', 'toolkit', *sys.argv[1:]], stderr=subprocess.PIPE, text=True); "
+        "sys.stderr.write(p.stderr); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.returncode)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
+    out = subprocess.run([sys.executable, "-c", wrapper, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=timeout)
+    kb, code = out.stdout.strip().splitlines()[-1].split()
+    return int(kb) / 1024, int(code), out.stderr
+
+
+COMMANDS = {
+    "predict": lambda d, o: ["predict", DATA / "tiny_fog.tflite", *sorted(d.iterdir()), "--out", o],
+    "run": lambda d, o: ["run", DATA / "tiny_fog.tflite", "--source", d, "--log", o / "log.jsonl"],
+    "validate": lambda d, o: ["validate", DATA / "tiny_fog.keras", DATA / "tiny_fog.tflite", "--images", d,
+                              "--out", o, "--no-faithfulness", "--min-pearson", "0", "--min-top1", "0"],
+    "explain": lambda d, o: ["explain", DATA / "tiny_fog.keras", d, "-m", "gradcam", "--no-figure", "-o", o],
+    "convert": lambda d, o: ["convert", DATA / "tiny_fog.keras", "-o", o / "m.tflite", "--calibration", d,
+                             "--no-self-check"],
+    "dataset": lambda d, o: ["dataset", "fog", "--images", d, "--out", o / "ds", "--n", "4", "--size", "16",
+                             "--quiet"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_bomb_is_refused_in_bounded_memory(bomb_folders, tmp_path, command):
+    """Peak RSS with the bomb stays within 100 MB of the same command on the good image alone.
+
+    Decoding the bomb would add at least 768 MB (its BGR pixels), so this fails without the
+    header check; the measured difference is the one image's cost, not the interpreter's.
+    """
+    peaks = {}
+    for name in ("good", "bomb"):
+        out = tmp_path / name
+        out.mkdir()
+        peaks[name], code, stderr = _peak_rss_mb(COMMANDS[command](bomb_folders / name, out), tmp_path)
+        assert code == 0 and "Traceback" not in stderr, stderr
+    assert f"{BOMB_SIDE}x{BOMB_SIDE}" in stderr  # the refusal is reported, naming the size
+    assert peaks["bomb"] - peaks["good"] < 100, peaks

@@ -35,7 +35,7 @@ def overlay_names(images: Sequence[str]) -> Dict[int, str]:
 @click.option("--class-index", type=int, help="Explain this class instead of the prediction.")
 @click.option("--threads", type=int, help="Interpreter threads.")
 @click.option("--max-image-pixels", type=click.IntRange(1, 2**40),
-              help="Refuse images whose header claims more pixels than this (default 16777216, "
+              help="Refuse images whose header claims more pixels than this (default 8847360 = 4096x2160, "
                    "or $EDGECAM_MAX_IMAGE_PIXELS).")
 def predict(model, images, out, class_index, threads, max_image_pixels):
     """Classify and explain IMAGES with MODEL (.tflite or .onnx); print label, confidence and CAM peak."""
