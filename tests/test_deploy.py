@@ -844,6 +844,8 @@ def test_diagnose_names_the_reason_from_real_doctor_output(tmp_path):
     assert proc.returncode == 1
     assert diagnose(proc.stdout).startswith("model failed to load (model")
     assert diagnose("all fine\n") is None
+    crash = "install.sh:     File \"runner.py\", line 3, in run\ninstall.sh:   TypeError: f() got an unexpected keyword\n"
+    assert diagnose(crash) == "the runner crashed (TypeError: f() got an unexpected keyword)"
 
 
 def test_dry_run_shows_the_rollback_it_would_run(model, wheel, tmp_path):

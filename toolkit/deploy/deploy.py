@@ -378,7 +378,14 @@ def diagnose(output: str) -> Optional[str]:
                 detail = re.sub(r"^\[FAIL\]\s*", "", detail)
                 return f"{reason} ({detail[:200]})"
     errors = [line.strip() for line in output.splitlines() if re.search(r"(^|\s)(Error|error):", line)]
-    return errors[-1][:240] if errors else None
+    if errors:
+        return errors[-1][:240]
+    # A Python traceback's last line: "TypeError: …" (a bug, not a device problem).
+    crashes = [line.strip() for line in output.splitlines()
+               if re.match(r"\s*(install\.sh:\s*)?[A-Za-z_][\w.]*(Error|Exception): ", line)]
+    if crashes:
+        return "the runner crashed (" + re.sub(r"^install\.sh:\s*", "", crashes[-1])[:200] + ")"
+    return None
 
 
 def run_step(step: Step, echo: Callable[[str], None] = print, keep: int = 60) -> StepResult:
