@@ -119,10 +119,10 @@ def check_members(archive: str, members: List[tarfile.TarInfo], top_pattern: Opt
             f"'{archive}': the top-level directory is {top!r}, not edgecam-<bundle id> as `edgecam "
             "bundle` writes it. Rebuild the bundle with `edgecam bundle`."
         )
+    ancestors = {"/".join(parts[:i]) for parts in (name.split("/") for name in seen) for i in range(1, len(parts))}
     for start in links:
-        below = next((name for name in seen if name.startswith(start + "/")), None)
-        if below is not None:
-            raise _reject(archive, below, f"lies beneath the link {start!r} (it would be written through it)")
+        if start in ancestors:
+            raise _reject(archive, start, "is a link with members beneath it (they would be written through it)")
         _follow(archive, start, links)
     return top
 
