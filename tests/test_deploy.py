@@ -914,3 +914,17 @@ def test_interrupted_bundle_leaves_no_wheel_scratch_behind(model, wheel, tmp_pat
     assert again.returncode == 0, again.stderr
     assert sorted(p.name for p in scratch.glob("edgecam-wheel-*")) == ["edgecam-wheel-live"]
     assert [p.name for p in tmp_path.glob(".edgecam-bundle-*")] == []  # the staging beside it too
+
+
+def test_doctor_bundle_names_a_missing_camera_without_failing(model, wheel, tmp_path):
+    """A camera that is not there is reported (the deploy's reason reads it), not a failed check:
+    it may be plugged in later, and the previous release would need it just the same."""
+    from firmware_host.doctor import run_doctor
+
+    assert not Path("/dev/video7").exists()
+    (tmp_path / "cam.toml").write_text("[run]\nsource = 7\n")
+    root = extract(make_bundle(model, wheel, tmp_path / "b.tar.gz", config=tmp_path / "cam.toml"), tmp_path / "x")
+    report = run_doctor(bundle=root, repeats=1)
+    source = report.get("source")
+    assert source.ok is None and "/dev/video7" in source.detail and "camera not found" in source.detail
+    assert report.get("bundle").ok
