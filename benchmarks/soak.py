@@ -134,7 +134,7 @@ def soak(
         start = time.perf_counter()
         summary = run(
             str(model), str(video), loop=True, max_frames=frames, log=logdir / "run.jsonl",
-            save_frames=save_frames, log_max_mb=log_max_mb, on_frame=on_frame, num_threads=1,
+            save_frames=save_frames, log_max_mb=log_max_mb, on_frame=on_frame, threads=1,
             notify=lambda message: None,
         )
         seconds = time.perf_counter() - start

@@ -27,6 +27,8 @@ from firmware_host.errors import LayerError, UnsupportedHeadError
 __all__ = [
     "Target",
     "ModelSplit",
+    "walk_layers",
+    "output_shape",
     "spatial_candidates",
     "find_target",
     "final_activation",
@@ -101,7 +103,8 @@ def _is_container(layer) -> bool:
     return _graph(layer) is not None and hasattr(layer, "layers")
 
 
-def _output_shape(layer) -> Optional[Tuple]:
+def output_shape(layer) -> Optional[Tuple]:
+    """The layer's output shape, or None when it has no single built output."""
     try:
         out = layer.output
     except (AttributeError, ValueError, RuntimeError):
@@ -110,23 +113,28 @@ def _output_shape(layer) -> Optional[Tuple]:
     return tuple(shape) if shape is not None else None
 
 
-def _walk(model, prefix: str = "", containers: Tuple = ()):
-    """Yield ``(path, layer, containers)`` for every layer, depth first, nested included."""
+def walk_layers(model, prefix: str = "", containers: Tuple = ()):
+    """Every layer of ``model``, depth first, nested models included.
+
+    Yields:
+        ``(path, layer, containers)``: the ``outer/inner`` path, the layer, and the models that
+        contain it (outermost first).
+    """
     containers = containers + (model,)
     for layer in model.layers:
         path = prefix + layer.name
         yield path, layer, containers
         if _is_container(layer):
-            yield from _walk(layer, path + SEP, containers)
+            yield from walk_layers(layer, path + SEP, containers)
 
 
 def spatial_candidates(model) -> List[str]:
     """Paths of every layer whose output is ``(N, H, W, C)`` (InputLayers excluded)."""
     out = []
-    for path, layer, _ in _walk(model):
+    for path, layer, _ in walk_layers(model):
         if type(layer).__name__ == "InputLayer" or _is_container(layer):
             continue
-        shape = _output_shape(layer)
+        shape = output_shape(layer)
         if shape is not None and len(shape) == 4:
             out.append(path)
     return out
@@ -164,7 +172,7 @@ def _target_from_path(model, path: str) -> Target:
             where = SEP.join(names[:depth]) or "the model"
             nested = ""
             if depth == 0 and SEP not in path:
-                matches = [p for p, _, _ in _walk(model) if p.split(SEP)[-1] == name]
+                matches = [p for p, _, _ in walk_layers(model) if p.split(SEP)[-1] == name]
                 if len(matches) == 1:
                     return _target_from_path(model, matches[0])
                 if matches:
@@ -184,7 +192,7 @@ def _target_from_path(model, path: str) -> Target:
     if _is_container(layer):
         # A nested model named as a whole: explain its output layer.
         return _descend_to_output(layer, path, containers + (layer,))
-    shape = _output_shape(layer)
+    shape = output_shape(layer)
     if shape is None or len(shape) != 4:
         raise LayerError(
             f"Layer {path!r} is not a spatial layer (output shape {shape}); Grad-CAM needs an "
@@ -220,7 +228,7 @@ def _descend_to_output(model, prefix: str, containers: Tuple) -> Target:
     path = prefix + SEP + op.name
     if _is_container(op):
         return _descend_to_output(op, path, containers + (op,))
-    return Target(path=path, layer=op, containers=containers, shape=_hwc(_output_shape(op), path))
+    return Target(path=path, layer=op, containers=containers, shape=_hwc(output_shape(op), path))
 
 
 _GLOBAL_POOLS = ("GlobalAveragePooling2D", "GlobalMaxPooling2D")
@@ -369,7 +377,7 @@ def sync_clones(layers) -> None:
             that is not a clone is skipped.
     """
     for item in layers:
-        inner = [layer for _, layer, _ in _walk(item)] if _is_container(item) else [item]
+        inner = [layer for _, layer, _ in walk_layers(item)] if _is_container(item) else [item]
         for layer in inner:
             ref = _CLONE_SOURCES.get(layer)
             source = ref() if ref is not None else None

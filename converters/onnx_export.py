@@ -26,7 +26,7 @@ import numpy as np
 
 from firmware_host.errors import ConversionError, MissingDependencyError
 
-__all__ = ["OPSET", "QUANTIZATIONS", "require_onnx_tools", "export_onnx", "tool_versions"]
+__all__ = ["OPSET", "QUANTIZATIONS", "require_onnx_tools", "export_onnx", "tool_versions", "quantize_int8_qdq"]
 
 log = logging.getLogger("edgecam.convert")
 
@@ -220,3 +220,7 @@ def export_onnx(endpoint, quantize: str, representative: Optional[List[Dict[str,
     except onnx.checker.ValidationError as exc:
         raise ConversionError(f"The exported ONNX model is invalid: {str(exc).splitlines()[0]}") from exc
     return model.SerializeToString()
+
+
+# The same QDQ settings for ONNX input (converters.onnx_in.quantize).
+quantize_int8_qdq = _int8

@@ -116,28 +116,29 @@ def heatmap(cam: np.ndarray, size: Optional[Size] = None) -> np.ndarray:
     return normalize(out)
 
 
-def colorize(heat: np.ndarray, colormap: int = None) -> np.ndarray:
-    """Map a [0, 1] heatmap ``(H, W)`` to an RGB uint8 image (JET by default)."""
+def colorize(heat: np.ndarray, colormap: int = None, bgr: bool = False) -> np.ndarray:
+    """Map a [0, 1] heatmap ``(H, W)`` to an RGB (``bgr=True``: OpenCV's BGR) uint8 image (JET by default)."""
     import cv2
 
     heat = np.asarray(heat, dtype=np.float32)
     if heat.ndim != 2:
         raise InputError(f"colorize expects a (H, W) heatmap. Got shape {heat.shape}.")
     levels = np.clip(heat * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    bgr = cv2.applyColorMap(levels, cv2.COLORMAP_JET if colormap is None else colormap)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    colored = cv2.applyColorMap(levels, cv2.COLORMAP_JET if colormap is None else colormap)
+    return colored if bgr else cv2.cvtColor(colored, cv2.COLOR_BGR2RGB)
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, bgr: bool = False) -> np.ndarray:
     """Blend a colourised heatmap over an RGB (or gray) uint8 image of any size.
 
     Args:
         image: ``(H, W, 3)`` RGB or ``(H, W)`` gray uint8.
         heat: heatmap in [0, 1] at any resolution; it is resized to the image.
         alpha: weight of the heatmap colour.
+        bgr: ``image`` and the result are OpenCV BGR (video frames: no colour conversion).
 
     Returns:
-        ``(H, W, 3)`` RGB uint8.
+        ``(H, W, 3)`` RGB (or BGR) uint8.
     """
     img = np.asarray(image)
     if img.dtype != np.uint8:
@@ -149,7 +150,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndar
     heat = np.asarray(heat, dtype=np.float32)
     if heat.shape != img.shape[:2]:
         heat = resize(heat, img.shape[:2])
-    color = colorize(np.clip(heat, 0.0, 1.0))
+    color = colorize(np.clip(heat, 0.0, 1.0), bgr=bgr)
     blended = img.astype(np.float32) * (1.0 - alpha) + color.astype(np.float32) * alpha
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 

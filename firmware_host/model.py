@@ -318,7 +318,7 @@ class ExplainableModel:
         Returns:
             An :class:`Explanation`.
         """
-        return self.explain_batch([check_image(image)], class_index)[0]
+        return self.explain_batch([image], class_index)[0]  # checked once, in preprocess()
 
     def _check_finite(self, probs: np.ndarray, cams: np.ndarray) -> None:
         """A NaN/inf output is never returned as a result: it would be silent garbage."""

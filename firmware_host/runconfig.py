@@ -1,10 +1,11 @@
 """``run.toml``: the options of ``edgecam run`` as a TOML table, as shipped in a deploy bundle.
 
 The file holds one table, ``[run]``, whose keys are the long options of ``edgecam run`` with
-dashes turned into underscores (``--out-video`` → ``out_video``). :func:`to_click_defaults` maps
-them to click parameter names, so ``edgecam run --config run.toml`` hands the table to click as
-its ``default_map`` and flags given on the command line still win; :func:`to_run_kwargs` maps
-them to ``firmware_host.runner.run`` keyword arguments::
+dashes turned into underscores (``--out-video`` → ``out_video``): the field names of
+:class:`~firmware_host.options.RunOptions`, which are also the click parameter names and the
+keyword arguments of ``firmware_host.runner.run``. So ``edgecam run --config run.toml`` hands
+the table to click as its ``default_map`` (flags given on the command line still win), and
+``run(options.pop("model"), options.pop("source"), **options)`` runs it from Python::
 
     [run]
     model = "fog.tflite"          # relative to this file's directory
@@ -27,45 +28,26 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Union
 
 from .errors import InputError, MissingDependencyError
+from .options import OPTIONS, SOURCE, spec_by_name
 
 __all__ = [
     "RUN_KEYS",
     "load_run_config",
     "parse_run_config",
     "dumps_run_config",
-    "to_run_kwargs",
-    "to_click_defaults",
+    "MAX_CONFIG_BYTES",
 ]
 
-_NUMBER = (int, float)
-# TOML key → accepted value types. The keys are `edgecam run`'s long options with dashes turned
-# into underscores; --json, --show and the config itself are left out (not for a service).
+#: A run.toml is a few hundred bytes; anything past this is not one.
+MAX_CONFIG_BYTES = 1 << 20
+
+# TOML key → accepted value types: the model, the source and every RunOptions field a service
+# may set (not --show), all from firmware_host.options.
 RUN_KEYS: Dict[str, tuple] = {
     "model": (str,),
-    "source": (str, int),
-    "out_video": (str,),
-    "video_fps": _NUMBER,
-    "log": (str,),
-    "save_frames": (int,),
-    "frame_format": (str,),
-    "fsync_every": (int,),
-    "log_max_mb": _NUMBER,
-    "snapshots": (str,),
-    "snapshot_every": _NUMBER,
-    "snapshot_max_mb": _NUMBER,
-    "preview": (str,),
-    "smooth": _NUMBER,
-    "hysteresis": (str,),
-    "realtime": (bool,),
-    "loop": (bool,),
-    "reconnect_attempts": (int,),
-    "threads": (int,),
-    "max_frames": (int,),
+    SOURCE.name: (str, int),
+    **{option.name: option.toml_types for option in OPTIONS if option.toml},
 }
-
-# Where a TOML key is not the name used downstream.
-_RUN_KWARG = {"threads": "num_threads"}  # firmware_host.runner.run(...)
-_CLICK_PARAM = {"log": "log_path"}  # toolkit/cli/run.py parameter names
 
 
 def _toml():
@@ -97,8 +79,13 @@ def parse_run_config(text: str, origin: str = "run.toml") -> Dict[str, Any]:
     tomllib = _toml()
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer past Python's 4300-digit limit
         raise InputError(f"'{origin}' is not valid TOML: {exc}. Fix the file (see docs/deploy.md).") from exc
+    except RecursionError:
+        raise InputError(
+            f"'{origin}' is nested too deeply to be a run.toml (arrays or tables inside each other). "
+            "A run.toml holds one [run] table of plain values (see docs/deploy.md)."
+        ) from None
     extra_tables = sorted(set(doc) - {"run"})
     if "run" not in doc or not isinstance(doc["run"], dict) or extra_tables:
         raise InputError(
@@ -106,19 +93,23 @@ def parse_run_config(text: str, origin: str = "run.toml") -> Dict[str, Any]:
             f"top-level keys {sorted(doc) or 'none'}. Put the options under a [run] header."
         )
     table = doc["run"]
+    specs = spec_by_name()
     for key, value in table.items():
         if key not in RUN_KEYS:
             hint = f" (did you mean {key.replace('-', '_')!r}?)" if key.replace("-", "_") in RUN_KEYS else ""
             raise InputError(
-                f"'{origin}': unknown [run] key {key!r}{hint}. Known keys: {', '.join(RUN_KEYS)}."
+                f"'{origin}': unknown [run] key {key[:60]!r}{hint}. Known keys: {', '.join(RUN_KEYS)}."
             )
         types = RUN_KEYS[key]
         # bool is an int subclass in Python; TOML true/false is only valid for the flags.
         if isinstance(value, bool) != (types == (bool,)) or not isinstance(value, types):
             names = " or ".join(t.__name__ for t in types)
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
             raise InputError(
-                f"'{origin}': [run] {key} must be of type {names}. Got {value!r} ({type(value).__name__})."
+                f"'{origin}': [run] {key} must be of type {names}. Got {shown} ({type(value).__name__})."
             )
+        if key in specs:  # the same bounds as on the command line
+            specs[key].convert(value, subject=f"'{origin}': [run] {key}")
     return dict(table)
 
 
@@ -132,10 +123,7 @@ def load_run_config(path: Union[str, Path]) -> Dict[str, Any]:
         InputError: the file is missing or invalid (see :func:`parse_run_config`).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"Cannot read run config '{path}': {exc.strerror}. Pass an existing run.toml.") from exc
+    text = _read_text(path)
     options = parse_run_config(text, str(path))
     if "model" in options:
         model = Path(options["model"])
@@ -143,15 +131,27 @@ def load_run_config(path: Union[str, Path]) -> Dict[str, Any]:
     return options
 
 
-def to_run_kwargs(options: Mapping[str, Any]) -> Dict[str, Any]:
-    """run.toml options → keyword arguments of ``firmware_host.runner.run`` (``model``, ``source``
-    included: pass them positionally or by name)."""
-    return {_RUN_KWARG.get(key, key): value for key, value in options.items()}
-
-
-def to_click_defaults(options: Mapping[str, Any]) -> Dict[str, Any]:
-    """run.toml options → ``edgecam run`` click parameter names, for ``ctx.default_map``."""
-    return {_CLICK_PARAM.get(key, key): value for key, value in options.items()}
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of a run.toml: a regular file of at most MAX_CONFIG_BYTES."""
+    try:
+        if not path.is_file():  # a FIFO would block the read for ever
+            raise IsADirectoryError(0, "not a regular file")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"Cannot read run config '{path}': {exc.strerror}. Pass an existing run.toml.") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise InputError(
+            f"Run config '{path}' is larger than {MAX_CONFIG_BYTES >> 10} KiB; a run.toml is one small "
+            "[run] table. Pass the run.toml of the bundle."
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"Run config '{path}' is not UTF-8 text (byte {exc.start} is 0x{data[exc.start]:02x}); TOML "
+            "files are UTF-8. Save it as UTF-8."
+        ) from None
 
 
 def _toml_value(key: str, value: Any) -> str:

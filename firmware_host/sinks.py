@@ -1,16 +1,26 @@
-"""Outputs of ``edgecam run``: annotated video, JSONL telemetry (+ saved frames), snapshots.
+"""Outputs of ``edgecam run``: the :class:`Sink` protocol and its five implementations.
 
-* :class:`VideoSink` — the annotated stream through ``cv2.VideoWriter``; :meth:`close`
-  releases the writer, which is what makes an MP4 playable (it writes the index).
-* :class:`TelemetryLog` — one JSON object per line and per frame (schema in ``docs/run.md``).
-  A writer thread saves the frame (atomically) and then writes, flushes and ``os.fsync``'s the
-  line (every ``fsync_every`` records); :meth:`TelemetryLog.write` first waits for the previous
-  record to be on disk, so with the default of 1 a power cut loses at most the last record,
-  possibly as a truncated final line that :func:`read_jsonl` skips, while the disk flush
-  overlaps the next inference instead of stalling the loop. The log is rotated into segments
-  and old segments (with their frames) are deleted to stay under a disk budget.
+``run()`` opens the sinks the options ask for (:func:`sinks_for`), hands every one the same
+:class:`FrameResult` per frame, and closes them in reverse order, whatever happens:
+
+* :class:`TelemetryLog` — one JSON object per line and per frame (a
+  :class:`~firmware_host.telemetry.TelemetryRecord`; schema in ``docs/run.md``). A writer thread
+  saves the frame (atomically) and then writes, flushes and ``os.fsync``'s the line (every
+  ``fsync_every`` records); writing a record first waits for the previous one to be on disk, so
+  with the default of 1 a power cut loses at most the last record, possibly as a truncated
+  final line that :func:`read_jsonl` skips, while the disk flush overlaps the next inference
+  instead of stalling the loop. The log is rotated into segments and old segments (with their
+  frames) are deleted to stay under a disk budget.
 * :class:`SnapshotSink` — frame + overlay JPEGs on class changes and every N seconds, oldest
   deleted first to stay under a disk budget.
+* :class:`VideoSink` — the annotated stream through ``cv2.VideoWriter``; :meth:`VideoSink.close`
+  releases the writer, which is what makes an MP4 playable (it writes the index).
+* :class:`PreviewSink` — the annotated stream on the MJPEG preview server.
+* :class:`WindowSink` — an OpenCV window where a display exists.
+
+A sink is anything with ``open(context) -> where | None``, ``on_frame(result)`` and
+``close()``; pass more to ``run(..., sinks=[...])``. The annotated frame
+(:attr:`FrameResult.annotated`) is drawn once per frame, and only when a sink asks for it.
 
 Images are BGR uint8 as OpenCV uses them.
 """
@@ -21,19 +31,29 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Protocol, Tuple, Union, runtime_checkable
 
 import numpy as np
 
 from ._io import atomic_write_bytes, ensure_writable_dir
 from .errors import InputError, OutputError
 from .telemetry import LogLine, TelemetryRecord, read_objects
+from .temporal import TemporalState
 
 __all__ = [
+    "Sink",
+    "RunContext",
+    "FrameResult",
+    "FrameTimings",
+    "sinks_for",
+    "PreviewSink",
+    "WindowSink",
     "annotate",
     "encode_jpeg",
     "VideoSink",
@@ -90,8 +110,7 @@ def annotate(
 
     from . import cam as _cam
 
-    rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)  # a fresh array: the input is never drawn on
-    out = cv2.cvtColor(_cam.overlay(rgb, heat, alpha=alpha), cv2.COLOR_RGB2BGR)
+    out = _cam.overlay(frame_bgr, heat, alpha=alpha, bgr=True)  # a new array: the input is never drawn on
     height = out.shape[0]
     scale = max(0.35, min(1.0, height / 480.0))
     thick = 1 if scale < 0.6 else 2
@@ -110,6 +129,112 @@ def annotate(
         y = (i + 1) * line_h - pad
         cv2.putText(out, text, (pad, y), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return out
+
+
+# -- what every sink sees ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FrameTimings:
+    """Timings of one frame.
+
+    Attributes:
+        latency_ms: interpreter time (both calls when the frame was explained again for a
+            class that became the shown one on it).
+        fps: the displayed frame rate before this frame (an EMA over ~10 frames), or None on
+            the first frame.
+    """
+
+    latency_ms: float
+    fps: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One explained frame, as every sink (and ``run(on_frame=...)``) receives it.
+
+    Attributes:
+        frame: index in the source.
+        timestamp: unix seconds when grabbed.
+        image: the frame as read, ``(H, W, 3)`` BGR uint8 (never drawn on).
+        explanation: the raw :class:`~firmware_host.Explanation` (what is logged).
+        state: the smoothed / hysteresis view (what is drawn, counted and snapshotted).
+        label: the name of the shown class ``state.class_index``.
+        timings: :class:`FrameTimings`.
+        name: the file the frame came from (folders and globs), else None.
+    """
+
+    frame: int
+    timestamp: float
+    image: np.ndarray
+    explanation: Any
+    state: TemporalState
+    label: str
+    timings: FrameTimings
+    name: Optional[str] = None
+
+    @cached_property
+    def annotated(self) -> np.ndarray:
+        """The frame with heatmap, label, confidence and fps drawn (BGR; drawn once, on first use)."""
+        return annotate(self.image, self.state.heat, self.label, self.state.confidence, self.timings.fps)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a sink learns when the run starts (:meth:`Sink.open`).
+
+    Attributes:
+        classes: the model's class names.
+        source_fps: the source's nominal frame rate (0 when unknown).
+        title: the model's file name.
+        smoothed: True when ``--smooth`` > 0 (the log then records the smoothed probabilities).
+        notify: prints a warning (stderr by default).
+        stop: asks the loop to stop cleanly after this frame (a window's q/Esc).
+    """
+
+    classes: Tuple[str, ...]
+    source_fps: float = 0.0
+    title: str = "model"
+    smoothed: bool = False
+    notify: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True)
+    stop: Callable[[], None] = lambda: None
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """An output of ``edgecam run``.
+
+    ``open`` is called once before the first frame and returns where the output goes (shown in
+    the summary under the sink's ``name``) or None; ``on_frame`` once per explained frame;
+    ``close`` once at the end, also after an error or a signal, also when ``open`` failed.
+    """
+
+    name: str
+
+    def open(self, context: RunContext) -> Optional[str]: ...
+
+    def on_frame(self, result: FrameResult) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def sinks_for(options) -> Iterator[Sink]:
+    """The built-in sinks a :class:`~firmware_host.options.RunOptions` asks for, in opening order.
+
+    A generator: each sink is created (its files too) only when the runner asks for the next
+    one, after the source is open, so a wrong ``--source`` leaves no empty outputs behind.
+    """
+    if options.log is not None:
+        yield TelemetryLog(options.log, options.save_frames, options.frame_format, options.fsync_every,
+                           options.log_max_mb)
+    if options.snapshots is not None:
+        yield SnapshotSink(options.snapshots, options.snapshot_every, options.snapshot_max_mb)
+    if options.out_video is not None:
+        yield VideoSink(options.out_video, options.video_fps)
+    if options.preview is not None:
+        yield PreviewSink(*options.preview)
+    if options.show:
+        yield WindowSink()
 
 
 def _keep_existing(path: Path) -> Optional[Path]:
@@ -134,25 +259,35 @@ class VideoSink:
 
     Args:
         path: output file; its directory is checked up front.
-        fps: frame rate written into the container.
+        fps: frame rate written into the container (``None``: the source's, else 15, set by
+            :meth:`open`).
     """
 
     CODECS = {".avi": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "MJPG"}
+    name = "video"
 
-    def __init__(self, path: PathLike, fps: float = 15.0) -> None:
+    def __init__(self, path: PathLike, fps: Optional[float] = 15.0) -> None:
         self.path = Path(path)
         if self.path.suffix.lower() not in self.CODECS:
             raise InputError(
                 f"--out-video must end with one of {', '.join(self.CODECS)}. Got: '{self.path}'."
             )
-        if not (fps > 0 and math.isfinite(fps)):
+        if fps is not None and not (fps > 0 and math.isfinite(fps)):
             raise InputError(f"Video fps must be positive. Got: {fps}")
         ensure_writable_dir(self.path.parent if str(self.path.parent) else ".")
         self.kept = _keep_existing(self.path)
-        self.fps = float(fps)
+        self.fps = None if fps is None else float(fps)
         self.frames = 0
         self._writer = None
         self._size: Optional[Tuple[int, int]] = None
+
+    def open(self, context: RunContext) -> str:
+        if self.fps is None:
+            self.fps = context.source_fps if 0 < context.source_fps <= 240 else 15.0
+        return str(self.path)
+
+    def on_frame(self, result: FrameResult) -> None:
+        self.write(result.annotated)
 
     def write(self, image: np.ndarray) -> None:
         """Append one BGR frame; frames of another size are resized to the first one's."""
@@ -217,6 +352,8 @@ class TelemetryLog:
         cam_digits: significant digits kept in the logged CAM.
     """
 
+    name = "log"
+
     def __init__(
         self,
         path: PathLike,
@@ -244,6 +381,7 @@ class TelemetryLog:
         self.fsync_every = int(fsync_every)
         self.budget = None if max_mb is None else int(max_mb * _MB)
         self.cam_digits = int(cam_digits)
+        self.smoothed = False  # log smoothed_probabilities (set by open() when --smooth > 0)
         self.frames_root = self.dir / f"{self.path.stem}_frames"
         self.records = 0
         self._pending = 0
@@ -309,6 +447,21 @@ class TelemetryLog:
             self._segment_file(sid).unlink(missing_ok=True)
             shutil.rmtree(self.frames_root / sid, ignore_errors=True)
             total -= size
+
+    # -- the sink ----------------------------------------------------------------------------
+    def open(self, context: RunContext) -> str:
+        self.smoothed = context.smoothed
+        return str(self.path)
+
+    def on_frame(self, result: FrameResult) -> None:
+        """Log the raw explanation, the shown class and (with smoothing) ``s_t``; save the frame."""
+        state = result.state
+        record = TelemetryRecord.from_explanation(
+            result.explanation, frame=result.frame, timestamp=result.timestamp, cam_digits=self.cam_digits,
+            shown_index=state.class_index, shown_label=result.label,
+            smoothed_probabilities=state.probabilities if self.smoothed else None,
+        )
+        self.write_record(record, result.image)
 
     # -- writing -------------------------------------------------------------------------------
     def wants_frame(self, index: int) -> bool:
@@ -487,6 +640,8 @@ class SnapshotSink:
         max_mb: disk budget of the directory's snapshot files.
     """
 
+    name = "snapshots"
+
     def __init__(self, directory: PathLike, every_s: float = 60.0, max_mb: float = 100.0) -> None:
         if every_s < 0 or max_mb <= 0:
             raise InputError(
@@ -506,6 +661,13 @@ class SnapshotSink:
                     pairs[base] = pairs.get(base, 0) + p.stat().st_size
         self._pairs: List[Tuple[str, int]] = sorted(pairs.items())
         self._total = sum(pairs.values())
+
+    def open(self, context: RunContext) -> str:
+        return str(self.dir)
+
+    def on_frame(self, result: FrameResult) -> None:
+        self.maybe_save(frame=result.frame, image_bgr=result.image, annotated_bgr=result.annotated,
+                        label=result.label, changed=result.state.changed)
 
     def maybe_save(
         self, *, frame: int, image_bgr: np.ndarray, annotated_bgr: np.ndarray, label: str, changed: bool, now: Optional[float] = None
@@ -538,3 +700,90 @@ class SnapshotSink:
     def close(self) -> None:
         pass
 
+
+# -- live outputs ------------------------------------------------------------------------------
+
+
+class PreviewSink:
+    """``--preview``: the annotated stream on :class:`~firmware_host.preview.PreviewServer`.
+
+    Args:
+        host / port: where to bind (see :func:`firmware_host.preview.parse_bind`).
+    """
+
+    name = "preview"
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, int(port)
+        self.server = None
+
+    def open(self, context: RunContext) -> str:
+        from .preview import PreviewServer
+
+        self.server = PreviewServer(self.host, self.port, title=context.title)
+        if not self.server.loopback:
+            context.notify(
+                f"Preview on {self.server.url} is reachable from the network, without "
+                "authentication or encryption. Bind 127.0.0.1 and use an SSH tunnel instead."
+            )
+        return self.server.url
+
+    def on_frame(self, result: FrameResult) -> None:
+        self.server.publish(result.annotated)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+
+def _display_available() -> bool:
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+class WindowSink:
+    """``--show``: a cv2 window when a display and a GUI-enabled OpenCV exist; q/Esc stops the run."""
+
+    name = "window"
+    TITLE = "edgecam"
+
+    def __init__(self) -> None:
+        self.ok = False
+        self._stop: Callable[[], None] = lambda: None
+
+    def open(self, context: RunContext) -> None:
+        self._stop = context.stop
+        if not _display_available():
+            context.notify("--show: no display (DISPLAY/WAYLAND_DISPLAY unset); running headless.")
+            return None
+        import cv2
+
+        try:
+            cv2.namedWindow(self.TITLE, cv2.WINDOW_NORMAL)
+            self.ok = True
+        except cv2.error:
+            context.notify(
+                "--show: this OpenCV has no GUI support (opencv-python-headless); install "
+                "opencv-python to get a window. Running headless."
+            )
+        return None
+
+    def on_frame(self, result: FrameResult) -> None:
+        if self.ok and not self.show(result.annotated):
+            self._stop()
+
+    def show(self, image: np.ndarray) -> bool:
+        """Draw; returns False when the user pressed q/Esc."""
+        import cv2
+
+        cv2.imshow(self.TITLE, image)
+        return (cv2.waitKey(1) & 0xFF) not in (ord("q"), 27)
+
+    def close(self) -> None:
+        if self.ok:
+            import cv2
+
+            cv2.destroyWindow(self.TITLE)
+            self.ok = False

@@ -75,18 +75,23 @@ def parse_hysteresis(text: str) -> Tuple[float, int]:
     except ValueError:
         raise InputError(
             f"--hysteresis takes MARGIN[:FRAMES], e.g. 0.1:3 (margin of probability, consecutive "
-            f"frames). Got: {text!r}"
+            f"frames). Got: {str(text)[:60]!r}"
         ) from None
     _check(0.0, margin, frames)
     return margin, frames
 
 
+#: Largest ``FRAMES`` of ``--hysteresis`` (a finite bound; at 30 fps about 9 hours).
+MAX_HYSTERESIS_FRAMES = 1_000_000
+
+
 def _check(alpha: float, margin: float, frames: int) -> None:
-    if not 0.0 <= alpha < 1.0:
+    if not 0.0 <= alpha < 1.0:  # also refuses NaN
         raise InputError(f"--smooth ALPHA must be in [0, 1) (weight of the past). Got: {alpha}")
-    if margin < 0.0 or frames < 1:
+    if not (0.0 <= margin <= 1.0 and 1 <= frames <= MAX_HYSTERESIS_FRAMES):
         raise InputError(
-            f"--hysteresis needs MARGIN >= 0 and FRAMES >= 1. Got margin {margin}, frames {frames}."
+            f"--hysteresis needs MARGIN in [0, 1] (a probability) and FRAMES in [1, "
+            f"{MAX_HYSTERESIS_FRAMES}]. Got margin {margin}, frames {frames}."
         )
 
 

@@ -31,8 +31,6 @@ from firmware_host.runconfig import (
     dumps_run_config,
     load_run_config,
     parse_run_config,
-    to_click_defaults,
-    to_run_kwargs,
 )
 from toolkit.deploy.bundle import build_bundle, build_wheel, check_wheel
 from toolkit.deploy.deploy import SshOptions, deploy, parse_remote, plan_deploy, Remote
@@ -428,7 +426,7 @@ def test_run_config_round_trip_and_errors(tmp_path):
     (tmp_path / "run.toml").write_text(text)
     loaded = load_run_config(tmp_path / "run.toml")
     assert loaded["model"] == str(tmp_path / "m.tflite")
-    assert to_run_kwargs(loaded)["num_threads"] == 2 and to_click_defaults(loaded)["log_path"] == options["log"]
+    assert loaded["threads"] == 2 and loaded["log"] == options["log"]  # keys are RunOptions' field names
     with pytest.raises(InputError, match=r"must hold exactly one table, \[run\]"):
         parse_run_config('source = "0"\n')
     with pytest.raises(InputError, match=r"\[run\] max_frames must be of type int. Got True"):
@@ -449,11 +447,11 @@ def _config_probe():
     @config_option
     @click.argument("model", type=click.Path(exists=True, dir_okay=False))
     @click.option("--source", required=True)
-    @click.option("--log", "log_path")
+    @click.option("--log")
     @click.option("--threads", type=int)
     @click.option("--loop", is_flag=True)
-    def probe(model, source, log_path, threads, loop):
-        click.echo(json.dumps([model, source, log_path, threads, loop]))
+    def probe(model, source, log, threads, loop):
+        click.echo(json.dumps([model, source, log, threads, loop]))
 
     return probe
 
@@ -481,9 +479,11 @@ def test_run_config_keys_match_edgecam_run():
     runner = pytest.importorskip("firmware_host.runner", reason="edgecam run has not landed")
     from toolkit.cli.run import run_cmd
 
-    params = set(inspect.signature(runner.run).parameters)
-    assert set(to_run_kwargs(dict.fromkeys(RUN_KEYS))) <= params
-    assert set(to_click_defaults(dict.fromkeys(RUN_KEYS))) <= {p.name for p in run_cmd.params}
+    from firmware_host.options import RunOptions
+
+    params = set(inspect.signature(runner.run).parameters) | set(RunOptions.__dataclass_fields__)
+    assert set(RUN_KEYS) <= params
+    assert set(RUN_KEYS) <= {p.name for p in run_cmd.params}
 
 
 # ----------------------------------------------------------------------------- doctor

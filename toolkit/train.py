@@ -298,7 +298,7 @@ class TrainResult:
 
 def _load_data(data, size):
     """Return ``(x float32 0–255, y int64, class_names, (H, W))`` from a folder or arrays."""
-    from toolkit.datasets.fog import FolderDataset, _size, load_folder_dataset
+    from toolkit.datasets.folder import FolderDataset, load_folder_dataset, parse_size
 
     if isinstance(data, (str, os.PathLike)):
         root = Path(data)
@@ -326,10 +326,10 @@ def _load_data(data, size):
             f"Labels must be in [0, {len(class_names)}) for classes {class_names}. "
             f"Got range [{y.min()}, {y.max()}]."
         )
-    if size is not None and tuple(x.shape[1:3]) != _size(size):
+    if size is not None and tuple(x.shape[1:3]) != parse_size(size):
         import cv2
 
-        h, w = _size(size)
+        h, w = parse_size(size)
         x = np.stack([cv2.resize(np.asarray(img), (w, h), interpolation=cv2.INTER_AREA) for img in x])
     return x.astype(np.float32), y, class_names, tuple(int(v) for v in x.shape[1:3])
 
@@ -393,6 +393,59 @@ def _save_model(model, path: Path) -> Path:
     return path
 
 
+def _fit_and_evaluate(keras, tf, x, y, kfold, test_fraction, seed, progress, common):
+    """Fit on a stratified split (or K folds) and predict the held-out images.
+
+    Returns:
+        ``(model, y_eval, p_eval, fold_accuracies or None, n_train, n_test)``; with K folds the
+        model is the fold model with the best held-out accuracy and the evaluation is over the
+        out-of-fold predictions of every image.
+    """
+    if not kfold:
+        tr, te = stratified_split(y, test_fraction, seed)
+        model, p_eval = _fit_one(keras, tf, x[tr], y[tr], x[te], seed=seed, **common)
+        return model, y[te], p_eval, None, len(tr), len(te)
+    folds = stratified_folds(y, int(kfold), seed)
+    predictions = np.empty_like(y)
+    fold_acc, best = [], None
+    for k in range(int(kfold)):
+        tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        if progress:
+            print(f"fold {k + 1}/{kfold}: train {len(tr)}, held out {len(te)}", flush=True)
+        model, pred = _fit_one(keras, tf, x[tr], y[tr], x[te], seed=seed + k, **common)
+        predictions[te] = pred
+        fold_acc.append(float(np.mean(pred == y[te])))
+        if best is None or fold_acc[-1] > best[0]:
+            best = (fold_acc[-1], model, len(tr), len(te))
+    _, model, n_train, n_test = best
+    return model, y, predictions, fold_acc, n_train, n_test
+
+
+def _training_json(accuracy, cm, report, class_names, fold_acc, settings, n_images, n_train, n_test,
+                   seconds, keras_version, files) -> dict:
+    """The ``training.json`` content (key order as documented)."""
+    model_path, labels_path, png = files
+    return {
+        "format": "edgecam-training",
+        "version": 1,
+        "accuracy": accuracy,
+        "evaluation": "kfold-out-of-fold" if settings["kfold"] else "stratified-holdout",
+        "fold_accuracies": fold_acc,
+        "class_names": list(class_names),
+        "confusion": cm.tolist(),
+        "report": [r.__dict__ for r in report],
+        **settings,
+        "n_images": int(n_images),
+        "n_train": int(n_train),
+        "n_test": int(n_test),
+        "train_seconds": round(seconds, 2),
+        "keras_version": keras_version,
+        "model": model_path.name,
+        "labels": labels_path.name,
+        "confusion_png": png.name,
+    }
+
+
 def train(
     data,
     out_dir,
@@ -420,7 +473,7 @@ def train(
 
     Args:
         data: a folder-per-class directory (read with
-            :func:`toolkit.datasets.fog.load_folder_dataset`), a ``FolderDataset``, or a tuple
+            :func:`toolkit.datasets.folder.load_folder_dataset`), a ``FolderDataset``, or a tuple
             ``(x, y, class_names)`` with x ``(N, H, W, 3)`` RGB 0–255.
         out_dir: output directory.
         epochs: training epochs per model.
@@ -457,64 +510,32 @@ def train(
                   batch_size=int(batch_size), learning_rate=learning_rate, balanced=balanced,
                   augment=augment, verbose=verbose)
     start = time.perf_counter()
-    fold_acc = None
-    if kfold:
-        folds = stratified_folds(y, int(kfold), seed)
-        predictions = np.empty_like(y)
-        fold_acc, best = [], None
-        for k in range(int(kfold)):
-            tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-            if progress:
-                print(f"fold {k + 1}/{kfold}: train {len(tr)}, held out {len(te)}", flush=True)
-            model, pred = _fit_one(keras, tf, x[tr], y[tr], x[te], seed=seed + k, **common)
-            predictions[te] = pred
-            fold_acc.append(float(np.mean(pred == y[te])))
-            if best is None or fold_acc[-1] > best[0]:
-                best = (fold_acc[-1], model, len(tr), len(te))
-        _, model, n_train, n_test = best
-        y_eval, p_eval = y, predictions
-    else:
-        tr, te = stratified_split(y, test_fraction, seed)
-        model, p_eval = _fit_one(keras, tf, x[tr], y[tr], x[te], seed=seed, **common)
-        y_eval, n_train, n_test = y[te], len(tr), len(te)
+    fitted = _fit_and_evaluate(keras, tf, x, y, kfold, test_fraction, seed, progress, common)
+    model, y_eval, p_eval, fold_acc, n_train, n_test = fitted
     seconds = time.perf_counter() - start
 
+    settings = dict(arch=arch, width=int(width), input_size=list(input_size), epochs=int(epochs),
+                    batch_size=int(batch_size), learning_rate=learning_rate, balanced_class_weights=balanced,
+                    augmentation=augment, seed=int(seed), kfold=kfold)
     cm = confusion_matrix(y_eval, p_eval, num_classes)
+    return _write_outputs(out, model, cm, class_names, settings, fold_acc, (len(y), n_train, n_test), seconds,
+                          keras.__version__)
+
+
+def _write_outputs(out: Path, model, cm: np.ndarray, class_names, settings: dict, fold_acc,
+                   counts: Tuple[int, int, int], seconds: float, keras_version: str) -> TrainResult:
+    """Write model.keras, labels.txt, confusion.png and training.json; return the result."""
+    n_images, n_train, n_test = counts
     accuracy = float(np.trace(cm) / max(cm.sum(), 1))
     report = classification_report(cm, class_names)
     model_path = _save_model(model, out / "model.keras")
     labels_path = atomic_write_text(out / "labels.txt", "\n".join(class_names) + "\n")
+    kfold = settings["kfold"]
     what = f"{kfold}-fold out-of-fold" if kfold else f"held-out ({n_test} images)"
     png = save_confusion_figure(cm, class_names, out / "confusion.png",
-                                f"{arch} CNN, {what} accuracy {accuracy:.1%}")
-    metrics = {
-        "format": "edgecam-training",
-        "version": 1,
-        "accuracy": accuracy,
-        "evaluation": "kfold-out-of-fold" if kfold else "stratified-holdout",
-        "fold_accuracies": fold_acc,
-        "class_names": list(class_names),
-        "confusion": cm.tolist(),
-        "report": [r.__dict__ for r in report],
-        "arch": arch,
-        "width": int(width),
-        "input_size": list(input_size),
-        "epochs": int(epochs),
-        "batch_size": int(batch_size),
-        "learning_rate": learning_rate,
-        "balanced_class_weights": balanced,
-        "augmentation": augment,
-        "seed": int(seed),
-        "kfold": kfold,
-        "n_images": int(len(y)),
-        "n_train": int(n_train),
-        "n_test": int(n_test),
-        "train_seconds": round(seconds, 2),
-        "keras_version": keras.__version__,
-        "model": model_path.name,
-        "labels": labels_path.name,
-        "confusion_png": png.name,
-    }
+                                f"{settings['arch']} CNN, {what} accuracy {accuracy:.1%}")
+    metrics = _training_json(accuracy, cm, report, class_names, fold_acc, settings, n_images, n_train, n_test,
+                             seconds, keras_version, (model_path, labels_path, png))
     metrics_path = atomic_write_text(out / "training.json", json.dumps(metrics, indent=1) + "\n")
     return TrainResult(
         accuracy=accuracy,
@@ -526,9 +547,9 @@ def train(
         confusion_png=png,
         metrics_path=metrics_path,
         fold_accuracies=tuple(fold_acc) if fold_acc else None,
-        arch=arch,
-        input_size=input_size,
-        epochs=int(epochs),
+        arch=settings["arch"],
+        input_size=tuple(settings["input_size"]),
+        epochs=settings["epochs"],
         n_train=int(n_train),
         n_test=int(n_test),
         seconds=seconds,

@@ -32,7 +32,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, fields, replace
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -42,6 +42,7 @@ from firmware_host._io import atomic_open, atomic_write_text, ensure_writable_di
 from firmware_host._version import __version__
 from firmware_host.errors import InputError, MetadataError, SourceError
 from firmware_host.preprocess import preprocess
+from firmware_host.telemetry import BadRecord, TelemetryRecord, read_records
 from firmware_host.imageio import is_image_file, read_image, scan_images
 
 from . import metrics as M
@@ -53,9 +54,9 @@ __all__ = [
     "ValidationOptions",
     "EdgeSource",
     "EdgeMaps",
+    "SourceItem",
     "ImageFolderSource",
     "RunLogSource",
-    "resolve_frame_path",
     "validate",
     "validate_log",
     "validate_source",
@@ -179,30 +180,11 @@ class LogFrame:
     line: int
 
 
-def resolve_frame_path(base: Path, frame_path: Any) -> Optional[Path]:
-    """``frame_path`` of a log record as a path inside ``base`` (the log's folder), or None.
-
-    A log is data from a device: a record naming an absolute path, a drive, a path that climbs
-    out (``../../etc``), a symlink that leads out, or a name with a NUL byte must not make the
-    validator read (and embed in report.html) an arbitrary file of the host.
-    """
-    if not isinstance(frame_path, str) or not frame_path or "\x00" in frame_path:
-        return None
-    if PurePosixPath(frame_path).is_absolute() or PureWindowsPath(frame_path).anchor:
-        return None
-    try:
-        root = base.resolve()
-        path = (root / frame_path).resolve()
-    except (OSError, RuntimeError, ValueError):  # RuntimeError: a symlink loop (Python < 3.13)
-        return None
-    if path == root or not path.is_relative_to(root):
-        return None
-    return base / path.relative_to(root)
-
-
 class RunLogReader:
     """Tolerant reader of ``edgecam run`` telemetry (one JSON object per line).
 
+    Lines are parsed by :func:`firmware_host.telemetry.read_records`, the one reader of run logs,
+    so a record is good here exactly when it is good for ``edgecam run`` and ``sinks.read_jsonl``.
     Fields relied on (docs/validate.md): ``frame`` (int), ``class_index`` (int),
     ``probabilities`` (list of K floats), ``cam`` (h×w nested list), ``frame_path`` (image path
     relative to the log's directory); ``predicted_index`` (else the argmax of
@@ -219,7 +201,7 @@ class RunLogReader:
         num_classes: K the probabilities must have, or None.
 
     Raises:
-        SourceError: the log cannot be opened.
+        SourceError: the log does not exist (InputError when iterating: it cannot be read).
     """
 
     def __init__(
@@ -245,65 +227,38 @@ class RunLogReader:
             return sum(1 for line in handle if b'"frame_path"' in line)
 
     def __iter__(self) -> Iterator[LogFrame]:
-        try:
-            handle = open(self.path, "r", encoding="utf-8", errors="replace")
-        except OSError as exc:
-            raise SourceError(f"Cannot read run log '{self.path}': {exc.strerror}.") from exc
-        with handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                self.records += 1
-                frame = self._frame(line, number)
-                if isinstance(frame, str):
-                    self.skipped[frame] += 1
-                else:
-                    yield frame
+        # The one tolerant reader of run logs (firmware_host.telemetry): the same rules as
+        # `edgecam run` and sinks.read_jsonl. Raises InputError only if the file cannot be read.
+        records = read_records(self.path, num_classes=self.num_classes, cam_shape=self.feature_map_shape,
+                               require_finite=True)
+        for record in records:
+            self.records += 1
+            frame = self._frame(record)
+            if isinstance(frame, str):
+                self.skipped[frame] += 1
+            else:
+                yield frame
 
-    def _frame(self, line: str, number: int) -> Union[LogFrame, str]:
-        """One log line as a :class:`LogFrame`, or the name of the reason it is skipped.
-
-        The only place that knows the telemetry record's layout.
-        """
-        try:
-            rec = json.loads(line)
-        except (ValueError, RecursionError):  # RecursionError: absurdly nested arrays
-            return "malformed"  # e.g. a last line cut by a power loss
-        if not isinstance(rec, dict):
-            return "malformed"
-        if not rec.get("frame_path"):
+    def _frame(self, record: Union[TelemetryRecord, BadRecord]) -> Union[LogFrame, str]:
+        """A record as a :class:`LogFrame`, or the name of the reason it is skipped."""
+        if isinstance(record, BadRecord):
+            return "invalid" if record.reason == "invalid" else "malformed"  # malformed, not_object
+        if not record.frame_path:
             return "no_frame_path"
-        return self._parse(rec, number) or "invalid"
-
-    def _parse(self, rec: Mapping, number: int) -> Optional[LogFrame]:
-        try:
-            cam = np.asarray(rec["cam"], dtype=np.float32)
-            probs = np.asarray(rec["probabilities"], dtype=np.float32).ravel()
-            class_index = int(rec["class_index"])
-            predicted = int(rec["predicted_index"]) if "predicted_index" in rec else int(np.argmax(probs))
-            frame = int(rec.get("frame", number - 1))
-        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: 1e400, 10**400
-            return None
-        if cam.ndim != 2 or not np.all(np.isfinite(cam)) or not np.all(np.isfinite(probs)):
-            return None
-        if self.feature_map_shape is not None and cam.shape != self.feature_map_shape:
-            return None
-        if self.num_classes is not None and probs.size != self.num_classes:
-            return None
-        if not (0 <= class_index < probs.size and 0 <= predicted < probs.size):
-            return None
-        path = resolve_frame_path(self.path.parent, rec["frame_path"])
+        # Only a frame inside the log's folder: an absolute path, a '..' that climbs out or a
+        # symlink that leads out would let a crafted log put any host image into report.html.
+        path = record.frame_file(self.path.parent)
         if path is None:
-            return None
+            return "invalid"
         return LogFrame(
-            frame=frame,
-            timestamp=rec.get("timestamp"),
-            class_index=class_index,
-            predicted_index=predicted,
-            probabilities=probs,
-            cam=_cam.relu(cam),
+            frame=record.frame,
+            timestamp=record.timestamp,
+            class_index=record.class_index,
+            predicted_index=record.predicted_index,
+            probabilities=record.probabilities.astype(np.float32),
+            cam=_cam.relu(record.cam.astype(np.float32)),
             frame_path=path,
-            line=number,
+            line=record.line,
         )
 
 
@@ -446,7 +401,15 @@ class ValidationOptions:
 
 # -- sources of edge maps ----------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Item:
+class SourceItem:
+    """One image of an :class:`EdgeSource`.
+
+    Attributes:
+        name: how per_image.csv and the report name it (a path relative to the source).
+        image: ``(H, W, 3)`` RGB uint8.
+        frame: what a device recorded for it (:class:`RunLogSource`), else None.
+    """
+
     name: str
     image: np.ndarray
     frame: Optional[LogFrame] = None
@@ -494,7 +457,7 @@ class EdgeSource:
     def bind(self, edge) -> None:
         """Called once the edge model is open (a source may check itself against its metadata)."""
 
-    def items(self, read: Callable[[Path], Optional[np.ndarray]]) -> Iterator[_Item]:
+    def items(self, read: Callable[[Path], Optional[np.ndarray]]) -> Iterator[SourceItem]:
         """The items, with images read through ``read`` (None: unreadable, already counted)."""
         raise NotImplementedError
 
@@ -503,11 +466,11 @@ class EdgeSource:
         """The source's own skip counters (the summary's ``skipped`` adds ``unreadable``)."""
         return {}
 
-    def recorded_classes(self, items: Sequence[_Item]) -> Optional[np.ndarray]:
+    def recorded_classes(self, items: Sequence[SourceItem]) -> Optional[np.ndarray]:
         """``(N,)`` classes the host must explain, or None for the Keras prediction."""
         return None
 
-    def edge_maps(self, edge, items: Sequence[_Item], keras_classes: np.ndarray) -> EdgeMaps:
+    def edge_maps(self, edge, items: Sequence[SourceItem], keras_classes: np.ndarray) -> EdgeMaps:
         """The edge side of a batch; ``keras_classes`` are the Keras model's top-1."""
         raise NotImplementedError
 
@@ -534,7 +497,7 @@ class ImageFolderSource(EdgeSource):
         for path in self.files:
             image = read(path, decode=is_image_file(path))  # non-image names: skipped, not decoded
             if image is not None:
-                yield _Item(path.relative_to(self.location).as_posix(), image)
+                yield SourceItem(path.relative_to(self.location).as_posix(), image)
 
     def edge_maps(self, edge, items, keras_classes):
         images = [it.image for it in items]
@@ -574,7 +537,7 @@ class RunLogSource(EdgeSource):
         for frame in self.reader:
             image = read(frame.frame_path)
             if image is not None:
-                yield _Item(frame.frame_path.relative_to(base).as_posix(), image, frame)
+                yield SourceItem(frame.frame_path.relative_to(base).as_posix(), image, frame)
 
     @property
     def skipped(self) -> Dict[str, int]:
@@ -678,7 +641,7 @@ class _Run:
             self.unreadable += 1
         return image
 
-    def process(self, items: Sequence[_Item]) -> None:
+    def process(self, items: Sequence[SourceItem]) -> None:
         x = np.stack([preprocess(it.image, self.meta.preprocessing) for it in items]).astype(np.float32)
         # The Keras prediction and its full map come from one pass, for the class the source
         # recorded a map of (None: the Keras prediction).
@@ -702,7 +665,7 @@ class _Run:
         for i, it in enumerate(items):
             self._record(it, i, keras_probs[i], edge, maps, faith.get(i, {}))
 
-    def _record(self, it: _Item, i: int, keras_probs: np.ndarray, edge: EdgeMaps, maps, faith) -> None:
+    def _record(self, it: SourceItem, i: int, keras_probs: np.ndarray, edge: EdgeMaps, maps, faith) -> None:
         """Compare item ``i`` of the batch, and write its row."""
         classes = self.meta.classes
         label = lambda c: classes[c] if c < len(classes) else str(c)  # noqa: E731
@@ -761,7 +724,7 @@ class _Run:
         return {i: {k: float(v[j]) for k, v in scores.items()} for j, i in enumerate(chosen)}
 
     # -- whole run ---------------------------------------------------------------------------
-    def run(self, items: Iterable[_Item]) -> ValidationResult:
+    def run(self, items: Iterable[SourceItem]) -> ValidationResult:
         from tqdm.auto import tqdm
 
         per_image = self.out_dir / "per_image.csv"

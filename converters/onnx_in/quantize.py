@@ -1,8 +1,8 @@
 """int8 QDQ quantization of an explained ONNX graph, with the explanation head kept float32.
 
-ONNX Runtime's static quantization (``quantize_static``) calibrates activation ranges on the
-same images as the self-check, with per-channel symmetric int8 weights and symmetric int8
-activations (TensorRT's explicit quantization wants zero points of 0). Excluded, so they stay
+ONNX Runtime's static quantization (``quantize_static``, with the Keras path's settings:
+per-channel symmetric int8 weights, symmetric int8 activations for TensorRT) calibrates
+activation ranges on the same images as the self-check. Excluded, so they stay
 float32: every node edgecam added (under ``edgecam_head/``) and the classifier head from the
 explanation tensor to the logits — the gradient head multiplies ReLU masks and small gradients,
 which int8 would flip and round away, and the head is a few thousand multiply-adds.
@@ -11,15 +11,9 @@ Inputs and outputs stay float32.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import tempfile
-from pathlib import Path
 from typing import Dict, Iterable, List, Mapping
 
 import numpy as np
-
-from firmware_host.errors import ConversionError
 
 from .build import PREFIX
 
@@ -42,19 +36,11 @@ def _feeds(x: np.ndarray, inputs: Mapping[str, str]) -> List[Dict[str, np.ndarra
     return feeds
 
 
-@contextlib.contextmanager
-def _quiet():
-    logger = logging.getLogger("root")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def quantize_int8(content: bytes, x: np.ndarray, inputs: Mapping[str, str], head_nodes: Iterable[str] = ()) -> bytes:
     """Quantize the serialized float model ``content`` to int8 QDQ, calibrated on ``x``.
+
+    The settings are those of the Keras path's ONNX export
+    (:func:`converters.onnx_export.quantize_int8_qdq`).
 
     Args:
         content: the explained (or plain) model.
@@ -66,32 +52,8 @@ def quantize_int8(content: bytes, x: np.ndarray, inputs: Mapping[str, str], head
         ConversionError: the quantizer failed.
     """
     import onnx
-    from onnxruntime import quantization as q
+
+    from ..onnx_export import quantize_int8_qdq
 
     model = onnx.load_from_string(content)
-    keep = float_nodes(model, head_nodes)
-    feeds = iter(_feeds(x, inputs))
-
-    class Reader(q.CalibrationDataReader):
-        def get_next(self):
-            return next(feeds, None)
-
-    with tempfile.TemporaryDirectory(prefix="edgecam-onnx-in-") as tmp:
-        src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(content)
-        try:
-            with _quiet():
-                q.quantize_static(
-                    str(src), str(dst), Reader(),
-                    quant_format=q.QuantFormat.QDQ,
-                    activation_type=q.QuantType.QInt8,
-                    weight_type=q.QuantType.QInt8,
-                    per_channel=True,
-                    nodes_to_exclude=keep,
-                    calibrate_method=q.CalibrationMethod.MinMax,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-                )
-        except Exception as exc:  # the quantizer raises ValueError/RuntimeError/onnxruntime errors
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConversionError(f"ONNX int8 (QDQ) quantization failed: {first}.") from exc
-        return dst.read_bytes()
+    return quantize_int8_qdq(model, _feeds(x, inputs), float_nodes(model, head_nodes)).SerializeToString()

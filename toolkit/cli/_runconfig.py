@@ -10,10 +10,10 @@ from firmware_host.errors import EdgecamError
 def _load(ctx: click.Context, param: click.Parameter, value):
     if value is None:
         return None
-    from firmware_host.runconfig import load_run_config, to_click_defaults
+    from firmware_host.runconfig import load_run_config
 
     try:
-        defaults = to_click_defaults(load_run_config(value))
+        defaults = load_run_config(value)  # its keys are edgecam run's parameter names
     except EdgecamError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
     # Eager, so it runs before the other parameters read their defaults; the command line wins.

@@ -45,9 +45,9 @@ METHODS = {
 def methods_for(model) -> list:
     """The registry methods that apply to ``model``: attention rollout and the gradient family
     for models with ``MultiHeadAttention`` layers, everything else for CNNs."""
-    from .attention_rollout import _attention_paths
+    from .attention_rollout import attention_paths
 
-    if _attention_paths(model):
+    if attention_paths(model):
         return [n for n, c in METHODS.items() if c.family in ("attention", "gradient") and n != "guided_gradcam"]
     return [n for n, c in METHODS.items() if c.family != "attention"]
 

@@ -74,11 +74,11 @@ def guided_forward(model) -> Callable:
         so tracing the callable creates no variables; they are listed in ``forward.clones``
         (``converters.layers.sync_clones`` refreshes them after training).
     """
-    from converters.layers import _walk, linear_clone, replay_graph
+    from converters.layers import walk_layers, linear_clone, replay_graph
 
     rules: Dict[str, Tuple] = {}
     clones: Dict[str, object] = {}
-    for path, layer, _ in _walk(model):
+    for path, layer, _ in walk_layers(model):
         rule = _relu_rule(layer)
         if rule is None:
             continue

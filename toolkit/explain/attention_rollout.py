@@ -26,10 +26,11 @@ from ._base import Method, Output
 TOKENS = ("auto", "cls", "mean")
 
 
-def _attention_paths(model) -> List[str]:
-    from converters.layers import _walk
+def attention_paths(model) -> List[str]:
+    """Paths of the model's ``MultiHeadAttention`` layers (empty for a CNN)."""
+    from converters.layers import walk_layers
 
-    return [path for path, layer, _ in _walk(model) if type(layer).__name__ == "MultiHeadAttention"]
+    return [path for path, layer, _ in walk_layers(model) if type(layer).__name__ == "MultiHeadAttention"]
 
 
 def attention_forward(model) -> Callable:
@@ -40,7 +41,7 @@ def attention_forward(model) -> Callable:
     """
     from converters.layers import replay_graph
 
-    paths = set(_attention_paths(model))
+    paths = set(attention_paths(model))
     if not paths:
         raise LayerError(
             f"Model {model.name!r} has no keras.layers.MultiHeadAttention layer, so attention "
@@ -92,10 +93,10 @@ def rollout(scores: Sequence[np.ndarray]) -> np.ndarray:
 
 def _patch_grid(model, tokens: int) -> Optional[Tuple[int, int]]:
     """The patch grid: the last spatial layer with one cell per (patch) token, else a square."""
-    from converters.layers import _output_shape, _walk
+    from converters.layers import output_shape, walk_layers
 
-    for _, layer, _ in reversed(list(_walk(model))):
-        shape = _output_shape(layer) if type(layer).__name__ != "InputLayer" else None
+    for _, layer, _ in reversed(list(walk_layers(model))):
+        shape = output_shape(layer) if type(layer).__name__ != "InputLayer" else None
         if shape and len(shape) == 4 and shape[1] and shape[2] and shape[1] * shape[2] in (tokens, tokens - 1):
             return int(shape[1]), int(shape[2])
     for n in (tokens - 1, tokens):

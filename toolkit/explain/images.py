@@ -184,18 +184,12 @@ def explain_images(model, inputs: Sequence[Union[str, Path]], out: Union[str, Pa
     from converters.loading import load_keras_model
     from firmware_host.preprocess import check_image, preprocess
 
-    from . import METHODS, explain_full, methods_for
+    from . import explain_full
 
     out_dir = ensure_writable_dir(out)
     if isinstance(model, (str, Path)):
         model = load_keras_model(model, safe_mode=safe_mode)
-    if methods == "all":
-        names = methods_for(model)
-    else:
-        names = [methods] if isinstance(methods, str) else list(methods)
-        unknown = [m for m in names if m not in METHODS]
-        if unknown:
-            raise InputError(f"Unknown method(s) {unknown}. Choose from: all, {', '.join(METHODS)}.")
+    names = _method_names(model, methods)
     files = collect_images(inputs)
     pre, how = detect_preprocessing(model, color=color, input_scale=input_scale, input_offset=input_offset,
                                     mean=mean, std=std)
@@ -225,8 +219,7 @@ def explain_images(model, inputs: Sequence[Union[str, Path]], out: Union[str, Pa
         raise InputError(f"None of the {len(files)} image files could be read ({', '.join(map(str, skipped[:3]))}…).")
     for path in skipped:
         log.warning("Skipped '%s': not a readable image.", path)
-    summary = out_dir / "explain.json"
-    atomic_write_text(summary, json.dumps({
+    summary = atomic_write_text(out_dir / "explain.json", json.dumps({
         "methods": names,
         "preprocessing": how,
         "target": target,
@@ -235,6 +228,23 @@ def explain_images(model, inputs: Sequence[Union[str, Path]], out: Union[str, Pa
         "skipped": [str(p) for p in skipped],
     }, indent=2))
     return ExplainRun(tuple(names), tuple(results), tuple(skipped), how, summary)
+
+
+def _method_names(model, methods: Union[str, Sequence[str]]) -> List[str]:
+    """``methods`` as a list of registry names (``"all"``: every method that applies to ``model``).
+
+    Raises:
+        InputError: a name that is not in ``METHODS``.
+    """
+    from . import METHODS, methods_for
+
+    if methods == "all":
+        return methods_for(model)
+    names = [methods] if isinstance(methods, str) else list(methods)
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise InputError(f"Unknown method(s) {unknown}. Choose from: all, {', '.join(METHODS)}.")
+    return names
 
 
 def _write_one(out_dir: Path, source: Path, stem: str, image: np.ndarray, results: Dict[str, Any],
