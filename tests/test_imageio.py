@@ -6,7 +6,6 @@ reference), and the bomb tests measure the peak RSS of each command in a subproc
 
 import logging
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from hypothesis import strategies as st
 from firmware_host import imageio
 from firmware_host.errors import InputError
 from firmware_host.imageio import (
-    IMAGE_SUFFIXES,
     ImageTooLargeError,
     image_header,
     list_images,
