@@ -8,8 +8,7 @@ from .errors import (
     MissingDependencyError,
     ModelFileError,
 )
-from .formats import _read_tflite_metadata as read_tflite_metadata
-from .formats import read_metadata
+from .formats import read_metadata, read_tflite_metadata
 from .metadata import EdgecamMetadata, Preprocessing
 from .model import ExplainableModel, Explanation, open_model
 

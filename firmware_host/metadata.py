@@ -523,9 +523,9 @@ def is_edgecam_entry(name) -> bool:
 # on first use, so this schema module imports no container module: formats → metadata only.
 _MOVED = {
     "read_metadata": ("formats", "read_metadata"),
-    "read_tflite_metadata": ("formats", "_read_tflite_metadata"),
-    "read_tflite_buffers": ("formats", "_read_tflite_buffers"),
-    "read_onnx_metadata": ("formats", "_read_onnx_metadata"),
+    "read_tflite_metadata": ("formats", "read_tflite_metadata"),
+    "read_tflite_buffers": ("formats", "read_tflite_buffers"),
+    "read_onnx_metadata": ("formats", "read_onnx_metadata"),
     "embed_tflite_metadata": ("formats.tflite", "embed_metadata"),
     "embed_onnx_metadata": ("formats.onnx", "embed_metadata"),
     "_FlatbufferReader": ("formats.tflite", "FlatbufferReader"),

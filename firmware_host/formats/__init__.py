@@ -37,6 +37,9 @@ __all__ = [
     "detect_format",
     "read_model_file",
     "read_metadata",
+    "read_onnx_metadata",
+    "read_tflite_buffers",
+    "read_tflite_metadata",
 ]
 
 CONTAINERS = {"tflite": tflite, "onnx": onnx}
@@ -144,17 +147,20 @@ def read_metadata(model: Union[ModelSource, ModelFile]):
     return container(file.format).read_metadata(file.data, file.where)
 
 
-# -- the names firmware_host.metadata re-exports (one container forced, path or bytes) ---------
-def _read_tflite_buffers(model: ModelSource):
+# -- one container forced (a path or bytes); firmware_host.metadata re-exports these names ----
+def read_tflite_buffers(model: ModelSource):
+    """The named metadata entries of a .tflite (see :func:`.tflite.read_buffers`)."""
     data, where, _ = _read(model)
     return tflite.read_buffers(data, where)
 
 
-def _read_tflite_metadata(model: ModelSource):
+def read_tflite_metadata(model: ModelSource):
+    """The checked edgecam metadata of a .tflite, whatever its name."""
     data, where, _ = _read(model)
     return tflite.read_metadata(data, where)
 
 
-def _read_onnx_metadata(model: ModelSource):
+def read_onnx_metadata(model: ModelSource):
+    """The checked edgecam metadata of a .onnx, whatever its name."""
     data, where, _ = _read(model)
     return onnx.read_metadata(data, where)
