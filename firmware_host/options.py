@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from .errors import InputError
+from .temporal import MAX_HYSTERESIS_FRAMES
 
 __all__ = ["RunOptions", "OptionSpec", "spec", "OPTIONS", "SOURCE", "JSON", "CLI_OPTIONS", "markdown_table"]
 
@@ -270,7 +271,8 @@ class RunOptions:
         0.0, metavar="ALPHA", low=0, high=1, high_open=True)
     hysteresis: Tuple[float, int] = _opt(
         "--hysteresis", "text",
-        "Change the shown class only when a new class leads by MARGIN for FRAMES frames in a row.",
+        "Change the shown class only when a new class leads by MARGIN (0 to 1) for FRAMES frames in a row "
+        f"(1 to {MAX_HYSTERESIS_FRAMES}).",
         (0.0, 1), metavar="MARGIN[:FRAMES]", parse=_parse_hysteresis, doc_default="0:1")
     realtime: bool = _opt("--realtime", "bool",
                           "Read files at their own frame rate and drop stale frames, like a camera.", False)
@@ -288,13 +290,21 @@ class RunOptions:
             object.__setattr__(self, option.name, option.convert(getattr(self, option.name)))
 
     @classmethod
-    def build(cls, options: Optional["RunOptions"] = None, overrides: Optional[Mapping[str, Any]] = None) -> "RunOptions":
+    def build(cls, options: Union["RunOptions", Mapping[str, Any], None] = None,
+              overrides: Optional[Mapping[str, Any]] = None) -> "RunOptions":
         """``options`` (or the defaults) with ``overrides`` applied, all checked.
+
+        Args:
+            options: a :class:`RunOptions`, a mapping of field names (e.g. a run.toml table
+                without ``model``/``source``), or None for the defaults.
+            overrides: field names → values applied over ``options``.
 
         Raises:
             TypeError: an override names no option.
             InputError: a value is out of range.
         """
+        if isinstance(options, Mapping):
+            options, overrides = None, {**options, **(overrides or {})}
         unknown = sorted(set(overrides or {}) - set(spec_by_name()))
         if unknown:
             raise TypeError(f"Unknown run option(s) {', '.join(unknown)}. Options: {', '.join(spec_by_name())}.")

@@ -271,7 +271,7 @@ def _open_sinks(stack: contextlib.ExitStack, sinks: Iterable[Sink], context: Run
         where = sink.open(context)
         opened.append(sink)
         if where is not None:
-            outputs[sink.name] = where
+            outputs[getattr(sink, "name", type(sink).__name__)] = where
     return opened, outputs
 
 
@@ -282,7 +282,7 @@ def _print(message: str) -> None:
 def run(
     model: Union[str, os.PathLike, Any],
     source: Union[int, str, os.PathLike, SourceSpec, FrameSource],
-    options: Optional[RunOptions] = None,
+    options: Union[RunOptions, Mapping[str, Any], None] = None,
     *,
     sinks: Iterable[Sink] = (),
     stop_event: Optional[threading.Event] = None,
@@ -300,7 +300,8 @@ def run(
             ``explain``/``classes``) or the path of a converted ``.tflite``/``.onnx``.
         source: see :func:`firmware_host.sources.parse_source`, or an open
             :class:`~firmware_host.sources.FrameSource`.
-        options: the :class:`~firmware_host.options.RunOptions` (default: all defaults).
+        options: the :class:`~firmware_host.options.RunOptions`, or a mapping of its field names
+            (default: all defaults).
         sinks: more :class:`~firmware_host.sinks.Sink` objects, opened after the built-in ones.
         stop_event: set it (from any thread) to stop cleanly.
         handle_signals: turn SIGINT/SIGTERM into a clean stop (main thread only); a second
@@ -331,7 +332,7 @@ def run(
         if handle_signals:
             stack.enter_context(_stop_on_signals(stop))
         # The source first: a wrong --source must not leave empty logs behind.
-        src = stack.enter_context(_open_source(source, options, source_options, notify))
+        src = stack.enter_context(_open_source(source, options, source_options))
         context = RunContext(
             classes=tuple(model.classes), source_fps=src.fps, title=Path(str(getattr(model, "path", "model"))).name,
             smoothed=options.smooth > 0, notify=notify, stop=stop.set,
@@ -349,8 +350,8 @@ def run(
     return summary
 
 
-def _open_source(source, options: RunOptions, source_options: Optional[Mapping[str, Any]], notify) -> FrameSource:
+def _open_source(source, options: RunOptions, source_options: Optional[Mapping[str, Any]]) -> FrameSource:
     if isinstance(source, FrameSource):
         return source
-    extra = {"reconnect_attempts": options.reconnect_attempts, "notify": notify, **(source_options or {})}
+    extra = {"reconnect_attempts": options.reconnect_attempts, **(source_options or {})}
     return open_source(source, loop=options.loop, realtime=options.realtime, **extra)

@@ -236,6 +236,32 @@ def _one_line(exc_info) -> str:
     return text
 
 
+def test_fixed_batch_is_freed_when_the_graph_allows(tmp_path):
+    """torch.onnx.export without dynamic_axes fixes the batch at 1; a Flatten head can take any batch."""
+    path, ref = _fixture("flatten_linear")
+    assert onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    model = ExplainableModel(convert_onnx(path, tmp_path / "x.onnx", self_check=False).path)
+    assert model.backend.inputs["image"].shape[0] == -1
+    assert len(model.explain_batch(list(ref["images"]))) == len(ref["images"])
+
+
+def test_fixed_batch_kept_when_the_graph_needs_it(tmp_path):
+    """A Reshape to the constant shape [1, -1] only works for one image: the batch stays 1."""
+    from onnx import numpy_helper
+
+    model = _tiny()
+    flatten = next(n for n in model.graph.node if n.op_type == "Flatten")
+    flatten.op_type = "Reshape"
+    flatten.input.append("shape")
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "shape"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_value = 1
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    result = convert_onnx(_save(model, tmp_path / "m.onnx"), tmp_path / "x.onnx")
+    assert result.self_check.passed
+    assert ExplainableModel(result.path).backend.inputs["image"].shape[0] == 1
+
+
 def test_tiny_helper_model_converts(tmp_path):
     result = convert_onnx(_save(_tiny(), tmp_path / "m.onnx"), tmp_path / "x.onnx")
     assert result.metadata.cam_mode == "linear" and result.self_check.passed

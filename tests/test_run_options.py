@@ -7,7 +7,6 @@ import ast
 import math
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,8 @@ from hypothesis import strategies as st
 
 from tests._run_helpers import ROOT, write_video
 from firmware_host import ExplainableModel
-from firmware_host.errors import EdgecamError, InputError
-from firmware_host.options import CLI_OPTIONS, OPTIONS, RunOptions, markdown_table, spec
+from firmware_host.errors import InputError
+from firmware_host.options import CLI_OPTIONS, OPTIONS, RunOptions, markdown_table
 from firmware_host.runconfig import RUN_KEYS, dumps_run_config, load_run_config, parse_run_config
 from firmware_host.runner import run
 from firmware_host.sinks import FrameResult, RunContext, Sink
@@ -219,7 +218,7 @@ def test_parse_run_config_reports_bounds_with_the_key():
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
-def test_fifo_in_a_frame_folder_is_skipped_with_a_warning(tmp_path, model):
+def test_fifo_in_a_frame_folder_is_skipped_with_a_warning(tmp_path, model, caplog):
     import cv2
 
     folder = tmp_path / "frames"
@@ -227,13 +226,13 @@ def test_fifo_in_a_frame_folder_is_skipped_with_a_warning(tmp_path, model):
     for i in range(3):
         cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((24, 24, 3), 40 * i, np.uint8))
     os.mkfifo(folder / "001b.jpg")
-    messages, out = [], {}
-    worker = threading.Thread(target=lambda: out.update(s=run(model, folder, notify=messages.append)), daemon=True)
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(s=run(model, folder)), daemon=True)
     worker.start()
     worker.join(timeout=120)
     assert not worker.is_alive(), "the run hangs on the FIFO"
     assert out["s"].frames == 3 and out["s"].stop_reason == "end"
-    assert len(messages) == 1 and "001b.jpg" in messages[0] and "not regular files" in messages[0]
+    assert any("001b.jpg" in r.getMessage() and "not a regular file" in r.getMessage() for r in caplog.records)
 
 
 # -- the Sink protocol and the frame path ------------------------------------------------------------
@@ -332,3 +331,12 @@ def test_no_function_of_the_run_path_is_over_80_lines():
                 if length > 80:
                     long.append(f"{rel}:{node.lineno} {node.name} ({length} lines)")
     assert not long, long
+
+
+def test_build_takes_a_mapping_such_as_a_run_toml_table():
+    table = parse_run_config('[run]\nsource = "0"\nsmooth = 0.5\nthreads = 2\nhysteresis = "0.1:3"\n')
+    table.pop("source")
+    options = RunOptions.build(table, {"threads": 1})
+    assert (options.smooth, options.threads, options.hysteresis) == (0.5, 1, (0.1, 3))
+    with pytest.raises(TypeError, match="bogus"):
+        RunOptions.build({"bogus": 1})

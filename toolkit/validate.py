@@ -457,8 +457,9 @@ class EdgeSource:
     def bind(self, edge) -> None:
         """Called once the edge model is open (a source may check itself against its metadata)."""
 
-    def items(self, read: Callable[[Path], Optional[np.ndarray]]) -> Iterator[SourceItem]:
-        """The items, with images read through ``read`` (None: unreadable, already counted)."""
+    def items(self, read: Callable[..., Optional[np.ndarray]]) -> Iterator[SourceItem]:
+        """The items, with images read through ``read(path, decode=True)`` (None: unreadable,
+        already counted; ``decode=False`` counts a file known not to be an image without reading it)."""
         raise NotImplementedError
 
     @property
@@ -552,7 +553,6 @@ class RunLogSource(EdgeSource):
                         np.array([f.class_index for f in frames]), np.stack([f.cam for f in frames]))
 
 
-# -- the run -----------------------------------------------------------------------------------
 # -- the run -----------------------------------------------------------------------------------
 def _batches(items: Iterable, size: int) -> Iterator[list]:
     it = iter(items)

@@ -28,7 +28,7 @@ from firmware_host.preprocess import check_image, preprocess
 from .analysis import Analysis, analyze
 from .build import build_explained, build_plain, name_nodes, rename_reserved
 from .check import ReferenceRun, reference, self_check
-from .graph import ImageInput, Tables, find_head, fix_input_size, image_input, load_onnx
+from .graph import ImageInput, Tables, dynamic_batch, find_head, fix_input_size, image_input, load_onnx
 
 __all__ = ["convert_onnx", "Options", "preprocessing_for", "QUANTIZATIONS", "TORCHVISION_MEAN", "TORCHVISION_STD"]
 
@@ -218,6 +218,7 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
     name_nodes(original)
     image = image_input(original, opts.input_size)
     fix_input_size(original, image)
+    image = dynamic_batch(original, image)
     tables = Tables(original)
     head, analysis, grads = _analyse(original, tables, opts)
     pre, pre_note = preprocessing_for(image, **opts.preprocessing)

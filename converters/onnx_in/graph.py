@@ -21,7 +21,7 @@ from firmware_host.errors import ConversionError, LayerError, ModelFileError, Un
 from .ops import COLLAPSE_OPS, RULES, attribute, is_spatial_collapse
 
 __all__ = ["MIN_OPSET", "ImageInput", "HeadChain", "Tables", "load_onnx", "image_input", "fix_input_size", "find_head",
-           "candidates", "label", "classifier_output", "feature_layout"]
+           "candidates", "label", "classifier_output", "feature_layout", "dynamic_batch"]
 
 MIN_OPSET = 13
 FINAL_ACTIVATIONS = {"Softmax": "softmax", "LogSoftmax": "softmax", "Sigmoid": "sigmoid"}
@@ -388,3 +388,43 @@ def candidates(model, tables: Tables) -> List[str]:
             if _spatial(tables.shapes.get(name, ())):
                 out.append(name)
     return out
+
+
+def dynamic_batch(model, image: ImageInput) -> ImageInput:
+    """Free a batch fixed at 1 (``torch.onnx.export`` without ``dynamic_axes``) when the graph allows.
+
+    The input's and outputs' first dimension become ``batch`` and the inferred shapes are
+    dropped; the change is kept only if onnxruntime then gives, for two images at once, what it
+    gives for each alone (a ``Reshape`` to a constant ``[1, -1]`` would not). Returns the input
+    as it now is.
+    """
+    if image.batch != 1:
+        return image
+    from firmware_host.backends.onnx import load_onnxruntime
+
+    trial = type(model)()
+    trial.CopyFrom(model)
+    for value in [v for v in trial.graph.input if v.name == image.name] + list(trial.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].dim_param = "batch"
+    del trial.graph.value_info[:]
+    ort = load_onnxruntime()
+    rng = np.random.default_rng(0)
+    shape = (2, image.channels, image.height, image.width) if image.layout == "NCHW" else (
+        2, image.height, image.width, image.channels)
+    x = rng.normal(size=shape).astype(np.float32)
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(trial.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        pair = session.run(None, {image.name: x})
+        single = [session.run(None, {image.name: x[i : i + 1]}) for i in range(2)]
+        same = all(np.allclose(p, np.concatenate([s[j] for s in single]), rtol=1e-4, atol=1e-5)
+                   for j, p in enumerate(pair))
+    except Exception:  # onnxruntime refuses the graph or a shape: keep the fixed batch
+        return image
+    if not same:
+        return image
+    model.CopyFrom(trial)
+    return ImageInput(image.name, image.layout, image.height, image.width, image.channels, None)
