@@ -272,53 +272,10 @@ class EdgecamMetadata:
                 f"{where} has no edgecam metadata (metadata buffers found: {found}). "
                 "Convert the Keras model with `edgecam convert` to get an explainable .tflite/.onnx."
             )
-        payload = parse_json(buffers[METADATA_NAME], where)
-        if not isinstance(payload, dict) or not isinstance(payload.get("edgecam"), dict):
-            raise MetadataError(
-                f"{where}: the edgecam metadata has no 'edgecam' object. The file is corrupt; "
-                "convert the model again."
-            )
-        fields = payload["edgecam"]
-        digest = hashlib.sha256(_canonical(fields)).hexdigest()
-        if payload.get("sha256") != digest:
-            raise MetadataError(
-                f"{where}: the edgecam metadata checksum does not match (stored "
-                f"{str(payload.get('sha256'))[:12]}…, computed {digest[:12]}…). The metadata was "
-                "edited or damaged; convert the model again."
-            )
-        version = fields.get("format_version", "")
-        if not isinstance(version, str) or len(version) > 32:
-            _bad(where, "format_version", "a version string such as '1.0'", version)
-        major = version.split(".")[0]
-        if major != FORMAT_VERSION.split(".")[0]:
-            raise MetadataError(
-                f"{where}: edgecam metadata format {version!r} is not supported by this edgecam "
-                f"(reads {FORMAT_VERSION.split('.')[0]}.x). Upgrade edgecam on this device "
-                "(pip install -U edgecam) or convert with a matching edgecam."
-            )
+        fields = _verified_fields(buffers[METADATA_NAME], where)
         check_fields(fields, where)
         try:
-            weights = None
-            spec = fields.get("class_weights")
-            if spec is not None:
-                raw = buffers.get(spec["buffer"])
-                if raw is None:
-                    raise MetadataError(
-                        f"{where}: metadata names class-weight buffer {spec['buffer']!r}, which "
-                        "is missing. Convert the model again."
-                    )
-                if hashlib.sha256(bytes(raw)).hexdigest() != spec["sha256"]:
-                    raise MetadataError(
-                        f"{where}: the class-weight buffer fails its sha256 check. The file is "
-                        "corrupt; convert the model again."
-                    )
-                shape = tuple(int(v) for v in spec["shape"])
-                if 4 * math.prod(shape) != len(raw):
-                    raise MetadataError(
-                        f"{where}: the class-weight buffer holds {len(raw)} bytes, not the "
-                        f"{4 * math.prod(shape)} of float32 shape {shape}. Convert the model again."
-                    )
-                weights = np.frombuffer(raw, dtype="<f4").reshape(shape)
+            weights = _class_weights(fields.get("class_weights"), buffers, where)
             pre = dict(fields["preprocessing"])
             pre["scale"] = tuple(pre["scale"])
             pre["offset"] = tuple(pre["offset"])
@@ -339,7 +296,7 @@ class EdgecamMetadata:
                 converter=dict(fields.get("converter") or {}),
                 self_check=fields.get("self_check"),
                 precision=fields.get("precision"),
-                format_version=version,
+                format_version=fields["format_version"],
             )
         except MetadataError:
             raise
@@ -352,6 +309,59 @@ class EdgecamMetadata:
 
 def _canonical(fields: Mapping[str, Any]) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _verified_fields(raw: bytes, where: str) -> Dict[str, Any]:
+    """The ``edgecam`` fields of the JSON entry, after the checksum and version checks."""
+    payload = parse_json(raw, where)
+    if not isinstance(payload, dict) or not isinstance(payload.get("edgecam"), dict):
+        raise MetadataError(
+            f"{where}: the edgecam metadata has no 'edgecam' object. The file is corrupt; "
+            "convert the model again."
+        )
+    fields = payload["edgecam"]
+    digest = hashlib.sha256(_canonical(fields)).hexdigest()
+    if payload.get("sha256") != digest:
+        raise MetadataError(
+            f"{where}: the edgecam metadata checksum does not match (stored "
+            f"{str(payload.get('sha256'))[:12]}…, computed {digest[:12]}…). The metadata was "
+            "edited or damaged; convert the model again."
+        )
+    version = fields.get("format_version", "")
+    if not isinstance(version, str) or len(version) > 32:
+        _bad(where, "format_version", "a version string such as '1.0'", version)
+    if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
+        raise MetadataError(
+            f"{where}: edgecam metadata format {version!r} is not supported by this edgecam "
+            f"(reads {FORMAT_VERSION.split('.')[0]}.x). Upgrade edgecam on this device "
+            "(pip install -U edgecam) or convert with a matching edgecam."
+        )
+    return fields
+
+
+def _class_weights(spec: Optional[Mapping[str, Any]], buffers: Mapping[str, bytes], where: str) -> Optional[np.ndarray]:
+    """The class-weight array named by ``spec`` (already type-checked), verified, or ``None``."""
+    if spec is None:
+        return None
+    raw = buffers.get(spec["buffer"])
+    if raw is None:
+        raise MetadataError(
+            f"{where}: metadata names class-weight buffer {spec['buffer']!r}, which is missing. "
+            "Convert the model again."
+        )
+    if hashlib.sha256(bytes(raw)).hexdigest() != spec["sha256"]:
+        raise MetadataError(
+            f"{where}: the class-weight buffer fails its sha256 check. The file is corrupt; convert "
+            "the model again."
+        )
+    shape = tuple(int(v) for v in spec["shape"])
+    if 4 * math.prod(shape) != len(raw):
+        raise MetadataError(
+            f"{where}: the class-weight buffer holds {len(raw)} bytes, not the {4 * math.prod(shape)} "
+            f"of float32 shape {shape}. Convert the model again."
+        )
+    return np.frombuffer(raw, dtype="<f4").reshape(shape)
+
 
 
 # -- hostile JSON ------------------------------------------------------------------------------

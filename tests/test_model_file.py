@@ -113,12 +113,16 @@ FIELDS = ["classes", "preprocessing", "target_layer", "feature_map_shape", "cam_
 
 
 def _set(fields, path, value):
-    fields = json.loads(json.dumps(fields))
-    node = fields
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
-    return fields
+    """``fields`` with ``value`` at ``path`` (unchanged when an earlier change removed the path)."""
+    changed = json.loads(json.dumps(fields))
+    try:
+        node = changed
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    except (KeyError, IndexError, TypeError):
+        return fields
+    return changed
 
 
 PATHS = st.sampled_from([(f,) for f in FIELDS] + [("preprocessing", k) for k in
