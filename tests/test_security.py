@@ -280,24 +280,26 @@ def hostile_tarballs(draw):
     """A list of (name, kind, payload) members: a top that may itself be a link or a file, files,
     directories and links whose targets point at themselves, the top, ``.``/``..``, each other
     (chains and loops), and names that do not exist."""
-    top = draw(st.sampled_from([BUNDLE_TOP_NAME, BUNDLE_TOP_NAME, "edgecam-XYZ", "bundle"]))
+    top = draw(st.sampled_from([BUNDLE_TOP_NAME] * 6 + ["edgecam-XYZ", "bundle"]))
     members = []
-    top_kind = draw(st.sampled_from(["dir", "dir", "dir", "none", "link", "file"]))
+    top_kind = draw(st.sampled_from(["dir"] * 6 + ["none", "link", "file"]))
     if top_kind == "dir":
         members.append((top, "dir", None))
     elif top_kind == "link":
         members.append((top, "link", draw(st.sampled_from([top, ".", f"{top}/a", "a"]))))
     elif top_kind == "file":
         members.append((top, "file", b"x"))
+    members.append((f"{top}/data", "file", b"model"))  # a benign target: links to it are fine
     names = [f"{top}/{n}" for n in draw(st.lists(st.sampled_from(["a", "b", "c", "d/e", "d/f", "d"]),
                                                  min_size=1, max_size=6, unique=True))]
     for name in names:
         kind = draw(st.sampled_from(["file", "link", "link", "dir"]))
         if kind == "link":
             base = name.rsplit("/", 1)[-1]
+            up = "../" * name.count("/", len(top) + 1)
             target = draw(st.sampled_from([
                 base, ".", "..", f"../{top}", "a", "b", "c", "d", "d/e", "../a", "../../etc", "e/../..",
-                "missing", "./" + base, "d/../" + base]))
+                "missing", "./" + base, "d/../" + base] + [up + "data", "./" + up + "data"] * 6))
             members.append((name, "link", target))
         else:
             members.append((name, kind, b"data" if kind == "file" else None))
