@@ -236,6 +236,32 @@ def _one_line(exc_info) -> str:
     return text
 
 
+def test_fixed_batch_is_freed_when_the_graph_allows(tmp_path):
+    """torch.onnx.export without dynamic_axes fixes the batch at 1; a Flatten head can take any batch."""
+    path, ref = _fixture("flatten_linear")
+    assert onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    model = ExplainableModel(convert_onnx(path, tmp_path / "x.onnx", self_check=False).path)
+    assert model.backend.inputs["image"].shape[0] == -1
+    assert len(model.explain_batch(list(ref["images"]))) == len(ref["images"])
+
+
+def test_fixed_batch_kept_when_the_graph_needs_it(tmp_path):
+    """A Reshape to the constant shape [1, -1] only works for one image: the batch stays 1."""
+    from onnx import numpy_helper
+
+    model = _tiny()
+    flatten = next(n for n in model.graph.node if n.op_type == "Flatten")
+    flatten.op_type = "Reshape"
+    flatten.input.append("shape")
+    model.graph.initializer.append(numpy_helper.from_array(np.array([1, -1], np.int64), "shape"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_value = 1
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    result = convert_onnx(_save(model, tmp_path / "m.onnx"), tmp_path / "x.onnx")
+    assert result.self_check.passed
+    assert ExplainableModel(result.path).backend.inputs["image"].shape[0] == 1
+
+
 def test_tiny_helper_model_converts(tmp_path):
     result = convert_onnx(_save(_tiny(), tmp_path / "m.onnx"), tmp_path / "x.onnx")
     assert result.metadata.cam_mode == "linear" and result.self_check.passed
@@ -342,3 +368,43 @@ def test_int8_qdq_keeps_the_head_float(tmp_path, name):
     # Tiny random-weight nets with near-flat maps: looser than the float bound (docs/onnx-import.md).
     assert np.mean([e.class_index == c for e, c in zip(exps, ref["classes"])]) >= 0.85
     assert np.median([pearson(e.cam, c) for e, c in zip(exps, ref["cam"])]) >= 0.75
+
+
+# -- --approximate ---------------------------------------------------------------------------
+def test_approximate_for_an_unknown_head_operator(tmp_path):
+    src = _save(_tiny(head_op="Softsign"), tmp_path / "m.onnx")
+    with pytest.raises(UnsupportedHeadError, match="or --approximate"):
+        convert_onnx(src, tmp_path / "x.onnx")
+    result = convert_onnx(src, tmp_path / "x.onnx", approximate=True)
+    meta = result.metadata
+    assert (meta.cam_mode, meta.cam_output) == ("approximate", "all") and meta.class_weights.shape == (4, 3)
+    assert ExplainableModel(result.path).explain(np.zeros((8, 8, 3), np.uint8)).approximate
+    assert result.self_check.top1_agreement == 1.0 and result.self_check.pearson_median > 0.5
+
+
+def _head_values(name):
+    """The fixture's model, tables, head and feature maps of its images (original graph)."""
+    from converters.onnx_in.check import ReferenceRun
+    from converters.onnx_in.graph import Tables, find_head, image_input
+
+    path, ref = _fixture(name)
+    model = onnx.load(str(path))
+    tables = Tables(model)
+    head = find_head(model, tables)
+    x = ((ref["images"] / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).astype(np.float32)
+    return model, tables, head, ReferenceRun(model, head, image_input(model)).run(x)[head.target], ref
+
+
+def test_finite_difference_gradients_match_the_exact_ones():
+    """The approximate path's differentiation, checked on heads whose gradient is known."""
+    from converters.onnx_in.analysis import analyze
+    from converters.onnx_in.approximate import HeadGradients
+
+    # Linear head: the finite differences equal the folded Grad-CAM weights.
+    model, tables, head, fmaps, _ = _head_values("gap_linear")
+    np.testing.assert_allclose(HeadGradients(model, head).alpha(fmaps[0]), analyze(head, tables).alpha,
+                               rtol=2e-3, atol=1e-6)
+    # ReLU MLP head: per-image maps agree with pytorch-grad-cam.
+    model, _, head, fmaps, ref = _head_values("mlp")
+    maps = HeadGradients(model, head).reference(fmaps, ref["classes"])
+    assert min(pearson(m, c) for m, c in zip(maps, ref["cam"])) >= 0.99

@@ -78,22 +78,27 @@ def _probabilities(logits: np.ndarray, activation: str) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def self_check(path: Path, run: ReferenceRun, head: HeadChain, tables: Tables, images: List[np.ndarray],
-               x: np.ndarray, method: str, quantize: str, source: str):
-    """Compare ``path`` (through ExplainableModel) with :func:`reference`; a ``SelfCheck``."""
+def self_check(path: Path, expected, activation: str, images: List[np.ndarray], batch, quantize: str, source: str):
+    """Compare ``path`` (through ExplainableModel) with ``expected``; a ``SelfCheck``.
+
+    Args:
+        expected: ``(maps, classes, logits)`` from :func:`reference` (or the approximate one).
+        activation: ``softmax`` or ``sigmoid``, to turn the reference logits into probabilities.
+        batch: the model's fixed batch size, or ``None`` when it is dynamic.
+    """
     from firmware_host.model import ExplainableModel
 
     from ..export import THRESHOLDS, SelfCheck
 
-    ref, classes, logits = reference(run, head, tables, x, method)
+    ref, classes, logits = expected
     if not (np.isfinite(logits).all() and np.isfinite(ref).all()):
         raise ConversionError(
             f"The ONNX model gives non-finite logits or Grad-CAM (NaN/inf) on {source}: its weights hold "
             "NaN/inf or it overflows. Check the model and the preprocessing (--mean/--std)."
         )
-    probs = _probabilities(logits, head.activation)
+    probs = _probabilities(logits, activation)
     edge = ExplainableModel(path)
-    step = run.image.batch or 16
+    step = batch or 16
     agree, corr, pdiff = [], [], []
     for start in range(0, len(images), step):
         exps = edge.explain_batch(images[start : start + step], class_index=classes[start : start + step])

@@ -21,14 +21,14 @@ import numpy as np
 
 from firmware_host._io import atomic_write_bytes, ensure_writable_dir
 from firmware_host._version import __version__
-from firmware_host.errors import ConversionError, InputError, MissingDependencyError
+from firmware_host.errors import ConversionError, InputError, MissingDependencyError, UnsupportedHeadError
 from firmware_host.metadata import EdgecamMetadata, Preprocessing, embed_onnx_metadata
 from firmware_host.preprocess import check_image, preprocess
 
 from .analysis import Analysis, analyze
 from .build import build_explained, build_plain, name_nodes, rename_reserved
-from .check import ReferenceRun, self_check
-from .graph import ImageInput, Tables, find_head, fix_input_size, image_input, load_onnx
+from .check import ReferenceRun, reference, self_check
+from .graph import ImageInput, Tables, dynamic_batch, find_head, fix_input_size, image_input, load_onnx
 
 __all__ = ["convert_onnx", "Options", "preprocessing_for", "QUANTIZATIONS", "TORCHVISION_MEAN", "TORCHVISION_STD"]
 
@@ -195,7 +195,8 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
             ``input_offset``/``mean``/``std`` (default torchvision's ImageNet mean/std, RGB; see
             :func:`preprocessing_for`), ``input_size``, ``cam_output``, ``cam_method``,
             ``self_check``, ``emit_baseline``, ``max_calibration``, ``format`` (``onnx``).
-            ``approximate`` has no effect: unsupported heads are refused.
+            ``approximate``: for a head that cannot be made exact, class weights averaged from
+            finite-difference gradients over the images (:mod:`.approximate`).
 
     Returns:
         ``converters.export.ConversionResult``.
@@ -217,15 +218,17 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
     name_nodes(original)
     image = image_input(original, opts.input_size)
     fix_input_size(original, image)
+    image = dynamic_batch(original, image)
     tables = Tables(original)
-    head = find_head(original, tables, opts.target)
-    analysis = analyze(head, tables)
-    if opts.approximate:
-        log.warning("--approximate has no effect on ONNX input: the head (%s) is exact.", analysis.mode)
-    resolved, method, weights = _plan(analysis, head.num_logits, opts.cam_output, opts.cam_method)
+    head, analysis, grads = _analyse(original, tables, opts)
     pre, pre_note = preprocessing_for(image, **opts.preprocessing)
     images, image_source = _images(opts.calibration, pre, opts.max_calibration)
     x = np.stack([preprocess(img, pre) for img in images]).astype(np.float32)
+    run = ReferenceRun(original, head, image)
+    if grads is not None:
+        reason = f"approximate: {analysis} Weights averaged from finite-difference gradients over {image_source}."
+        analysis = Analysis("approximate", reason, grads.averaged(run.run(x)[head.target]))
+    resolved, method, weights = _plan(analysis, head.num_logits, opts.cam_output, opts.cam_method)
 
     explained = type(original)()
     explained.CopyFrom(original)
@@ -258,8 +261,8 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
 
     check = None
     if opts.self_check:
-        run = ReferenceRun(original, head, image)
-        check = _run_self_check(output, run, head, tables, images, x, method, opts.quantize, image_source)
+        expected = _reference(run, head, tables, x, method, grads)
+        check = _run_self_check(output, expected, head, image, images, opts.quantize, image_source)
         metadata = replace(metadata, self_check=check.as_dict())
         atomic_write_bytes(output, embed_onnx_metadata(content, metadata))
 
@@ -282,8 +285,37 @@ def _quantized(content: bytes, quantize: str, x: np.ndarray, inputs, head_nodes)
     return quantize_int8(content, x, inputs, head_nodes)
 
 
-def _run_self_check(output, run, head, tables, images, x, method, quantize, source):
-    check = self_check(output, run, head, tables, images, x, method, quantize, source)
+def _analyse(model, tables: Tables, opts: Options):
+    """``(head, analysis, None)``, or with ``--approximate`` for a head that cannot be made exact,
+    ``(head without chain, the refusal's text, HeadGradients)``."""
+    try:
+        head = find_head(model, tables, opts.target)
+        analysis = analyze(head, tables)
+    except UnsupportedHeadError as exc:
+        if not opts.approximate:
+            raise
+        from .approximate import HeadGradients, approximate_head
+
+        head = approximate_head(model, tables, opts.target)
+        log.warning("Approximate CAM weights for %s: %s", head.target, exc)
+        return head, str(exc), HeadGradients(model, head)
+    if opts.approximate:
+        log.warning("--approximate is not needed: the head (%s) is exact, and exported so.", analysis.mode)
+    return head, analysis, None
+
+
+def _reference(run, head, tables, x, method, grads):
+    """The self-check's reference: numpy Grad-CAM of the original graph (finite differences if approximate)."""
+    if grads is None:
+        return reference(run, head, tables, x, method)
+    values = run.run(x)
+    logits = np.asarray(values[head.logits], np.float64)
+    classes = np.argmax(logits, axis=-1)
+    return grads.reference(values[head.target], classes), classes, logits
+
+
+def _run_self_check(output, expected, head, image, images, quantize, source):
+    check = self_check(output, expected, head.activation, images, image.batch, quantize, source)
     if not check.passed:
         log.warning(
             "Self-check below threshold for %s (%s): top-1 agreement %.3f (≥ %.2f), median Pearson "

@@ -21,7 +21,7 @@ from firmware_host.errors import ConversionError, LayerError, ModelFileError, Un
 from .ops import COLLAPSE_OPS, RULES, attribute, is_spatial_collapse
 
 __all__ = ["MIN_OPSET", "ImageInput", "HeadChain", "Tables", "load_onnx", "image_input", "fix_input_size", "find_head",
-           "candidates", "label"]
+           "candidates", "label", "classifier_output", "feature_layout", "dynamic_batch"]
 
 MIN_OPSET = 13
 FINAL_ACTIVATIONS = {"Softmax": "softmax", "LogSoftmax": "softmax", "Sigmoid": "sigmoid"}
@@ -245,7 +245,7 @@ def fix_input_size(model, image: ImageInput) -> None:
         dim.dim_value = int(size)
 
 
-def _classifier_output(model, tables: Tables) -> Tuple[str, Optional[str], str]:
+def classifier_output(model, tables: Tables) -> Tuple[str, Optional[str], str]:
     """``(logits, probabilities or None, activation)`` from the graph's output."""
     outputs = [o.name for o in model.graph.output]
     two_d = [o for o in outputs if len(tables.shapes.get(o, ())) == 2]
@@ -311,7 +311,7 @@ def find_head(model, tables: Tables, target: Optional[str] = None) -> HeadChain:
             f"Tensor {target!r} is not a 4-D tensor of the model. Pass --target-tensor with one of: "
             f"{', '.join(candidates(model, tables)[-8:])}."
         )
-    logits, probs, activation = _classifier_output(model, tables)
+    logits, probs, activation = classifier_output(model, tables)
     nodes, slots, name = [], [], logits
     collapse = None
     while name != target:
@@ -355,7 +355,7 @@ def find_head(model, tables: Tables, target: Optional[str] = None) -> HeadChain:
     slots.reverse()
     collapse = len(nodes) - 1 - collapse
     shape = tables.shape(name)
-    layout = _feature_layout(nodes[collapse], tables, name)
+    layout = feature_layout(nodes[collapse], tables, name)
     h, w, c = (shape[2], shape[3], shape[1]) if layout == "NCHW" else (shape[1], shape[2], shape[3])
     if None in (h, w, c):
         raise ConversionError(f"The explanation tensor {name!r} has an unknown size {shape}. Pass --input-size H W.")
@@ -366,12 +366,14 @@ def find_head(model, tables: Tables, target: Optional[str] = None) -> HeadChain:
                      activation, int(k))
 
 
-def _feature_layout(node, tables: Tables, name: str) -> str:
+def feature_layout(node, tables: Tables, name: str) -> str:
+    """``NCHW`` or ``NHWC`` of the explanation tensor, from its collapse (``node``) or the input's layout."""
     from .ops import reduce_axes
 
-    if node.op_type in ("GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool"):
+    kind = None if node is None else node.op_type
+    if kind in ("GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool"):
         return "NCHW"
-    if node.op_type in ("ReduceMean", "ReduceMax"):
+    if kind in ("ReduceMean", "ReduceMax"):
         return "NCHW" if reduce_axes(node, tables, 4) == (2, 3) else "NHWC"
     graph_input = next(v for v in tables.model.graph.input if v.name not in tables.consts)
     dims = [d.dim_value for d in graph_input.type.tensor_type.shape.dim]
@@ -386,3 +388,43 @@ def candidates(model, tables: Tables) -> List[str]:
             if _spatial(tables.shapes.get(name, ())):
                 out.append(name)
     return out
+
+
+def dynamic_batch(model, image: ImageInput) -> ImageInput:
+    """Free a batch fixed at 1 (``torch.onnx.export`` without ``dynamic_axes``) when the graph allows.
+
+    The input's and outputs' first dimension become ``batch`` and the inferred shapes are
+    dropped; the change is kept only if onnxruntime then gives, for two images at once, what it
+    gives for each alone (a ``Reshape`` to a constant ``[1, -1]`` would not). Returns the input
+    as it now is.
+    """
+    if image.batch != 1:
+        return image
+    from firmware_host.backends.onnx import load_onnxruntime
+
+    trial = type(model)()
+    trial.CopyFrom(model)
+    for value in [v for v in trial.graph.input if v.name == image.name] + list(trial.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].dim_param = "batch"
+    del trial.graph.value_info[:]
+    ort = load_onnxruntime()
+    rng = np.random.default_rng(0)
+    shape = (2, image.channels, image.height, image.width) if image.layout == "NCHW" else (
+        2, image.height, image.width, image.channels)
+    x = rng.normal(size=shape).astype(np.float32)
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(trial.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        pair = session.run(None, {image.name: x})
+        single = [session.run(None, {image.name: x[i : i + 1]}) for i in range(2)]
+        same = all(np.allclose(p, np.concatenate([s[j] for s in single]), rtol=1e-4, atol=1e-5)
+                   for j, p in enumerate(pair))
+    except Exception:  # onnxruntime refuses the graph or a shape: keep the fixed batch
+        return image
+    if not same:
+        return image
+    model.CopyFrom(trial)
+    return ImageInput(image.name, image.layout, image.height, image.width, image.channels, None)
