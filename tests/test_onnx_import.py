@@ -44,6 +44,7 @@ KINDS = {
     "many_classes": ("linear", "predicted"),
     "max_pool_mlp": ("gradient", "selected"),
     "nhwc_input": ("linear", "all"),
+    "layernorm_head": ("gradient", "selected"),
 }
 
 
