@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -177,6 +178,14 @@ def _load_saved_model_dir(path: Path, safe_mode: bool):
             "cannot be analysed. Export it from the original Keras code with "
             "model.save('model.keras') and convert that file."
         )
+    # tf_keras rebuilds a SavedModel's Lambda layers from marshalled bytecode without any safe
+    # mode of its own: under safe_mode, refuse them before tf_keras ever reads the file.
+    if safe_mode and re.search(rb'"class_name":\s*"Lambda"', (path / "keras_metadata.pb").read_bytes()):
+        raise ModelFileError(
+            f"'{path}' is a Keras 2 SavedModel with a Lambda layer (Python code that loading would "
+            "run), which edgecam refuses in safe_mode. If you trust this file, pass --unsafe "
+            "(safe_mode=False); better, replace the Lambda with a registered custom layer."
+        )
     try:
         import tf_keras  # type: ignore
     except ImportError as exc:
@@ -184,7 +193,12 @@ def _load_saved_model_dir(path: Path, safe_mode: bool):
             f"'{path}' is a Keras 2 SavedModel. Reading its layers needs the tf_keras package: "
             "pip install tf-keras (or re-save it as .keras with the Keras that wrote it)."
         ) from exc
-    legacy = tf_keras.models.load_model(path, compile=False)
+    scope = getattr(getattr(getattr(tf_keras, "src", None), "saving", None), "serialization_lib", None)
+    if scope is not None and hasattr(scope, "SafeModeScope"):
+        with scope.SafeModeScope(safe_mode):  # a second line: tf_keras' own check, where it has one
+            legacy = tf_keras.models.load_model(path, compile=False)
+    else:
+        legacy = tf_keras.models.load_model(path, compile=False)
     with tempfile.TemporaryDirectory() as tmp:
         h5 = os.path.join(tmp, "model.h5")
         legacy.save(h5)

@@ -8,13 +8,15 @@ from .errors import (
     MissingDependencyError,
     ModelFileError,
 )
-from .metadata import EdgecamMetadata, Preprocessing, read_metadata, read_tflite_metadata
-from .model import ExplainableModel, Explanation
+from .formats import read_metadata, read_tflite_metadata
+from .metadata import EdgecamMetadata, Preprocessing
+from .model import ExplainableModel, Explanation, open_model
 
 __all__ = [
     "__version__",
     "ExplainableModel",
     "Explanation",
+    "open_model",
     "EdgecamMetadata",
     "Preprocessing",
     "read_metadata",

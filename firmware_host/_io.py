@@ -7,11 +7,13 @@ final name, never a half-written file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Iterator, Tuple, Union
 
 from .errors import OutputError
 
@@ -165,3 +167,42 @@ def ensure_writable_dir(path: PathLike, min_free_bytes: int = 16 << 20) -> Path:
             f"{min_free_bytes / 2**20:.0f} MiB is needed. Free some space or choose another output location."
         )
     return directory
+
+
+class NotRegularFileError(OSError):
+    """A path names a FIFO, socket, device or folder where a regular file is read."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+@contextlib.contextmanager
+def open_regular(path: PathLike) -> Iterator[Tuple[IO[bytes], int]]:
+    """Open a regular file for reading; yield ``(binary handle, size in bytes)``.
+
+    The file is opened with ``O_NONBLOCK`` and checked with ``fstat`` on the open descriptor:
+    a FIFO, socket or device is refused without waiting for a writer (a plain ``open`` of a
+    FIFO blocks for ever), and nothing can swap the file between the check and the read.
+
+    Raises:
+        NotRegularFileError: the path is not a regular file (``strerror`` says what it is).
+        OSError: the file cannot be opened (``FileNotFoundError``, ``PermissionError``, …).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(os.fspath(path), flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFileError(errno.EINVAL, _kind(info.st_mode), os.fspath(path))
+        handle = os.fdopen(fd, "rb")
+        fd = -1
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    with handle:
+        yield handle, info.st_size

@@ -121,7 +121,7 @@ def _disk(where: Path) -> Check:
     return Check("disk", ok, detail if ok else f"{detail}: need ≥ {MIN_FREE_BYTES >> 20} MiB; free some space")
 
 
-def _bundle(bundle: Path) -> Tuple[Check, Optional[Path]]:
+def _bundle(bundle: Path) -> Tuple[Check, Optional[Path], Optional[Check]]:
     from .manifest import verify_manifest
     from .runconfig import load_run_config
 
@@ -129,10 +129,23 @@ def _bundle(bundle: Path) -> Tuple[Check, Optional[Path]]:
         files = verify_manifest(bundle, strict=False)
         options = load_run_config(bundle / "run.toml")
     except EdgecamError as exc:
-        return Check("bundle", False, str(exc)), None
+        return Check("bundle", False, str(exc)), None, None
     model = options.get("model")
     detail = f"{bundle}: {len(files)} files match MANIFEST.sha256; run.toml ok"
-    return Check("bundle", True, detail), Path(model) if model else None
+    return Check("bundle", True, detail), Path(model) if model else None, _source(options.get("source"))
+
+
+def _source(source) -> Optional[Check]:
+    # Information only: the camera may be plugged in later, and the previous release would need
+    # it too. A runner that cannot open it sends no telemetry, and deploy rolls back, naming it.
+    text = str(source).strip() if source is not None else ""
+    device = f"/dev/video{text}" if text.isdigit() else text if text.startswith("/dev/video") else None
+    if device is None or not sys.platform.startswith("linux"):
+        return None
+    if Path(device).exists():
+        return Check("source", True, f"run.toml reads {device}")
+    return Check("source", None, f"run.toml reads {device}, which does not exist (camera not found): "
+                                 "the runner cannot start until it is plugged in")
 
 
 def _model(path: Path, repeats: int) -> Check:
@@ -183,8 +196,10 @@ def run_doctor(
                            _tensorflow(), _cameras()]
     model_path = Path(model) if model else None
     if bundle is not None:
-        check, bundled = _bundle(Path(bundle))
+        check, bundled, source = _bundle(Path(bundle))
         checks.append(check)
+        if source is not None:
+            checks.append(source)
         model_path = model_path or bundled
     checks.append(_disk(Path(bundle) if bundle else Path.cwd()))
     if model_path is not None:

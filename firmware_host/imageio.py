@@ -40,6 +40,7 @@ from typing import Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
+from ._io import NotRegularFileError, open_regular
 from .errors import InputError
 
 __all__ = [
@@ -392,22 +393,13 @@ _HEAD_BYTES = 256 << 10  # enough for the header of almost every file (JPEG: aft
 
 def _read_checked(path: str, limit: int) -> Tuple[bytes, ImageHeader]:
     """Open ``path`` once, refuse non-regular files, parse the header, then read the rest."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(path, flags)  # O_NONBLOCK: opening a FIFO must not wait for a writer
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot open it ({getattr(exc, 'strerror', None) or exc})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError("not a regular file (a FIFO, socket, device or folder)")
-        if info.st_size > limit * _BYTES_PER_PIXEL_BOUND + _FILE_SLACK:
-            raise ImageTooLargeError(
-                f"the file is {info.st_size / 2**20:.0f} MiB, more than an image within the pixel "
-                f"limit of {limit / 1e6:.1f} MP can need. Raise the limit with {ENV_MAX_IMAGE_PIXELS}"
-            )
-        with os.fdopen(fd, "rb", closefd=True) as handle:
-            fd = -1
+        with open_regular(path) as (handle, size):
+            if size > limit * _BYTES_PER_PIXEL_BOUND + _FILE_SLACK:
+                raise ImageTooLargeError(
+                    f"the file is {size / 2**20:.0f} MiB, more than an image within the pixel limit of "
+                    f"{limit:,} can need. Raise the limit with {ENV_MAX_IMAGE_PIXELS}"
+                )
             data = handle.read(_HEAD_BYTES)
             try:
                 header = _parse_header(data)
@@ -422,11 +414,10 @@ def _read_checked(path: str, limit: int) -> Tuple[bytes, ImageHeader]:
             return data, header
     except _HeaderError as exc:
         raise InputError(f"damaged image header ({exc})") from None
-    except OSError as exc:
-        raise InputError(f"cannot read it ({exc.strerror or exc})") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
+    except NotRegularFileError as exc:
+        raise InputError(f"not a regular file ({exc.strerror})") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def _reduction(header: ImageHeader, limit: int) -> int:

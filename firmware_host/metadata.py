@@ -1,23 +1,20 @@
-"""The edgecam metadata schema, and its reader/writer inside LiteRT (.tflite) and ONNX models.
+"""The edgecam metadata schema: what travels inside a converted model, parsed and checked.
 
-The metadata travels inside the model file, in the flatbuffer's ``metadata`` vector (the same
-place the TFLite Support library puts its own), as two named buffers:
+The metadata travels inside the model file as two named entries (the containers, and how each
+stores them, are in :mod:`firmware_host.formats`):
 
 * ``edgecam`` — UTF-8 JSON: ``{"edgecam": {...fields...}, "sha256": <sha256 of the canonical
   JSON of the fields>}``;
 * ``edgecam.weights`` — the class-weight array as raw little-endian float32, when the CAM mode
   uses one; its shape and sha256 are recorded in the JSON.
 
-Reading needs no TensorFlow and no flatbuffers package: :func:`read_tflite_metadata` walks the
-few flatbuffer tables it needs with ``struct``, bounds-checking every offset, so a corrupt file
-raises :class:`~firmware_host.errors.ModelFileError` / :class:`MetadataError`, never garbage.
-Writing (host side) uses the schema classes shipped with ``ai-edge-litert``.
-
-In an ONNX model the same two entries are ``metadata_props`` (string key → string value):
-``edgecam`` holds the same JSON text, ``edgecam.weights`` the same bytes in base64 (RFC 4648).
-They are read through onnxruntime (``InferenceSession.get_modelmeta().custom_metadata_map``),
-so the device needs no ``onnx`` package; the checksums and version checks are the same.
-:func:`read_metadata` picks the container from the file.
+The checksum only proves the metadata was not damaged by accident (an attacker recomputes it),
+so :meth:`EdgecamMetadata.from_buffers` also refuses, with one :class:`MetadataError` line each:
+JSON over :data:`MAX_JSON_BYTES`, text that is not UTF-8, nesting deeper than
+:data:`MAX_JSON_DEPTH`, non-finite numbers (``1e400``, ``NaN``), integers of more than
+:data:`MAX_INT_DIGITS` digits, and any field of the wrong type or out of range. What the
+metadata says about the model's tensors is checked against the model itself when it is opened
+(:func:`firmware_host.model.open_model`).
 
 The schema is documented field by field in ``docs/metadata.md``.
 """
@@ -29,14 +26,14 @@ import binascii
 import dataclasses
 import hashlib
 import json
-import struct
+import math
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from .errors import MetadataError, MissingDependencyError, ModelFileError
+from .errors import MetadataError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -44,17 +41,21 @@ __all__ = [
     "WEIGHTS_NAME",
     "Preprocessing",
     "EdgecamMetadata",
-    "read_metadata",
-    "read_tflite_metadata",
-    "embed_tflite_metadata",
-    "read_tflite_buffers",
-    "read_onnx_metadata",
-    "embed_onnx_metadata",
+    "check_fields",
+    "is_edgecam_entry",
+    "parse_json",
 ]
 
 FORMAT_VERSION = "1.0"
 METADATA_NAME = "edgecam"
 WEIGHTS_NAME = "edgecam.weights"
+
+MAX_JSON_BYTES = 4 << 20
+MAX_JSON_DEPTH = 32
+MAX_INT_DIGITS = 20
+MAX_CLASSES = 100_000
+MAX_SIDE = 65_535
+_MAX_TEXT = 4096
 
 CAM_MODES = ("linear", "flatten", "gradient", "approximate")
 CAM_OUTPUTS = ("all", "predicted", "selected")
@@ -271,51 +272,10 @@ class EdgecamMetadata:
                 f"{where} has no edgecam metadata (metadata buffers found: {found}). "
                 "Convert the Keras model with `edgecam convert` to get an explainable .tflite/.onnx."
             )
+        fields = _verified_fields(buffers[METADATA_NAME], where)
+        check_fields(fields, where)
         try:
-            payload = json.loads(bytes(buffers[METADATA_NAME]).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise MetadataError(
-                f"{where}: the edgecam metadata is not valid UTF-8 JSON ({exc}). "
-                "The file is corrupt; convert the model again."
-            ) from exc
-        if not isinstance(payload, dict) or not isinstance(payload.get("edgecam"), dict):
-            raise MetadataError(
-                f"{where}: the edgecam metadata has no 'edgecam' object. The file is corrupt; "
-                "convert the model again."
-            )
-        fields = payload["edgecam"]
-        digest = hashlib.sha256(_canonical(fields)).hexdigest()
-        if payload.get("sha256") != digest:
-            raise MetadataError(
-                f"{where}: the edgecam metadata checksum does not match (stored "
-                f"{str(payload.get('sha256'))[:12]}…, computed {digest[:12]}…). The metadata was "
-                "edited or damaged; convert the model again."
-            )
-        version = str(fields.get("format_version", ""))
-        major = version.split(".")[0]
-        if major != FORMAT_VERSION.split(".")[0]:
-            raise MetadataError(
-                f"{where}: edgecam metadata format {version!r} is not supported by this edgecam "
-                f"(reads {FORMAT_VERSION.split('.')[0]}.x). Upgrade edgecam on this device "
-                "(pip install -U edgecam) or convert with a matching edgecam."
-            )
-        try:
-            weights = None
-            spec = fields.get("class_weights")
-            if spec is not None:
-                raw = buffers.get(spec["buffer"])
-                if raw is None:
-                    raise MetadataError(
-                        f"{where}: metadata names class-weight buffer {spec['buffer']!r}, which "
-                        "is missing. Convert the model again."
-                    )
-                if hashlib.sha256(bytes(raw)).hexdigest() != spec["sha256"]:
-                    raise MetadataError(
-                        f"{where}: the class-weight buffer fails its sha256 check. The file is "
-                        "corrupt; convert the model again."
-                    )
-                shape = tuple(int(v) for v in spec["shape"])
-                weights = np.frombuffer(bytes(raw), dtype="<f4").reshape(shape)
+            weights = _class_weights(fields.get("class_weights"), buffers, where)
             pre = dict(fields["preprocessing"])
             pre["scale"] = tuple(pre["scale"])
             pre["offset"] = tuple(pre["offset"])
@@ -336,7 +296,7 @@ class EdgecamMetadata:
                 converter=dict(fields.get("converter") or {}),
                 self_check=fields.get("self_check"),
                 precision=fields.get("precision"),
-                format_version=version,
+                format_version=fields["format_version"],
             )
         except MetadataError:
             raise
@@ -351,245 +311,241 @@ def _canonical(fields: Mapping[str, Any]) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-# -- flatbuffer reading (no TensorFlow, no flatbuffers package) -------------------------------
-# Field indices of the TFLite schema (tensorflow/compiler/mlir/lite/schema/schema.fbs).
-_MODEL_BUFFERS = 4
-_MODEL_METADATA = 6
-_METADATA_NAME = 0
-_METADATA_BUFFER = 1
-_BUFFER_DATA = 0
-_BUFFER_OFFSET = 1
-_BUFFER_SIZE = 2
-
-
-class _FlatbufferReader:
-    """Bounds-checked access to the handful of flatbuffer tables we need."""
-
-    def __init__(self, data: bytes, where: str) -> None:
-        self.data = memoryview(data)
-        self.where = where
-
-    def _fail(self, what: str) -> "ModelFileError":
-        return ModelFileError(
-            f"{self.where} is not a valid LiteRT flatbuffer ({what}). The file is truncated or "
-            "corrupt; copy or convert it again."
+def _verified_fields(raw: bytes, where: str) -> Dict[str, Any]:
+    """The ``edgecam`` fields of the JSON entry, after the checksum and version checks."""
+    payload = parse_json(raw, where)
+    if not isinstance(payload, dict) or not isinstance(payload.get("edgecam"), dict):
+        raise MetadataError(
+            f"{where}: the edgecam metadata has no 'edgecam' object. The file is corrupt; "
+            "convert the model again."
         )
-
-    def u32(self, pos: int) -> int:
-        if pos < 0 or pos + 4 > len(self.data):
-            raise self._fail(f"offset {pos} out of range")
-        return struct.unpack_from("<I", self.data, pos)[0]
-
-    def i32(self, pos: int) -> int:
-        if pos < 0 or pos + 4 > len(self.data):
-            raise self._fail(f"offset {pos} out of range")
-        return struct.unpack_from("<i", self.data, pos)[0]
-
-    def u16(self, pos: int) -> int:
-        if pos < 0 or pos + 2 > len(self.data):
-            raise self._fail(f"offset {pos} out of range")
-        return struct.unpack_from("<H", self.data, pos)[0]
-
-    def u64(self, pos: int) -> int:
-        if pos < 0 or pos + 8 > len(self.data):
-            raise self._fail(f"offset {pos} out of range")
-        return struct.unpack_from("<Q", self.data, pos)[0]
-
-    def field_pos(self, table: int, index: int) -> Optional[int]:
-        vtable = table - self.i32(table)
-        vt_size = self.u16(vtable)
-        slot = 4 + 2 * index
-        if slot + 2 > vt_size:
-            return None
-        rel = self.u16(vtable + slot)
-        return table + rel if rel else None
-
-    def indirect(self, pos: int) -> int:
-        return pos + self.u32(pos)
-
-    def vector(self, pos: int) -> Tuple[int, int]:
-        start = self.indirect(pos)
-        length = self.u32(start)
-        if start + 4 + length > len(self.data) + 1 and length > len(self.data):
-            raise self._fail(f"vector length {length} exceeds the file")
-        return start + 4, length
-
-    def table_vector(self, table: int, index: int):
-        pos = self.field_pos(table, index)
-        if pos is None:
-            return []
-        start, length = self.vector(pos)
-        if start + 4 * length > len(self.data):
-            raise self._fail(f"vector of {length} tables exceeds the file")
-        return [self.indirect(start + 4 * i) for i in range(length)]
-
-    def string(self, table: int, index: int) -> str:
-        pos = self.field_pos(table, index)
-        if pos is None:
-            return ""
-        start, length = self.vector(pos)
-        if start + length > len(self.data):
-            raise self._fail("string exceeds the file")
-        return bytes(self.data[start : start + length]).decode("utf-8", errors="replace")
-
-    def bytes_vector(self, table: int, index: int) -> bytes:
-        pos = self.field_pos(table, index)
-        if pos is None:
-            return b""
-        start, length = self.vector(pos)
-        if start + length > len(self.data):
-            raise self._fail("buffer exceeds the file")
-        return bytes(self.data[start : start + length])
-
-
-def _load_bytes(model: Union[str, Path, bytes, bytearray, memoryview], limit: int = -1) -> Tuple[bytes, str]:
-    """The model's bytes (the first ``limit`` only, if given) and how to name it in errors."""
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        return bytes(model)[: None if limit < 0 else limit], "the model buffer"
-    path = Path(model)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit)
-    except FileNotFoundError as exc:
-        raise ModelFileError(f"Model file '{path}' does not exist. Check the path.") from exc
-    except IsADirectoryError as exc:
-        raise ModelFileError(
-            f"'{path}' is a directory, not a model file. Pass the converted .tflite or .onnx file."
-        ) from exc
-    except OSError as exc:
-        raise ModelFileError(f"Cannot read model file '{path}': {exc.strerror}.") from exc
-    return data, f"'{path}'"
-
-
-def read_tflite_buffers(model: Union[str, Path, bytes]) -> Dict[str, bytes]:
-    """Return every named metadata buffer of a .tflite file (name → bytes).
-
-    Raises:
-        ModelFileError: the data is not a LiteRT flatbuffer, or is truncated.
-    """
-    data, where = _load_bytes(model)
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        head = data[4:8] if len(data) >= 8 else data[:8]
-        raise ModelFileError(
-            f"{where} is not a LiteRT/TFLite model: expected file identifier b'TFL3' at byte 4, "
-            f"found {head!r} ({len(data)} bytes). Pass a .tflite produced by `edgecam convert`."
+    fields = payload["edgecam"]
+    digest = hashlib.sha256(_canonical(fields)).hexdigest()
+    if payload.get("sha256") != digest:
+        raise MetadataError(
+            f"{where}: the edgecam metadata checksum does not match (stored "
+            f"{str(payload.get('sha256'))[:12]}…, computed {digest[:12]}…). The metadata was "
+            "edited or damaged; convert the model again."
         )
-    reader = _FlatbufferReader(data, where)
-    root = reader.indirect(0)
-    buffers = reader.table_vector(root, _MODEL_BUFFERS)
-    out: Dict[str, bytes] = {}
-    for meta in reader.table_vector(root, _MODEL_METADATA):
-        name = reader.string(meta, _METADATA_NAME)
-        pos = reader.field_pos(meta, _METADATA_BUFFER)
-        index = reader.u32(pos) if pos is not None else 0
-        if index >= len(buffers):
-            raise reader._fail(f"metadata {name!r} points at buffer {index} of {len(buffers)}")
-        buf = buffers[index]
-        blob = reader.bytes_vector(buf, _BUFFER_DATA)
-        if not blob:
-            # Models over 2 GB keep buffer data after the flatbuffer (offset/size fields).
-            off_pos = reader.field_pos(buf, _BUFFER_OFFSET)
-            size_pos = reader.field_pos(buf, _BUFFER_SIZE)
-            if off_pos is not None and size_pos is not None:
-                offset, size = reader.u64(off_pos), reader.u64(size_pos)
-                if offset > 1:
-                    if offset + size > len(data):
-                        raise reader._fail(f"metadata {name!r} buffer exceeds the file")
-                    blob = bytes(data[offset : offset + size])
-        out[name] = blob
-    return out
+    version = fields.get("format_version", "")
+    if not isinstance(version, str) or len(version) > 32:
+        _bad(where, "format_version", "a version string such as '1.0'", version)
+    if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
+        raise MetadataError(
+            f"{where}: edgecam metadata format {version!r} is not supported by this edgecam "
+            f"(reads {FORMAT_VERSION.split('.')[0]}.x). Upgrade edgecam on this device "
+            "(pip install -U edgecam) or convert with a matching edgecam."
+        )
+    return fields
 
 
-def read_tflite_metadata(model: Union[str, Path, bytes]) -> EdgecamMetadata:
-    """Read and verify the edgecam metadata of a .tflite file, without TensorFlow.
+def _class_weights(spec: Optional[Mapping[str, Any]], buffers: Mapping[str, bytes], where: str) -> Optional[np.ndarray]:
+    """The class-weight array named by ``spec`` (already type-checked), verified, or ``None``."""
+    if spec is None:
+        return None
+    raw = buffers.get(spec["buffer"])
+    if raw is None:
+        raise MetadataError(
+            f"{where}: metadata names class-weight buffer {spec['buffer']!r}, which is missing. "
+            "Convert the model again."
+        )
+    if hashlib.sha256(bytes(raw)).hexdigest() != spec["sha256"]:
+        raise MetadataError(
+            f"{where}: the class-weight buffer fails its sha256 check. The file is corrupt; convert "
+            "the model again."
+        )
+    shape = tuple(int(v) for v in spec["shape"])
+    if 4 * math.prod(shape) != len(raw):
+        raise MetadataError(
+            f"{where}: the class-weight buffer holds {len(raw)} bytes, not the {4 * math.prod(shape)} "
+            f"of float32 shape {shape}. Convert the model again."
+        )
+    return np.frombuffer(raw, dtype="<f4").reshape(shape)
+
+
+
+# -- hostile JSON ------------------------------------------------------------------------------
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _json_depth(raw: bytes) -> int:
+    """The deepest ``[``/``{`` nesting of JSON text (strings removed first), without recursing."""
+    skeleton = np.frombuffer(_STRINGS.sub(b'""', raw), dtype=np.uint8)
+    opens = (skeleton == ord("[")) | (skeleton == ord("{"))
+    closes = (skeleton == ord("]")) | (skeleton == ord("}"))
+    step = opens.astype(np.int64) - closes.astype(np.int64)
+    return int(np.cumsum(step).max()) if step.size else 0
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"non-finite number {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is not finite in float64")
+    return value
+
+
+def _small_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def parse_json(raw, where: str = "the model") -> Any:
+    """Parse metadata JSON that may be hostile: bounded size and depth, finite numbers only.
 
     Raises:
-        ModelFileError: not a LiteRT flatbuffer.
-        MetadataError: no edgecam metadata, or it is corrupt/unsupported.
+        MetadataError: over :data:`MAX_JSON_BYTES`, not UTF-8, deeper than
+            :data:`MAX_JSON_DEPTH`, not JSON, a non-finite number (``1e400``, ``NaN``) or an
+            integer of more than :data:`MAX_INT_DIGITS` digits. One line, never a
+            RecursionError/OverflowError/UnicodeDecodeError.
     """
-    _, where = (None, "the model buffer") if isinstance(model, (bytes, bytearray)) else (None, f"'{model}'")
-    return EdgecamMetadata.from_buffers(read_tflite_buffers(model), where=where)
-
-
-def read_onnx_metadata(model: Union[str, Path]) -> EdgecamMetadata:
-    """Read and verify the edgecam metadata of a .onnx file, through onnxruntime.
-
-    Raises:
-        MissingDependencyError: onnxruntime is not installed (``pip install 'edgecam[onnx]'``).
-        ModelFileError: the file cannot be loaded.
-        MetadataError: no edgecam metadata, or it is corrupt/unsupported.
-    """
-    from .backends.onnx import read_custom_metadata
-
-    return EdgecamMetadata.from_props(read_custom_metadata(model), where=f"'{model}'")
-
-
-def read_metadata(model: Union[str, Path]) -> EdgecamMetadata:
-    """Read and verify the edgecam metadata of a .tflite or .onnx file (chosen from the file).
-
-    Raises:
-        ModelFileError, MetadataError, MissingDependencyError (onnxruntime for a .onnx).
-    """
-    from .backends import detect_format
-
-    if detect_format(model) == "onnx":
-        return read_onnx_metadata(model)
-    return read_tflite_metadata(model)
-
-
-def embed_onnx_metadata(model_content: bytes, metadata: EdgecamMetadata) -> bytes:
-    """Return the serialized ONNX ``model_content`` with ``metadata`` in its ``metadata_props``.
-
-    Earlier edgecam entries are replaced; other entries are kept. Host side: needs ``onnx``.
-    """
+    raw = bytes(raw)
+    fix = "The file is corrupt or was edited; convert the model again."
+    if len(raw) > MAX_JSON_BYTES:
+        raise MetadataError(
+            f"{where}: the edgecam metadata is {len(raw):,} bytes, over the {MAX_JSON_BYTES:,} a model's "
+            f"metadata can need. {fix}"
+        )
     try:
-        import onnx
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise MissingDependencyError(
-            "Embedding edgecam metadata in an ONNX model needs the 'onnx' package. Install the "
-            "host extra: pip install 'edgecam[host,onnx]'"
-        ) from exc
-    model = onnx.load_from_string(model_content)
-    kept = [(p.key, p.value) for p in model.metadata_props if not _is_edgecam(p.key)]
-    del model.metadata_props[:]
-    for key, value in kept + sorted(metadata.to_props().items()):
-        model.metadata_props.add(key=key, value=value)
-    return model.SerializeToString()
-
-
-def embed_tflite_metadata(model_content: bytes, metadata: EdgecamMetadata) -> bytes:
-    """Return ``model_content`` with ``metadata`` embedded (replacing any earlier edgecam entry).
-
-    Uses the flatbuffer schema classes shipped with ``ai-edge-litert`` (host side).
-    """
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MetadataError(f"{where}: the edgecam metadata is not UTF-8 text ({exc.reason} at byte {exc.start}). {fix}") from None
+    depth = _json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise MetadataError(
+            f"{where}: the edgecam metadata nests {depth} levels deep (at most {MAX_JSON_DEPTH}). {fix}"
+        )
     try:
-        import flatbuffers
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise MissingDependencyError(
-            "Embedding edgecam metadata needs the 'flatbuffers' and 'ai-edge-litert' packages. "
-            "Install them with: pip install ai-edge-litert"
-        ) from exc
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(bytearray(model_content), 0))
-    if model.metadata is None:
-        model.metadata = []
-    if model.buffers is None:
-        model.buffers = []
-    model.metadata = [m for m in model.metadata if not _is_edgecam(m.name)]
-    for name, blob in metadata.to_buffers().items():
-        buf = schema.BufferT()
-        buf.data = np.frombuffer(blob, dtype=np.uint8)
-        model.buffers.append(buf)
-        entry = schema.MetadataT()
-        entry.name = name
-        entry.buffer = len(model.buffers) - 1
-        model.metadata.append(entry)
-    builder = flatbuffers.Builder(len(model_content) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_small_int)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise MetadataError(f"{where}: the edgecam metadata is not valid JSON ({str(exc)[:200]}). {fix}") from None
 
 
-def _is_edgecam(name) -> bool:
+# -- field types -------------------------------------------------------------------------------
+def _show(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'…' if len(text) > 60 else ''}"
+
+
+def _bad(where: str, name: str, expected: str, value: Any):
+    raise MetadataError(
+        f"{where}: metadata field {name!r} must be {expected}; found {_show(value)}. The file is "
+        "corrupt or was edited; convert the model again."
+    )
+
+
+def _is_int(value: Any, lo: int = 1, hi: int = MAX_SIDE) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_text(value: Any, limit: int = _MAX_TEXT) -> bool:
+    return isinstance(value, str) and len(value) <= limit
+
+
+def _check_optional(fields: Mapping[str, Any], where: str) -> None:
+    for name in ("cam_method", "cam_output", "activation", "quantization", "target_layer"):
+        if name in fields and not _is_text(fields[name]):
+            _bad(where, name, "a string", fields[name])
+    for name in ("inputs", "outputs"):
+        value = fields.get(name, {})
+        if not (isinstance(value, dict) and len(value) <= 32
+                and all(_is_text(k, 256) and _is_text(v, 256) for k, v in value.items())):
+            _bad(where, name, "an object of role → tensor name strings", value)
+    for name in ("source", "converter", "precision"):
+        if fields.get(name) is not None and not isinstance(fields[name], dict):
+            _bad(where, name, "an object or null", fields[name])
+    check = fields.get("self_check")
+    if check is not None:
+        if not (isinstance(check, dict)
+                and all(_is_number(check.get(k)) for k in ("top1_agreement", "pearson_median"))
+                and isinstance(check.get("passed"), bool)
+                and all(v is None or isinstance(v, (bool, str)) or _is_number(v) for v in check.values())):
+            _bad(where, "self_check", "null or an object with numbers top1_agreement, pearson_median and a "
+                 "boolean passed (flat: numbers, strings, booleans)", check)
+
+
+def _check_weights(fields: Mapping[str, Any], where: str) -> None:
+    spec = fields.get("class_weights")
+    if spec is None:
+        return
+    ok = (isinstance(spec, dict) and _is_text(spec.get("buffer"), 256) and spec.get("dtype") == "float32"
+          and _is_text(spec.get("sha256"), 128) and isinstance(spec.get("shape"), list)
+          and len(spec["shape"]) in (2, 4) and all(_is_int(v) for v in spec["shape"]))
+    if not ok:
+        _bad(where, "class_weights", "null or {buffer, dtype: 'float32', shape: [C, K] or [h, w, C, K], sha256}", spec)
+    shape, fmap, k = tuple(spec["shape"]), tuple(fields["feature_map_shape"]), len(fields["classes"])
+    expected = (fmap[2], k) if len(shape) == 2 else fmap + (k,)
+    if shape != expected:
+        _bad(where, "class_weights.shape", f"{list(expected)} (feature map {list(fmap)}, {k} classes)", list(shape))
+
+
+def check_fields(fields: Mapping[str, Any], where: str = "the model") -> None:
+    """Check every field's type and range (after the checksum); the first problem raises.
+
+    Raises:
+        MetadataError: naming the field, what it must be and what was found.
+    """
+    classes = fields.get("classes")
+    if not (isinstance(classes, list) and 1 <= len(classes) <= MAX_CLASSES
+            and all(_is_text(c, 1000) for c in classes)):
+        _bad(where, "classes", f"a list of 1 to {MAX_CLASSES:,} class-name strings", classes)
+    pre = fields.get("preprocessing")
+    if not isinstance(pre, dict):
+        _bad(where, "preprocessing", "an object", pre)
+    for name in ("height", "width"):
+        if not _is_int(pre.get(name)):
+            _bad(where, f"preprocessing.{name}", f"a whole number of pixels from 1 to {MAX_SIDE}", pre.get(name))
+    for name in ("color", "interpolation"):
+        if name in pre and not _is_text(pre[name], 32):
+            _bad(where, f"preprocessing.{name}", "a string", pre[name])
+    for name in ("scale", "offset"):
+        value = pre.get(name)
+        if not (isinstance(value, list) and 1 <= len(value) <= 4 and all(_is_number(v) for v in value)):
+            _bad(where, f"preprocessing.{name}", "a list of 1 to 4 finite numbers", value)
+    if not _is_text(fields.get("target_layer")):
+        _bad(where, "target_layer", "a layer-name string", fields.get("target_layer"))
+    shape = fields.get("feature_map_shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(v) for v in shape)):
+        _bad(where, "feature_map_shape", f"[h, w, channels], whole numbers from 1 to {MAX_SIDE}", shape)
+    if not _is_text(fields.get("cam_mode"), 32):
+        _bad(where, "cam_mode", "a string", fields.get("cam_mode"))
+    _check_optional(fields, where)
+    _check_weights(fields, where)
+
+
+def is_edgecam_entry(name) -> bool:
+    """True for the names of edgecam's own metadata entries (``edgecam``, ``edgecam.weights``)."""
     if isinstance(name, bytes):
         name = name.decode("utf-8", errors="replace")
     return name in (METADATA_NAME, WEIGHTS_NAME)
+
+
+# -- the readers and writers live with their container (firmware_host/formats/) ---------------
+# These names stay importable from here for existing code (converters, tests). They resolve
+# on first use, so this schema module imports no container module: formats → metadata only.
+_MOVED = {
+    "read_metadata": ("formats", "read_metadata"),
+    "read_tflite_metadata": ("formats", "read_tflite_metadata"),
+    "read_tflite_buffers": ("formats", "read_tflite_buffers"),
+    "read_onnx_metadata": ("formats", "read_onnx_metadata"),
+    "embed_tflite_metadata": ("formats.tflite", "embed_metadata"),
+    "embed_onnx_metadata": ("formats.onnx", "embed_metadata"),
+    "_FlatbufferReader": ("formats.tflite", "FlatbufferReader"),
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+
+        module, attr = _MOVED[name]
+        return getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,12 +14,94 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import cam as _cam
-from .backends import dequantize_output, open_backend, quantize_input
+from .backends import Backend, TensorInfo, dequantize_output, open_backend, quantize_input
 from .errors import ConversionError, InputError, MetadataError
-from .metadata import EdgecamMetadata, read_metadata
+from .formats import ModelFile, container, read_model_file
+from .metadata import EdgecamMetadata
 from .preprocess import check_image, preprocess
 
-__all__ = ["ExplainableModel", "Explanation"]
+__all__ = ["ExplainableModel", "Explanation", "open_model", "check_model_agrees"]
+
+ModelSource = Union[str, Path, bytes, ModelFile]
+
+
+def open_model(model: ModelSource, num_threads: Optional[int] = None,
+               providers: Optional[Sequence[str]] = None) -> Tuple[Backend, EdgecamMetadata]:
+    """Read a converted model once; return its interpreter backend and its checked metadata.
+
+    The file's bytes feed both the metadata reader (:mod:`firmware_host.formats`) and the
+    interpreter (:mod:`firmware_host.backends`). Whichever names a damaged file best goes
+    first (the container's ``RUNTIME_CHECKS_FIRST``): a ``.tflite``'s metadata reader, which
+    says when a file is not a flatbuffer; onnxruntime for a ``.onnx``, which checks the protobuf. Then every field of the metadata that
+    describes a tensor is checked against the model (:func:`check_model_agrees`).
+
+    Args:
+        model: the ``.tflite``/``.onnx`` path, or its bytes (e.g. a conversion in memory).
+        num_threads, providers: as for :class:`ExplainableModel`.
+
+    Raises:
+        ModelFileError, MetadataError, MissingDependencyError.
+    """
+    file = read_model_file(model)
+    fmt = container(file.format)
+    if fmt.RUNTIME_CHECKS_FIRST:
+        backend = open_backend(file, num_threads=num_threads, providers=providers)
+        metadata = fmt.read_metadata(file.data, file.where)
+    else:
+        metadata = fmt.read_metadata(file.data, file.where)
+        backend = open_backend(file, num_threads=num_threads, providers=providers)
+    check_model_agrees(metadata, backend, file.where)
+    return backend, metadata
+
+
+def _dims_differ(found: Tuple[int, ...], expected: Tuple[int, ...]) -> bool:
+    """A tensor's shape against the expected one; -1 (dynamic) matches anything."""
+    return len(found) != len(expected) or any(f not in (-1, e) for f, e in zip(found, expected))
+
+
+def check_model_agrees(meta: EdgecamMetadata, backend: Backend, where: str = "the model") -> None:
+    """Check what the metadata says about the model's tensors against the model itself.
+
+    The metadata's checksum only proves it was not damaged by accident; a file whose metadata
+    claims a 3000×3000 input for a 24×24 model, more classes than ``probabilities`` has, or
+    outputs the model lacks is refused here rather than run.
+
+    Raises:
+        MetadataError: naming the field, what the metadata says and what the model has.
+    """
+    def refuse(what: str) -> None:
+        raise MetadataError(
+            f"{where}: the metadata does not match the model: {what}. The metadata was edited or "
+            "belongs to another model; convert the model again."
+        )
+
+    if "image" not in meta.inputs:
+        refuse(f"it names no 'image' input (inputs {dict(meta.inputs)})")
+    if set(meta.inputs.values()) != set(backend.inputs):
+        refuse(f"metadata inputs {sorted(meta.inputs.values())}, model inputs {sorted(backend.inputs)}")
+    if (meta.cam_output == "selected") != ("class_index" in meta.inputs):
+        refuse(f"cam_output {meta.cam_output!r} with inputs {sorted(meta.inputs)} (a 'class_index' input "
+               "goes with cam_output 'selected' only)")
+    missing = {role: name for role, name in meta.outputs.items() if name not in backend.outputs}
+    if missing:
+        refuse(f"outputs {missing} are not among the model's outputs {sorted(backend.outputs)}")
+    cam_role = "cams" if meta.cam_output == "all" else "cam"
+    for role in ("probabilities", cam_role):
+        if role not in meta.outputs:
+            refuse(f"cam_output {meta.cam_output!r} needs output role {role!r}; roles are {sorted(meta.outputs)}")
+    pre, (h, w, c), k = meta.preprocessing, meta.feature_map_shape, meta.num_classes
+    image: TensorInfo = backend.inputs[meta.inputs["image"]]
+    if _dims_differ(image.shape[1:], (pre.height, pre.width, pre.channels)) or len(image.shape) != 4:
+        refuse(f"preprocessing says {pre.height}x{pre.width}x{pre.channels} ({pre.color}), the model's "
+               f"input {image.name!r} is {list(image.shape)}")
+    expected = {"probabilities": (k,), "logits": (k,), "feature_maps": (h, w, c),
+                "cams": (h, w, k), "cam": (h, w)}
+    for role, shape in expected.items():
+        if role in meta.outputs:
+            info = backend.outputs[meta.outputs[role]]
+            if _dims_differ(info.shape[1:], shape):
+                refuse(f"output {role!r} should be (batch, {', '.join(map(str, shape))}) for {k} classes and "
+                       f"feature maps {h}x{w}x{c}, the model's is {list(info.shape)}")
 
 
 @dataclass(frozen=True)
@@ -69,8 +151,8 @@ class ExplainableModel:
     """A converted edgecam model (.tflite or .onnx) that explains every prediction.
 
     Args:
-        path: the ``.tflite`` or ``.onnx`` written by ``edgecam convert``; the backend (LiteRT
-            or ONNX Runtime) is chosen from the file.
+        path: the ``.tflite`` or ``.onnx`` written by ``edgecam convert`` (or its bytes); the
+            backend (LiteRT or ONNX Runtime) is chosen from the file, which is read once.
         num_threads: interpreter threads (``None``: the interpreter's default).
         providers: ONNX Runtime execution providers to try, in order (default TensorRT → CUDA
             → CPU, those available); ignored for LiteRT. ``model.backend.provider`` is the one
@@ -78,7 +160,8 @@ class ExplainableModel:
 
     Raises:
         ModelFileError: missing, corrupt or unloadable file.
-        MetadataError: no (valid) edgecam metadata in the file.
+        MetadataError: no (valid) edgecam metadata in the file, or metadata that disagrees with
+            the model (see :func:`open_model`).
         MissingDependencyError: a .onnx without onnxruntime (``pip install 'edgecam[onnx]'``).
 
     Example:
@@ -87,25 +170,15 @@ class ExplainableModel:
         >>> exp.label, exp.confidence, exp.heatmap((224, 224)).shape
     """
 
-    def __init__(self, path: Union[str, Path], num_threads: Optional[int] = None,
+    def __init__(self, path: ModelSource, num_threads: Optional[int] = None,
                  providers: Optional[Sequence[str]] = None) -> None:
-        self.path = Path(path)
-        self.metadata: EdgecamMetadata = read_metadata(self.path)
-        self.backend = open_backend(self.path, num_threads=num_threads, providers=providers)
+        file = read_model_file(path)
+        self.path = file.path or Path("<in-memory model>")
+        self.backend, self.metadata = open_model(file, num_threads=num_threads, providers=providers)
         meta = self.metadata
-        self._image_name = meta.inputs.get("image", "image")
+        self._image_name = meta.inputs["image"]
         self._class_name = meta.inputs.get("class_index")
         self._out = dict(meta.outputs)
-        missing = [
-            f"{role}→{name}" for role, name in self._out.items() if name not in self.backend.outputs
-        ]
-        if self._image_name not in self.backend.inputs or missing:
-            raise MetadataError(
-                f"'{self.path}': the metadata names tensors the model lacks (image input "
-                f"{self._image_name!r}, outputs {missing or 'ok'}); model inputs are "
-                f"{sorted(self.backend.inputs)}, outputs {sorted(self.backend.outputs)}. "
-                "Convert the model again."
-            )
         self._image_info = self.backend.inputs[self._image_name]
         cam_role = "cams" if "cams" in self._out else "cam"
         self._recombine = (

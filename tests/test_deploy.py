@@ -844,6 +844,8 @@ def test_diagnose_names_the_reason_from_real_doctor_output(tmp_path):
     assert proc.returncode == 1
     assert diagnose(proc.stdout).startswith("model failed to load (model")
     assert diagnose("all fine\n") is None
+    crash = "install.sh:     File \"runner.py\", line 3, in run\ninstall.sh:   TypeError: f() got an unexpected keyword\n"
+    assert diagnose(crash) == "the runner crashed (TypeError: f() got an unexpected keyword)"
 
 
 def test_dry_run_shows_the_rollback_it_would_run(model, wheel, tmp_path):
@@ -859,3 +861,98 @@ def test_dry_run_shows_the_rollback_it_would_run(model, wheel, tmp_path):
     with pytest.raises(InputError, match="not a POSIX user name"):
         deploy(bundle.path, "pi@cam:ec", SshOptions(), ["--user", "pi\nExecStartPre=/bin/sh"], dry_run=True,
                echo=lines.append)
+
+
+# ----------------------------------------------------------------------------- interrupted bundle (issue 13, item 10)
+def _bundle_process(model, out, tmpdir):
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    return subprocess.Popen([sys.executable, "-m", "toolkit", "bundle", str(model), "-o", str(out)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_for_scratch(tmpdir, proc, timeout=120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        found = [p for p in tmpdir.glob("edgecam-wheel-*") if (p / "src").is_dir()]
+        if found:
+            return found
+        time.sleep(0.05)
+    return []
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_interrupted_bundle_leaves_no_wheel_scratch_behind(model, wheel, tmp_path, how):
+    """kill -9 during `edgecam bundle`'s wheel build leaks edgecam-wheel-*: the next bundle removes
+    it (its owner is gone). SIGTERM unwinds like Ctrl-C and removes it at once."""
+    import signal
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = _bundle_process(model, tmp_path / "b.tar.gz", scratch)
+    try:
+        leaked = _wait_for_scratch(scratch, proc)
+        assert leaked, "the bundle never started its wheel build"
+        proc.send_signal(getattr(signal, how))
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not (tmp_path / "b.tar.gz").exists()
+    if how == "SIGTERM":
+        assert proc.returncode == 128 + signal.SIGTERM
+        assert list(scratch.glob("edgecam-wheel-*")) == [] and "Traceback" not in proc.stderr.read().decode()
+        return
+    assert [p.name for p in scratch.glob("edgecam-wheel-*")] == [p.name for p in leaked]
+    # Another process's live scratch dir is left alone (its owner is this test process).
+    live = scratch / "edgecam-wheel-live"
+    live.mkdir()
+    (live / ".edgecam-owner").write_text(f"{os.getpid()}\n")
+    again = subprocess.run([sys.executable, "-m", "toolkit", "bundle", str(model), "-o", str(tmp_path / "c.tar.gz"),
+                            "--wheel", str(wheel)], cwd=REPO, env={**os.environ, "TMPDIR": str(scratch)},
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in scratch.glob("edgecam-wheel-*")) == ["edgecam-wheel-live"]
+    assert [p.name for p in tmp_path.glob(".edgecam-bundle-*")] == []  # the staging beside it too
+
+
+def test_doctor_bundle_names_a_missing_camera_without_failing(model, wheel, tmp_path):
+    """A camera that is not there is reported (the deploy's reason reads it), not a failed check:
+    it may be plugged in later, and the previous release would need it just the same."""
+    from firmware_host.doctor import run_doctor
+
+    assert not Path("/dev/video7").exists()
+    (tmp_path / "cam.toml").write_text("[run]\nsource = 7\n")
+    root = extract(make_bundle(model, wheel, tmp_path / "b.tar.gz", config=tmp_path / "cam.toml"), tmp_path / "x")
+    report = run_doctor(bundle=root, repeats=1)
+    source = report.get("source")
+    assert source.ok is None and "/dev/video7" in source.detail and "camera not found" in source.detail
+    assert report.get("bundle").ok
+
+
+def test_release_without_an_interpreter_is_never_made_current(model, wheel, tmp_path):
+    """install.sh on a machine whose Python has no LiteRT interpreter for the new release (here
+    hidden by import blockers first on its path): the health check fails, `current` stays, and
+    the output names the reason deploy reports ("interpreter missing")."""
+    from toolkit.deploy.deploy import diagnose
+
+    if not TINY_MODEL.is_file():
+        pytest.skip("needs tests/data/tiny_fog.tflite")
+    blockers = tmp_path / "blockers"
+    for package in ("ai_edge_litert", "tflite_runtime"):
+        (blockers / package).mkdir(parents=True)
+        (blockers / package / "__init__.py").write_text("raise ImportError('not installed on this device')\n")
+    prefix = tmp_path / "device"
+    good = make_bundle(model, wheel, tmp_path / "a.tar.gz")
+    (tmp_path / "b.toml").write_text("[run]\nsmooth = 0.5\n")
+    newer = make_bundle(model, wheel, tmp_path / "b.tar.gz", config=tmp_path / "b.toml")
+    run_install(extract(good, tmp_path / "xa"), prefix, *FAST_INSTALL, "--no-start")
+    before = os.readlink(prefix / "current")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blockers), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(["sh", str(extract(newer, tmp_path / "xb") / "install.sh"), "--prefix", str(prefix),
+                           *FAST_INSTALL, "--no-start"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "health check failed" in proc.stderr and f"current stays at {before}" in proc.stderr
+    assert os.readlink(prefix / "current") == before == f"releases/{good.bundle_id}"
+    assert not (prefix / "previous").exists()
+    assert diagnose(proc.stdout + proc.stderr).startswith("interpreter missing")

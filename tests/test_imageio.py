@@ -6,7 +6,6 @@ reference), and the bomb tests measure the peak RSS of each command in a subproc
 
 import logging
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from hypothesis import strategies as st
 from firmware_host import imageio
 from firmware_host.errors import InputError
 from firmware_host.imageio import (
-    IMAGE_SUFFIXES,
     ImageTooLargeError,
     image_header,
     list_images,
@@ -191,7 +189,7 @@ def test_every_command_sees_the_same_images(tree):
     """convert --calibration, validate --images, dataset --images, explain and run read one set."""
     from converters.export import load_images
     from firmware_host.sources import open_source
-    from toolkit.datasets import fog
+    from toolkit.datasets.photos import load_photos
     from toolkit.explain.images import collect_images
     from toolkit.validate import iter_image_files
 
@@ -200,7 +198,7 @@ def test_every_command_sees_the_same_images(tree):
     assert [p.resolve() for p in iter_image_files(tree) if imageio.is_image_file(p)] == expected
     images, skipped = load_images(tree)
     assert len(images) == len(expected) and skipped == 3  # notes.txt, no_suffix, the FIFO
-    photos = fog._load_photos(tree)
+    photos = load_photos(tree)
     assert [p.resolve() for p, _ in photos] == expected
     with open_source(str(tree)) as src:  # run: this folder's frames only, the FIFO skipped
         names = []

@@ -44,6 +44,7 @@ KINDS = {
     "many_classes": ("linear", "predicted"),
     "max_pool_mlp": ("gradient", "selected"),
     "nhwc_input": ("linear", "all"),
+    "layernorm_head": ("gradient", "selected"),
 }
 
 
@@ -272,7 +273,7 @@ def test_tiny_helper_model_converts(tmp_path):
     ("no_spatial", UnsupportedHeadError, "No spatial tensor found.*Conv"),
     ("head_op", UnsupportedHeadError, "Softsign.*not an operator edgecam"),
     ("old_opset", ConversionError, "opset 11.*≥ 13"),
-    ("tflite_out", InputError, "must end with '.onnx'"),
+    ("bad_suffix", InputError, "must end with '.onnx' .*or '.tflite'"),
     ("int8_no_calibration", InputError, "calibration images"),
     ("not_onnx", ModelFileError, "not a readable ONNX model"),
     ("missing", ModelFileError, "does not exist"),
@@ -289,9 +290,9 @@ def test_bad_input_one_line(tmp_path, case, error, match):
         _save(_tiny(head_op="Softsign"), src)
     elif case == "old_opset":
         _save(_tiny(opset=11), src)
-    elif case == "tflite_out":
+    elif case == "bad_suffix":
         _save(_tiny(), src)
-        out = tmp_path / "x.tflite"
+        out = tmp_path / "x.txt"
     elif case == "int8_no_calibration":
         _save(_tiny(), src)
         options = {"quantize": "int8"}
@@ -408,3 +409,55 @@ def test_finite_difference_gradients_match_the_exact_ones():
     model, _, head, fmaps, ref = _head_values("mlp")
     maps = HeadGradients(model, head).reference(fmaps, ref["classes"])
     assert min(pearson(m, c) for m, c in zip(maps, ref["cam"])) >= 0.99
+
+
+# -- LiteRT output ---------------------------------------------------------------------------
+def test_tflite_falls_back_to_onnx_for_gradient_heads(tmp_path, caplog):
+    path, _ = _fixture("mlp")
+    result = convert_onnx(path, tmp_path / "x.tflite", self_check=False)
+    assert result.path == tmp_path / "x.onnx" and result.format == "onnx" and result.path.is_file()
+    assert not (tmp_path / "x.tflite").exists()
+    assert "No LiteRT output" in caplog.text and "Writing ONNX instead" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["gap_linear", "flatten_linear", "nhwc_input"])
+def test_tflite_through_onnx2tf(tmp_path, name):
+    """With TensorFlow and onnx2tf installed: LiteRT output agrees with pytorch-grad-cam too."""
+    for module in ("tensorflow", "onnx2tf"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    path, ref = _fixture(name)
+    result = convert_onnx(path, tmp_path / "x", format="both", cam_method=str(ref["method"]),
+                          calibration=list(ref["images"]))
+    lite = next(r for r in result.all if r.format == "tflite")
+    assert lite.path.suffix == ".tflite" and lite.self_check.passed
+    exps = _explain_all(ExplainableModel(lite.path), ref["images"])
+    assert [e.class_index for e in exps] == ref["classes"].tolist()
+    assert min(pearson(e.cam, c) for e, c in zip(exps, ref["cam"])) >= 0.999
+
+
+# -- edgecam validate ORIGINAL.onnx EXPLAINED.onnx -------------------------------------------
+def test_validate_against_the_original_onnx(tmp_path):
+    """No TensorFlow: the original ONNX graph is the host reference of `edgecam validate`."""
+    import cv2
+
+    path, ref = _fixture("mlp")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, image in enumerate(ref["images"]):
+        cv2.imwrite(str(images / f"{i}.png"), image[..., ::-1])
+    explained = convert_onnx(path, tmp_path / "x.onnx", self_check=False).path
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+        "from toolkit.cli import main\n"
+        f"sys.argv = ['edgecam', 'validate', {str(path)!r}, {str(explained)!r}, '--images', {str(images)!r}, "
+        f"'--out', {str(tmp_path / 'out')!r}, '--quiet', '--min-pearson', '0.999', '--min-top1', '1.0']\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-1500:] + out.stderr[-1500:]
+    assert "PASS: 6 images" in out.stdout
+    from converters.onnx_in.host import OnnxHostModel
+
+    with pytest.raises(InputError, match="gradcam or hirescam"):
+        OnnxHostModel(path, method="scorecam")

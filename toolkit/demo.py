@@ -27,7 +27,7 @@ import numpy as np
 
 from firmware_host._io import atomic_write_text, ensure_writable_dir
 from firmware_host.errors import EdgecamError
-from firmware_host.sources import read_image
+from firmware_host.imageio import list_images, read_image
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo", "DEFAULT", "QUICK"]
 
@@ -71,7 +71,7 @@ class DemoResult:
 def _balanced_calibration(data_dir: Path, limit: int) -> List[np.ndarray]:
     """Images taken round-robin from the class folders (a sorted listing would be one class)."""
     folders = sorted(p for p in data_dir.iterdir() if p.is_dir())
-    files = [sorted(f.glob("*.png")) for f in folders]
+    files = [list_images(f, recursive=False) for f in folders]
     out: List[np.ndarray] = []
     i = 0
     while len(out) < limit and any(i < len(f) for f in files):

@@ -3,7 +3,8 @@
 ``converters.convert("model.onnx", "out.onnx")`` and ``edgecam convert model.onnx -o out.onnx``
 land in :func:`convert_onnx`. Modules: :mod:`.graph` (load, checks, the head chain),
 :mod:`.ops` (one differentiation rule per operator), :mod:`.analysis` (CAM mode, folded
-weights), :mod:`.build` (the in-graph head), :mod:`.check` (self-check), :mod:`.quantize` (int8).
+weights), :mod:`.build` (the in-graph head), :mod:`.check` (self-check), :mod:`.quantize` (int8),
+:mod:`.approximate` (``--approximate``), :mod:`.tflite` (LiteRT through onnx2tf).
 """
 
 from __future__ import annotations

@@ -114,10 +114,13 @@ def _labels(labels, k: int):
 
 
 def _check_options(output: Path, opts: "Options") -> None:
-    if output.suffix.lower() != ".onnx" or opts.format not in (None, "onnx"):
+    suffix = output.suffix.lower()
+    wanted = {"onnx": ".onnx", "tflite": ".tflite"}
+    if opts.format not in (None, "onnx", "tflite", "both") or (
+            opts.format in wanted and suffix != wanted[opts.format]) or (opts.format is None and suffix not in (".onnx", ".tflite")):
         raise InputError(
-            f"An ONNX input converts to ONNX: the output must end with '.onnx' (format onnx). Got: "
-            f"'{output}' (format {opts.format!r}). LiteRT output from ONNX is not available yet."
+            f"The output must end with '.onnx' (ONNX) or '.tflite' (LiteRT, through onnx2tf), matching "
+            f"format {opts.format!r}, or pass format='both' with a stem. Got: '{output}'"
         )
     allowed = {"quantize": (opts.quantize, QUANTIZATIONS), "cam_output": (opts.cam_output, ("auto", "all", "predicted")),
                "cam_method": (opts.cam_method, ("gradcam", "hirescam"))}
@@ -186,7 +189,7 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
 
     Args:
         model: the ``.onnx`` file (opset ≥ 13, one NCHW or NHWC image input).
-        output: the ``.onnx`` to write (atomically).
+        output: the ``.onnx`` or ``.tflite`` to write (atomically; the stem with ``format="both"``).
         **options: those of ``converters.convert``: ``quantize`` (``none`` or ``int8``: QDQ with
             the head in float32, needs ``calibration``), ``calibration`` (a folder or a list of
             RGB uint8 images: int8 and the self-check), ``labels``, ``target_tensor`` (or
@@ -194,7 +197,8 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
             collapse; a wrong name lists the candidates), ``color``/``input_scale``/
             ``input_offset``/``mean``/``std`` (default torchvision's ImageNet mean/std, RGB; see
             :func:`preprocessing_for`), ``input_size``, ``cam_output``, ``cam_method``,
-            ``self_check``, ``emit_baseline``, ``max_calibration``, ``format`` (``onnx``).
+            ``self_check``, ``emit_baseline``, ``max_calibration``, ``format`` (``onnx``, ``tflite``
+            through onnx2tf, or ``both``; see :mod:`.tflite`).
             ``approximate``: for a head that cannot be made exact, class weights averaged from
             finite-difference gradients over the images (:mod:`.approximate`).
 
@@ -205,7 +209,6 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
         ModelFileError, ConversionError, LayerError, UnsupportedHeadError, InputError,
         MissingDependencyError.
     """
-    from ..export import ConversionResult
     from ..loading import file_sha256
 
     onnx, ort = _require_onnx()
@@ -230,11 +233,6 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
         analysis = Analysis("approximate", reason, grads.averaged(run.run(x)[head.target]))
     resolved, method, weights = _plan(analysis, head.num_logits, opts.cam_output, opts.cam_method)
 
-    explained = type(original)()
-    explained.CopyFrom(original)
-    inputs = build_explained(explained, tables, image, head, analysis.mode, weights, resolved, method)
-    head_nodes = [n.name for n in head.nodes]
-    content = _quantized(_checked(explained), opts.quantize, x, inputs, head_nodes)
     cam_key = "cams" if resolved == "all" else "cam"
     metadata = EdgecamMetadata(
         classes=_labels(opts.labels, head.num_logits),
@@ -245,36 +243,81 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
         cam_method=method,
         cam_output=resolved,
         activation=head.activation,
-        inputs=inputs,
         outputs={r: r for r in ("probabilities", "logits", "feature_maps", cam_key)},
         quantization=opts.quantize,
         class_weights=weights,
         source=source,
         converter={
             "edgecam": __version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-            "opset": str(tables.opset), "format": "onnx", "source_layout": image.layout,
-            "preprocessing": pre_note, "reason": analysis.reason,
+            "opset": str(tables.opset), "source_layout": image.layout, "preprocessing": pre_note,
+            "reason": analysis.reason,
         },
     )
-    atomic_write_bytes(output, embed_onnx_metadata(content, metadata))
-    log.info("Exported %s head (%s) at %s to %s", analysis.mode, resolved, head.target, output)
+    expected = _reference(run, head, tables, x, method, grads) if opts.self_check else None
+    results = []
+    targets = _targets(output, opts.format)
+    for fmt, path in targets:
+        if fmt == "tflite":
+            try:
+                from .tflite import tflite_models, tool_versions
 
+                content, plain = tflite_models(original, head, image, analysis.mode, weights, resolved,
+                                               opts.quantize, x, opts.emit_baseline)
+                meta = replace(metadata, inputs={"image": "image"},
+                               converter={**metadata.converter, "format": "tflite", **tool_versions()})
+            except ConversionError as exc:
+                log.warning("No LiteRT output for %s: %s. Writing ONNX instead (run it with onnxruntime).",
+                            path.name, exc)
+                if any(f == "onnx" for f, _ in targets):
+                    continue
+                fmt, path = "onnx", path.with_suffix(".onnx")
+        if fmt == "onnx":
+            explained = type(original)()
+            explained.CopyFrom(original)
+            inputs = build_explained(explained, tables, image, head, analysis.mode, weights, resolved, method)
+            head_nodes = [n.name for n in head.nodes]
+            content = _quantized(_checked(explained), opts.quantize, x, inputs, head_nodes)
+            plain = None
+            if opts.emit_baseline:
+                bare = type(original)()
+                bare.CopyFrom(original)
+                build_plain(bare, tables, image, head)
+                plain = _quantized(_checked(bare), opts.quantize, x, {"image": "image"}, head_nodes)
+            meta = replace(metadata, inputs=inputs, converter={**metadata.converter, "format": "onnx"})
+        results.append(_write(fmt, path, content, plain, meta, expected, head, image, images, image_source))
+    return replace(results[0], others=tuple(results[1:]))
+
+
+def _targets(output: Path, format: Optional[str]):
+    """``[(format, path)]`` to write: from the suffix, or ``both`` as ``<stem>.onnx`` and ``<stem>.tflite``."""
+    suffixes = {".onnx": "onnx", ".tflite": "tflite"}
+    if format == "both":
+        stem = output.with_suffix("") if output.suffix.lower() in suffixes else output
+        return [("onnx", stem.with_name(stem.name + ".onnx")), ("tflite", stem.with_name(stem.name + ".tflite"))]
+    return [(format or suffixes[output.suffix.lower()], output)]
+
+
+def _write(fmt: str, path: Path, content: bytes, plain: Optional[bytes], metadata: EdgecamMetadata, expected,
+           head, image, images, image_source):
+    """Embed the metadata, write, self-check (stored in the metadata), write the baseline."""
+    from firmware_host.metadata import embed_tflite_metadata
+
+    from ..export import ConversionResult
+
+    embed = embed_onnx_metadata if fmt == "onnx" else embed_tflite_metadata
+    atomic_write_bytes(path, embed(content, metadata))
+    log.info("Exported %s head (%s) at %s to %s", metadata.cam_mode, metadata.cam_output, head.target, path)
     check = None
-    if opts.self_check:
-        expected = _reference(run, head, tables, x, method, grads)
-        check = _run_self_check(output, expected, head, image, images, opts.quantize, image_source)
+    if expected is not None:
+        check = _run_self_check(path, expected, head, image, images, metadata.quantization, image_source)
         metadata = replace(metadata, self_check=check.as_dict())
-        atomic_write_bytes(output, embed_onnx_metadata(content, metadata))
-
+        atomic_write_bytes(path, embed(content, metadata))
     baseline = None
-    if opts.emit_baseline:
-        baseline = output.with_name(output.stem + ".plain.onnx")
-        plain = type(original)()
-        plain.CopyFrom(original)
-        build_plain(plain, tables, image, head)
-        atomic_write_bytes(baseline, _quantized(_checked(plain), opts.quantize, x, {"image": "image"}, head_nodes))
-    return ConversionResult(path=output, metadata=metadata, reason=analysis.reason, self_check=check,
-                            baseline_path=baseline, size_bytes=os.path.getsize(output), format="onnx")
+    if plain is not None:
+        baseline = path.with_name(path.stem + ".plain" + path.suffix)
+        atomic_write_bytes(baseline, plain)
+    return ConversionResult(path=path, metadata=metadata, reason=metadata.converter["reason"], self_check=check,
+                            baseline_path=baseline, size_bytes=os.path.getsize(path), format=fmt)
 
 
 def _quantized(content: bytes, quantize: str, x: np.ndarray, inputs, head_nodes) -> bytes:

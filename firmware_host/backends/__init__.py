@@ -2,7 +2,9 @@
 
 ``.tflite`` runs on LiteRT (:mod:`.litert`), ``.onnx`` on ONNX Runtime (:mod:`.onnx`, the
 optional ``edgecam[onnx]`` extra). Both expose the same :class:`Backend` interface: named
-inputs/outputs as :class:`TensorInfo` and ``run(feed) → {name: array}``.
+inputs/outputs as :class:`TensorInfo` and ``run(feed) → {name: array}``. Both are built from the
+model's bytes as read once by :func:`firmware_host.formats.read_model_file`; the metadata is
+read from the same bytes (:func:`firmware_host.model.open_model`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import InputError, ModelFileError
+from ..formats import FORMATS, ModelFile, detect_format, read_model_file
 from ._base import Backend, TensorInfo, dequantize_output, quantize_input
 
 __all__ = [
@@ -27,40 +30,14 @@ __all__ = [
     "FORMATS",
 ]
 
-FORMATS = ("tflite", "onnx")
 
-
-def detect_format(path: Union[str, Path, bytes]) -> str:
-    """``"tflite"`` or ``"onnx"``, from the file's magic where it is decisive, else its suffix.
-
-    A LiteRT flatbuffer carries ``TFL3`` at byte 4 whatever its name. ONNX files are plain
-    protobuf with no magic, so ``.onnx`` decides; an unknown suffix falls back to the protobuf
-    tag of ``ModelProto.ir_version`` (field 1, varint: byte ``0x08``).
-
-    Raises:
-        ModelFileError: missing file, or neither format.
-    """
-    from ..metadata import _load_bytes
-
-    head, _ = _load_bytes(path, limit=8)
-    suffix = "" if isinstance(path, (bytes, bytearray, memoryview)) else Path(path).suffix.lower()
-    if head[4:8] == b"TFL3" or suffix == ".tflite":
-        return "tflite"
-    if suffix == ".onnx" or head[:1] == b"\x08":
-        return "onnx"
-    raise ModelFileError(
-        f"{_load_bytes(path, limit=0)[1]} is neither a LiteRT model (no 'TFL3' at byte 4) nor an ONNX model (suffix "
-        f"{suffix or '(none)'!r}, starts with {head[:4]!r}). Pass a .tflite or .onnx written by "
-        "`edgecam convert`."
-    )
-
-
-def open_backend(path: Union[str, Path], num_threads: Optional[int] = None,
+def open_backend(path: Union[str, Path, bytes, ModelFile], num_threads: Optional[int] = None,
                  providers: Optional[Sequence[str]] = None, plain: bool = False) -> Backend:
-    """Open the right backend for ``path``: ``.tflite`` → LiteRT, ``.onnx`` → ONNX Runtime.
+    """Open the right backend for a model: ``.tflite`` → LiteRT, ``.onnx`` → ONNX Runtime.
 
     Args:
-        path: the model file.
+        path: the model file, its bytes, or a :class:`~firmware_host.formats.ModelFile` already
+            read (the file is read once either way).
         num_threads: interpreter / intra-op threads (``None``: the runtime's default).
         providers: ONNX Runtime execution providers to try, in order (ignored for LiteRT,
             which runs on the CPU); default TensorRT → CUDA → CPU.
@@ -70,13 +47,14 @@ def open_backend(path: Union[str, Path], num_threads: Optional[int] = None,
     Raises:
         ModelFileError, MissingDependencyError (onnxruntime absent for an ONNX file).
     """
-    if detect_format(path) == "onnx":
+    file = read_model_file(path)
+    if file.format == "onnx":
         from .onnx import ONNXBackend
 
-        return ONNXBackend(path, num_threads=num_threads, providers=providers)
+        return ONNXBackend(file, num_threads=num_threads, providers=providers)
     from .litert import SIGNATURE, LiteRTBackend
 
-    return LiteRTBackend(path, num_threads=num_threads, signature=None if plain else SIGNATURE)
+    return LiteRTBackend(file, num_threads=num_threads, signature=None if plain else SIGNATURE)
 
 
 class PlainModel:

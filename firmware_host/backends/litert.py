@@ -12,6 +12,7 @@ from typing import Dict, Mapping, Optional, Union
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError, ModelFileError
+from ..formats import ModelFile, read_model_file
 from ._base import Backend, TensorInfo
 
 SIGNATURE = "serving_default"
@@ -59,7 +60,8 @@ class LiteRTBackend(Backend):
     """A LiteRT interpreter bound to one signature of the model.
 
     Args:
-        path: the ``.tflite`` file.
+        path: the ``.tflite`` file, its bytes, or the :class:`~firmware_host.formats.ModelFile`
+            already read (the interpreter runs on those bytes: the file is not read again).
         num_threads: interpreter threads (``None``: LiteRT's default).
         signature: the signature to run. ``serving_default`` (what ``edgecam convert`` writes)
             is required by default; ``None`` accepts any model: ``serving_default`` if present,
@@ -72,15 +74,20 @@ class LiteRTBackend(Backend):
 
     provider = "cpu"
 
-    def __init__(self, path: Union[str, Path], num_threads=None, signature: Optional[str] = SIGNATURE) -> None:
+    def __init__(self, path: Union[str, Path, bytes, ModelFile], num_threads=None,
+                 signature: Optional[str] = SIGNATURE) -> None:
         Interpreter, self.name, self.version = load_interpreter_class()
-        self.path = Path(path)
+        file = read_model_file(path)
+        self.path = file.path or Path("<in-memory model>")
         try:
-            self._interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
+            # The interpreter keeps a reference to the bytes it runs on (no copy).
+            self._interpreter = Interpreter(model_content=file.data, num_threads=num_threads)
         except ValueError as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelFileError(
-                f"LiteRT cannot load '{self.path}': {str(exc).splitlines()[0]}. The file is "
-                "corrupt or uses ops this interpreter lacks; convert it again."
+                f"LiteRT cannot load {file.where} ({len(file.data):,} bytes): {first}. The file is "
+                "truncated or corrupt, or uses ops this interpreter lacks; copy it again or convert "
+                "the model again."
             ) from exc
         signatures = self._interpreter.get_signature_list()
         if signature is None and signatures:

@@ -24,6 +24,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import InputError, MissingDependencyError, ModelFileError
+from ..formats import ModelFile, read_model_file
 from ._base import Backend, TensorInfo
 
 __all__ = ["ONNXBackend", "PROVIDER_ORDER", "choose_providers", "load_onnxruntime", "read_custom_metadata"]
@@ -117,41 +118,40 @@ def _info(arg) -> TensorInfo:
     return TensorInfo(name=arg.name, shape=shape, dtype=np.dtype(dtype))
 
 
-def _session(ort, path: Path, options, providers):
-    if not path.is_file():
-        raise ModelFileError(f"Model file '{path}' does not exist. Check the path.")
+def _session(ort, file: ModelFile, options, providers):
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        return ort.InferenceSession(file.data, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own pybind classes (InvalidProtobuf, Fail, …)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(
-            f"onnxruntime cannot load '{path}': {first}. The file is truncated or corrupt, or "
+            f"onnxruntime cannot load {file.where}: {first}. The file is truncated or corrupt, or "
             "uses an opset this onnxruntime lacks; copy or convert it again."
         ) from exc
 
 
-def read_custom_metadata(path: Union[str, Path]) -> Dict[str, str]:
-    """The ONNX ``metadata_props`` of ``path`` as a dict, through onnxruntime (no ``onnx`` package).
+def read_custom_metadata(path: Union[str, Path, bytes, ModelFile]) -> Dict[str, str]:
+    """The ONNX ``metadata_props`` of a model as text (keys and values that are UTF-8).
 
-    A CPU-only session with graph optimisations off: cheap, and never builds a TensorRT engine.
+    Reads the protobuf directly (:func:`firmware_host.formats.onnx.read_props`): no session,
+    no ``onnx`` package. Kept for existing callers; edgecam reads metadata through
+    :mod:`firmware_host.formats`.
 
     Raises:
-        MissingDependencyError: onnxruntime is not installed.
-        ModelFileError: the file cannot be loaded.
+        ModelFileError: the file cannot be read or is truncated.
     """
-    ort = load_onnxruntime()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = _session(ort, Path(path), options, [CPU])
-    return dict(session.get_modelmeta().custom_metadata_map)
+    from ..formats import onnx as onnx_format
+
+    file = read_model_file(path)
+    props = onnx_format.read_props(file.data, file.where)
+    return {k: v.decode("utf-8", errors="replace") for k, v in props.items()}
 
 
 class ONNXBackend(Backend):
     """An onnxruntime session on the best available execution provider.
 
     Args:
-        path: the ``.onnx`` file.
+        path: the ``.onnx`` file, its bytes, or the :class:`~firmware_host.formats.ModelFile`
+            already read (the session is built from those bytes: the file is not read again).
         num_threads: intra-op threads for the CPU provider (``None``: onnxruntime's default).
         providers: the order to try (names or ``tensorrt``/``cuda``/``cpu``); default
             TensorRT → CUDA → CPU, or ``EDGECAM_ONNX_PROVIDERS``.
@@ -169,11 +169,12 @@ class ONNXBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, path: Union[str, Path], num_threads: Optional[int] = None,
+    def __init__(self, path: Union[str, Path, bytes, ModelFile], num_threads: Optional[int] = None,
                  providers: Optional[Sequence[str]] = None) -> None:
         ort = load_onnxruntime()
         self.version = ort.__version__
-        self.path = Path(path)
+        file = read_model_file(path)
+        self.path = file.path or Path("<in-memory model>")
         chosen, self.skipped = choose_providers(providers, ort.get_available_providers())
         if self.skipped:
             log.info("ONNX Runtime providers not available here, skipped: %s", ", ".join(self.skipped))
@@ -182,7 +183,7 @@ class ONNXBackend(Backend):
         if num_threads:
             options.intra_op_num_threads = int(num_threads)
             options.inter_op_num_threads = 1
-        self._session = _session(ort, self.path, options, [(p, _provider_options(p)) for p in chosen])
+        self._session = _session(ort, file, options, [(p, _provider_options(p)) for p in chosen])
         self.providers = tuple(self._session.get_providers())
         self.provider = self.providers[0] if self.providers else CPU
         self.inputs: Dict[str, TensorInfo] = {a.name: _info(a) for a in self._session.get_inputs()}

@@ -28,8 +28,9 @@ def bundle(model, target, out, config, with_wheels, python_versions, wheel):
     `sh install.sh` on the device. Layout and options: docs/deploy.md.
     """
     from toolkit.deploy.bundle import build_bundle, iter_bundle_lines
+    from toolkit.deploy.scratch import sigterm_unwinds
 
-    with cli_errors():
+    with sigterm_unwinds(), cli_errors():  # SIGTERM still removes the scratch dirs
         result = build_bundle(model, target=target, out=out, config=config, with_wheels=with_wheels,
                               wheel=wheel, python_versions=python_versions or None)
     for line in iter_bundle_lines(result):

@@ -38,6 +38,7 @@ def deploy(bundle, target, identity, port, ssh_options, dry_run, rollback, no_sy
     With --rollback, give only USER@HOST[:DIR].
     """
     from toolkit.deploy.deploy import SshOptions, deploy as run_deploy
+    from toolkit.deploy.scratch import sigterm_unwinds
 
     if rollback:
         if target is not None or bundle is None:
@@ -54,6 +55,6 @@ def deploy(bundle, target, identity, port, ssh_options, dry_run, rollback, no_sy
         extra.append("--system-site-packages")
     if remote_python:
         extra += ["--python", remote_python]
-    with cli_errors():
+    with sigterm_unwinds(), cli_errors():  # SIGTERM still removes the scratch dirs
         run_deploy(bundle, target, SshOptions(identity=identity, port=port, options=tuple(ssh_options)),
                    install_args=extra, dry_run=dry_run, rollback=rollback, wait=wait, echo=click.echo)

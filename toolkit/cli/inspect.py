@@ -15,12 +15,10 @@ from ._common import cli_errors
 @click.option("--providers", help="ONNX: execution providers to try, comma-separated (default tensorrt,cuda,cpu).")
 def inspect_cmd(model, as_json, providers):
     """Show MODEL's (.tflite or .onnx) edgecam metadata and the runtime that would run it."""
-    from firmware_host.backends import open_backend
-    from firmware_host.metadata import read_metadata
+    from firmware_host.model import open_model
 
-    with cli_errors():
-        meta = read_metadata(model)
-        backend = None if as_json else open_backend(model, providers=providers.split(",") if providers else None)
+    with cli_errors():  # the metadata is checked against the model, for --json too
+        backend, meta = open_model(model, providers=providers.split(",") if providers else None)
     if as_json:
         click.echo(json.dumps(meta.to_json_dict(), indent=2))
         return

@@ -41,6 +41,7 @@ from firmware_host.errors import DeployError, InputError, ModelFileError
 from firmware_host.manifest import bundle_id, sha256_file, write_manifest
 from firmware_host.runconfig import dumps_run_config, load_run_config
 
+from .scratch import owned_tempdir, sweep_stale
 from .requirements import (
     DEVICE_PINS,
     MACHINE_PLATFORM_TAGS,
@@ -66,6 +67,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 TEMPLATES = Path(__file__).with_name("templates")
 # install.sh and the systemd unit only accept these characters in paths.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
+# build_wheel's scratch directory in the system temp dir (removed by the next run if killed).
+WHEEL_SCRATCH = "edgecam-wheel-"
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ def build_wheel(dest: PathLike, source: Optional[PathLike] = None) -> Path:
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
-    with tempfile.TemporaryDirectory(prefix="edgecam-wheel-") as tmp:
+    with owned_tempdir(WHEEL_SCRATCH) as tmp:
         src = Path(tmp, "src")
         src.mkdir()
         for name in ("pyproject.toml", "README.md", "LICENSE", "setup.cfg"):
@@ -412,6 +415,7 @@ def build_bundle(
         )
     out = Path(out) if out else model.with_name(f"{model.stem}-{target}.tar.gz")
     ensure_writable_dir(out.parent if str(out.parent) else ".")
+    sweep_stale(WHEEL_SCRATCH)  # what an interrupted earlier run left, even when --wheel skips the build
     options = _run_options(model.name, config)
     versions = tuple(python_versions or profile.python_versions)
     mtime = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
@@ -419,7 +423,7 @@ def build_bundle(
 
     # Hidden staging beside the output: after a kill -9 only dot-files remain, never a name that
     # looks like a result (the archive itself goes through atomic_open).
-    with tempfile.TemporaryDirectory(prefix=".edgecam-bundle-", dir=out.parent if str(out.parent) else None) as tmp:
+    with owned_tempdir(".edgecam-bundle-", dir=out.parent if str(out.parent) else None) as tmp:
         staging = Path(tmp, "bundle")
         (staging / "dist").mkdir(parents=True)
         if wheel is None:

@@ -23,7 +23,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 from firmware_host.errors import DeployError, InputError
 from firmware_host.manifest import bundle_id, verify_manifest
 
+from .scratch import owned_tempdir
 from .bundle import check_device_target
 from .safetar import BUNDLE_TOP, safe_extract
 
@@ -378,7 +378,14 @@ def diagnose(output: str) -> Optional[str]:
                 detail = re.sub(r"^\[FAIL\]\s*", "", detail)
                 return f"{reason} ({detail[:200]})"
     errors = [line.strip() for line in output.splitlines() if re.search(r"(^|\s)(Error|error):", line)]
-    return errors[-1][:240] if errors else None
+    if errors:
+        return errors[-1][:240]
+    # A Python traceback's last line: "TypeError: …" (a bug, not a device problem).
+    crashes = [line.strip() for line in output.splitlines()
+               if re.match(r"\s*(install\.sh:\s*)?[A-Za-z_][\w.]*(Error|Exception): ", line)]
+    if crashes:
+        return "the runner crashed (" + re.sub(r"^install\.sh:\s*", "", crashes[-1])[:200] + ")"
+    return None
 
 
 def run_step(step: Step, echo: Callable[[str], None] = print, keep: int = 60) -> StepResult:
@@ -511,7 +518,7 @@ def deploy(
         steps = plan_rollback(remote, ssh, wait)
         run_plan(steps, dry_run, echo)
         return steps
-    with tempfile.TemporaryDirectory(prefix="edgecam-deploy-") as tmp:
+    with owned_tempdir("edgecam-deploy-") as tmp:
         local = safe_extract(bundle, tmp, top_pattern=BUNDLE_TOP)
         try:
             verify_manifest(local, strict=True)

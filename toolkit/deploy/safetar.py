@@ -7,7 +7,8 @@ Every member is checked *before* anything is written, so a hostile archive leave
   requires it to be named ``edgecam-<bundle id>``);
 * only regular files, directories and links are allowed (no devices, FIFOs);
 * a symbolic link must resolve inside the bundle, and not to itself, to the top directory or
-  into a loop of links; a hard link must name an earlier regular file;
+  into a loop of links, and no member may lie beneath one; a hard link must name an earlier
+  regular file;
 * modes are masked to ``0o755``/``0o644`` (no set-uid, set-gid or sticky bits), owners ignored.
 
 On Python ≥ 3.11.4/3.12 the archive is then extracted with ``tarfile``'s own ``filter="data"``
@@ -82,6 +83,10 @@ def check_members(archive: str, members: List[tarfile.TarInfo], top_pattern: Opt
         tops.add(top)
         if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
             raise _reject(archive, name, "is a device, FIFO or other special file")
+        parts = norm.split("/")
+        under = next(("/".join(parts[:i]) for i in range(1, len(parts)) if "/".join(parts[:i]) in links), None)
+        if under is not None:
+            raise _reject(archive, name, f"lies beneath the link {under!r} (it would be written through it)")
         if norm == top and not member.isdir():
             raise _reject(archive, name, "is the top-level member but not a directory (a bundle's top is edgecam-<id>/)")
         if member.issym() or member.islnk():
@@ -114,7 +119,10 @@ def check_members(archive: str, members: List[tarfile.TarInfo], top_pattern: Opt
             f"'{archive}': the top-level directory is {top!r}, not edgecam-<bundle id> as `edgecam "
             "bundle` writes it. Rebuild the bundle with `edgecam bundle`."
         )
+    ancestors = {"/".join(parts[:i]) for parts in (name.split("/") for name in seen) for i in range(1, len(parts))}
     for start in links:
+        if start in ancestors:
+            raise _reject(archive, start, "is a link with members beneath it (they would be written through it)")
         _follow(archive, start, links)
     return top
 
