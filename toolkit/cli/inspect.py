@@ -40,7 +40,10 @@ def inspect_cmd(model, as_json, providers):
     if meta.precision:
         from converters.quant import describe_precision
 
-        lines = describe_precision(meta.precision)
+        try:
+            lines = describe_precision(meta.precision)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a field of the wrong shape
+            lines = [f"unreadable precision table ({type(exc).__name__}); convert the model again"]
         click.echo(f"  precision      {lines[0]}")
         for line in lines[1:]:
             click.echo(f"                 {line}")
