@@ -84,6 +84,13 @@ def test_check_target_covers_refuses_with_a_clear_message(target, machine, pytho
         check_target_covers(target, machine, python)
 
 
+def test_bundle_cli_offers_every_target():
+    from toolkit.cli.bundle import bundle
+
+    option = next(p for p in bundle.params if p.name == "target")
+    assert sorted(option.type.choices) == sorted(TARGETS)
+
+
 def test_check_target_covers_accepts_spellings_and_names_the_interpreter():
     assert check_target_covers("rpi", "arm64", "3.11") == "ai-edge-litert==2.3.0"
     assert check_target_covers("rpi", "armv7l", "3.10") == "tflite-runtime==2.13.0"
