@@ -540,8 +540,8 @@ class ExportPlan:
                 " held out from calibration"))
 
 
-def choose_cam_mode(analysis: Optional[HeadAnalysis], approximate_reason: Optional[str], num_logits: int,
-                    cam_output: str, cam_method: str) -> Tuple[str, str, str]:
+def choose_cam_mode(analysis: Optional[HeadAnalysis], num_logits: int, cam_output: str,
+                    cam_method: str) -> Tuple[str, str, str]:
     """``(mode, resolved cam_output, method)`` for a head analysis (``None``: approximate).
 
     A gradient head emits the map of the class selected at run time; linear, flatten and
@@ -614,8 +614,7 @@ def plan_export(model, output: Union[str, Path], options: ConvertOptions) -> Exp
     calibrate, held_out = split_held_out(len(images))
 
     analysis, reason = _analyse_head(model, split, options.approximate)
-    mode, resolved, method = choose_cam_mode(analysis, reason, split.num_logits, options.cam_output,
-                                             options.cam_method)
+    mode, resolved, method = choose_cam_mode(analysis, split.num_logits, options.cam_output, options.cam_method)
     weights = None
     if mode == "approximate":
         reason = f"{reason} Weights averaged from gradients over {image_source}."

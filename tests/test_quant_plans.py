@@ -253,3 +253,24 @@ def test_targets_are_validated():
     for bad in (float("nan"), 2.0, "0.9"):
         with pytest.raises(InputError, match="Fidelity target"):
             Targets(pearson_p05=bad)
+
+
+class _Analysis:
+    def __init__(self, mode):
+        self.mode = mode
+
+
+@pytest.mark.parametrize("mode, classes, asked, method, expected", [
+    ("linear", 4, "auto", "hirescam", ("linear", "all", "gradcam")),       # HiResCAM only for flatten/gradient
+    ("linear", 33, "auto", "gradcam", ("linear", "predicted", "gradcam")),  # over 32 classes: the predicted map
+    ("linear", 4, "predicted", "gradcam", ("linear", "predicted", "gradcam")),
+    ("flatten", 1000, "all", "hirescam", ("flatten", "all", "hirescam")),
+    ("gradient", 4, "all", "hirescam", ("gradient", "selected", "hirescam")),  # a gradient head selects at run time
+    (None, 4, "auto", "hirescam", ("approximate", "all", "gradcam")),
+])
+def test_choose_cam_mode(mode, classes, asked, method, expected):
+    from converters.export import ALL_CLASSES_LIMIT, choose_cam_mode
+
+    assert ALL_CLASSES_LIMIT == 32
+    analysis = None if mode is None else _Analysis(mode)
+    assert choose_cam_mode(analysis, classes, asked, method) == expected
