@@ -3,7 +3,8 @@
 A 1000-class MobileNetV2 exported with ``torch.onnx.export`` (``benchmarks/_torch_mnv2.py``, run
 with the first Python that has ``torch``: this one, ``--torch-python``, or pass ``--model`` with
 an export of your own, e.g. torchvision's) is converted by ``edgecam convert`` with
-``--emit-baseline``: float32, and int8 QDQ unless ``--quick``. Each explained model and its
+``--emit-baseline``: float32, and int8 unless ``--quick``; to ONNX, and to LiteRT too when
+TensorFlow and onnx2tf are installed (``--format both``). Each explained model and its
 plain baseline are timed by :func:`firmware_host.bench.bench` — interleaved, same process, same
 threads — for ``--rounds`` rounds; the reported ratio is the median of the rounds' ratios of
 median interpreter calls. Target: explained/plain ≤ 1.05 in float32 (issue 17).
@@ -15,6 +16,7 @@ Neither PyTorch nor TensorFlow is imported in this process.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import subprocess
@@ -50,11 +52,14 @@ def _images(n: int = 16) -> List[np.ndarray]:
             for _ in range(n)]
 
 
-def _convert(model: Path, cache: Path, quantize: str):
+def _convert(model: Path, cache: Path, quantize: str, litert: bool):
+    """The explained models (ONNX, and LiteRT through onnx2tf when ``litert``) with baselines."""
     from converters.onnx_in import convert_onnx
 
-    out = cache / f"mnv2_{quantize}.onnx"
-    return convert_onnx(model, out, quantize=quantize, calibration=_images(), emit_baseline=True)
+    out = cache / f"mnv2_{quantize}"
+    result = convert_onnx(model, out, quantize=quantize, calibration=_images(), emit_baseline=True,
+                          format="both" if litert else "onnx")
+    return result.all
 
 
 def _rounds(result, threads: int, runs: int, rounds: int) -> Dict[str, float]:
@@ -67,7 +72,7 @@ def _rounds(result, threads: int, runs: int, rounds: int) -> Dict[str, float]:
         invoke.append(one.invoke.p50_ms)
         plain.append(one.baseline_invoke.p50_ms)
         explain.append(one.explain.p50_ms)
-        print(f"{result.metadata.quantization} round {r + 1}/{rounds}: ratio {one.overhead_ratio:.3f}", file=sys.stderr)
+        print(f"{result.path.name} round {r + 1}/{rounds}: ratio {one.overhead_ratio:.3f}", file=sys.stderr)
     return {
         "ratio": statistics.median(ratios),
         "ratio_min": min(ratios),
@@ -83,8 +88,8 @@ def render(rows: List[Dict[str, object]], args, source: str) -> str:
         "## Explained/plain latency of a PyTorch MobileNetV2 (ONNX import)",
         "",
         f"`python -m benchmarks.onnx_import_bench` — {source}, 224×224, 1000 classes, converted by "
-        "`edgecam convert --emit-baseline` (head: `linear`, predicted class). ONNX Runtime CPU, "
-        f"{args.threads} threads; {args.rounds} rounds × {args.runs} interleaved calls "
+        "`edgecam convert --emit-baseline` (head: `linear`, predicted class). ONNX Runtime and LiteRT "
+        f"(through onnx2tf) on the CPU, {args.threads} threads; {args.rounds} rounds × {args.runs} interleaved calls "
         "(`firmware_host.bench`), median of the rounds' ratios of median interpreter calls.",
         "",
         f"Machine: {machine()}",
@@ -105,6 +110,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--quantize", nargs="+", default=["none", "int8"], choices=["none", "int8"])
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edgecam_onnx_import_bench")
+    parser.add_argument("--onnx-only", action="store_true", help="skip LiteRT (else used when onnx2tf is installed)")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch docs/benchmarks.md")
     args = parser.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -112,20 +118,23 @@ def main(argv=None) -> int:
     source = f"`{model.name}`" if args.model else "MobileNetV2 (random weights) from `torch.onnx.export`, opset 17"
     if args.model is None and not model.is_file():
         _export(model, args.torch_python)
+    litert = not args.onnx_only and all(importlib.util.find_spec(m) for m in ("tensorflow", "onnx2tf"))
     rows = []
     for quantize in args.quantize:
-        result = _convert(model, args.cache, quantize)
-        stats = _rounds(result, args.threads, args.runs, args.rounds)
-        check = result.self_check
-        rows.append({
-            "model": "float32" if quantize == "none" else "int8 QDQ",
-            "explained ms": f"{stats['explained_ms']:.1f}",
-            "plain ms": f"{stats['plain_ms']:.1f}",
-            "explained/plain": f"{stats['ratio']:.3f} ({stats['ratio_min']:.3f}–{stats['ratio_max']:.3f})",
-            "explain() ms": f"{stats['explain_ms']:.1f}",
-            "self-check Pearson median": f"{check.pearson_median:.4f}",
-            "size MB": f"{os.path.getsize(result.path) / 1e6:.1f}",
-        })
+        for result in _convert(model, args.cache, quantize, litert):
+            stats = _rounds(result, args.threads, args.runs, args.rounds)
+            check = result.self_check
+            rows.append({
+                "model": "float32" if quantize == "none" else "int8",
+                "runtime": "ONNX Runtime (QDQ)" if result.format == "onnx" and quantize == "int8" else
+                           {"onnx": "ONNX Runtime", "tflite": "LiteRT"}[result.format],
+                "explained ms": f"{stats['explained_ms']:.1f}",
+                "plain ms": f"{stats['plain_ms']:.1f}",
+                "explained/plain": f"{stats['ratio']:.3f} ({stats['ratio_min']:.3f}–{stats['ratio_max']:.3f})",
+                "explain() ms": f"{stats['explain_ms']:.1f}",
+                "self-check Pearson median": f"{check.pearson_median:.4f}",
+                "size MB": f"{os.path.getsize(result.path) / 1e6:.1f}",
+            })
     section = render(rows, args, source)
     print(section)
     if not args.no_write:

@@ -27,7 +27,10 @@ import numpy as np
 
 from firmware_host.errors import UnsupportedHeadError
 
-__all__ = ["Step", "HeadAnalysis", "HeadLayer", "HEAD_LAYERS", "analyze_head", "supported_layers", "head_layers_markdown", "ELEMENTWISE"]
+__all__ = [
+    "Step", "HeadAnalysis", "HeadLayer", "HEAD_LAYERS", "analyze_head", "supported_layers",
+    "head_layers_markdown", "ELEMENTWISE",
+]
 
 IDENTITY_LAYERS = {
     "Dropout",
@@ -280,21 +283,51 @@ class HeadLayer:
 #: Every layer type the head analyser knows. A new layer type is one row and one builder; the
 #: error message and docs/convert.md's "head layers" table are generated from it.
 HEAD_LAYERS: Tuple[HeadLayer, ...] = (
-    HeadLayer(("Dense",), "Dense", "dense", "activation from the list below; a fused final softmax/sigmoid is split off", _dense),
-    HeadLayer(("Conv2D",), "1×1 Conv2D", "dense", "kernel 1×1, strides 1, groups 1: a Dense at every position", _conv_1x1),
-    HeadLayer(("BatchNormalization",), "BatchNormalization", "affine", "channels-last (axis −1); folded with the moving statistics", _batch_normalization),
-    HeadLayer(("Normalization",), "Normalization", "affine", "per channel (axis −1); `invert=True` too", _normalization),
-    HeadLayer(("LayerNormalization",), "LayerNormalization", "layernorm", "channel axis, no `rms_scaling` (ConvNeXt's GAP → LayerNorm → Dense); gradient mode", _layer_normalization),
-    HeadLayer(("Rescaling",), "Rescaling", "affine", "scale and offset, one or per channel", _rescaling),
-    HeadLayer(tuple(sorted(IDENTITY_LAYERS)), "Dropout (and other identity layers)", "identity", "inactive at inference", _identity),
-    HeadLayer(("Activation", "Softmax"), "activations", "act", "element-wise, from the list below; a final softmax/sigmoid is split off", _activation),
-    HeadLayer(("ReLU",), "ReLU", "act", "`max_value`, `negative_slope`, `threshold`", _relu),
-    HeadLayer(("LeakyReLU",), "LeakyReLU", "act", "`negative_slope`", _leaky_relu),
-    HeadLayer(("ELU",), "ELU", "act", "`alpha`", _elu),
-    HeadLayer(("GlobalAveragePooling2D",), "GlobalAveragePooling2D", "gap", "`keepdims` too", _global_pooling("gap")),
-    HeadLayer(("GlobalMaxPooling2D",), "GlobalMaxPooling2D", "gmp", "`keepdims` too; gradient mode", _global_pooling("gmp")),
-    HeadLayer(("Flatten",), "Flatten", "flatten", "the flatten mode when only affine layers follow", _flatten),
-    HeadLayer(("Reshape",), "Reshape", "reshape", "of the pooled vector", _reshape),
+    HeadLayer(("Dense",), "Dense", "dense",
+              "activation from the list below; a fused final softmax/sigmoid is split off",
+              _dense),
+    HeadLayer(("Conv2D",), "1×1 Conv2D", "dense",
+              "kernel 1×1, strides 1, groups 1: a Dense at every position",
+              _conv_1x1),
+    HeadLayer(("BatchNormalization",), "BatchNormalization", "affine",
+              "channels-last (axis −1); folded with the moving statistics",
+              _batch_normalization),
+    HeadLayer(("Normalization",), "Normalization", "affine",
+              "per channel (axis −1); `invert=True` too",
+              _normalization),
+    HeadLayer(("LayerNormalization",), "LayerNormalization", "layernorm",
+              "channel axis, no `rms_scaling` (ConvNeXt's GAP → LayerNorm → Dense); gradient mode",
+              _layer_normalization),
+    HeadLayer(("Rescaling",), "Rescaling", "affine",
+              "scale and offset, one or per channel",
+              _rescaling),
+    HeadLayer(tuple(sorted(IDENTITY_LAYERS)), "Dropout (and other identity layers)", "identity",
+              "inactive at inference",
+              _identity),
+    HeadLayer(("Activation", "Softmax"), "activations", "act",
+              "element-wise, from the list below; a final softmax/sigmoid is split off",
+              _activation),
+    HeadLayer(("ReLU",), "ReLU", "act",
+              "`max_value`, `negative_slope`, `threshold`",
+              _relu),
+    HeadLayer(("LeakyReLU",), "LeakyReLU", "act",
+              "`negative_slope`",
+              _leaky_relu),
+    HeadLayer(("ELU",), "ELU", "act",
+              "`alpha`",
+              _elu),
+    HeadLayer(("GlobalAveragePooling2D",), "GlobalAveragePooling2D", "gap",
+              "`keepdims` too",
+              _global_pooling("gap")),
+    HeadLayer(("GlobalMaxPooling2D",), "GlobalMaxPooling2D", "gmp",
+              "`keepdims` too; gradient mode",
+              _global_pooling("gmp")),
+    HeadLayer(("Flatten",), "Flatten", "flatten",
+              "the flatten mode when only affine layers follow",
+              _flatten),
+    HeadLayer(("Reshape",), "Reshape", "reshape",
+              "of the pooled vector",
+              _reshape),
 )
 _BUILDERS = {name: row for row in HEAD_LAYERS for name in row.types}
 

@@ -15,6 +15,7 @@ __all__ = [
     "LayerError",
     "UnsupportedHeadError",
     "ConversionError",
+    "FidelityError",
     "SourceError",
     "OutputError",
     "DeployError",
@@ -51,6 +52,10 @@ class UnsupportedHeadError(EdgecamError):
 
 class ConversionError(EdgecamError):
     """The LiteRT/ONNX conversion failed or produced a model the device cannot run."""
+
+
+class FidelityError(ConversionError):
+    """The converted model's maps or classes miss the fidelity bounds against the float model."""
 
 
 class SourceError(EdgecamError):

@@ -467,9 +467,17 @@ def _check_optional(fields: Mapping[str, Any], where: str) -> None:
         if not (isinstance(check, dict)
                 and all(_is_number(check.get(k)) for k in ("top1_agreement", "pearson_median"))
                 and isinstance(check.get("passed"), bool)
-                and all(v is None or isinstance(v, (bool, str)) or _is_number(v) for v in check.values())):
+                and all(_flat_or_numbers(k, v) for k, v in check.items())):
             _bad(where, "self_check", "null or an object with numbers top1_agreement, pearson_median and a "
-                 "boolean passed (flat: numbers, strings, booleans)", check)
+                 "boolean passed (flat: numbers, strings, booleans; p05_by_class: class → number)", check)
+
+
+def _flat_or_numbers(key: str, value: Any) -> bool:
+    """A self-check entry: a scalar, or (``p05_by_class``) an object of class name → number."""
+    if key == "p05_by_class":
+        return isinstance(value, dict) and len(value) <= 100_000 and all(
+            _is_text(k, 256) and _is_number(v) for k, v in value.items())
+    return value is None or isinstance(value, (bool, str)) or _is_number(value)
 
 
 def _check_weights(fields: Mapping[str, Any], where: str) -> None:

@@ -43,6 +43,7 @@ import numpy as np
 
 from ._io import atomic_write_bytes, ensure_writable_dir
 from .errors import InputError, OutputError
+from .options import RunOptions  # the defaults of the sinks' options
 from .telemetry import LogLine, TelemetryRecord, read_objects
 from .temporal import TemporalState
 
@@ -357,10 +358,10 @@ class TelemetryLog:
     def __init__(
         self,
         path: PathLike,
-        save_frames: int = 0,
-        frame_format: str = "jpg",
-        fsync_every: int = 1,
-        max_mb: Optional[float] = None,
+        save_frames: int = RunOptions.save_frames,
+        frame_format: str = RunOptions.frame_format,
+        fsync_every: int = RunOptions.fsync_every,
+        max_mb: Optional[float] = RunOptions.log_max_mb,
         cam_digits: int = 4,
     ) -> None:
         self.path = Path(path)
@@ -642,7 +643,8 @@ class SnapshotSink:
 
     name = "snapshots"
 
-    def __init__(self, directory: PathLike, every_s: float = 60.0, max_mb: float = 100.0) -> None:
+    def __init__(self, directory: PathLike, every_s: float = RunOptions.snapshot_every,
+                 max_mb: float = RunOptions.snapshot_max_mb) -> None:
         if every_s < 0 or max_mb <= 0:
             raise InputError(
                 f"--snapshot-every must be >= 0 and --snapshot-max-mb > 0. Got {every_s}, {max_mb}."

@@ -35,6 +35,7 @@ from typing import Callable, List, Optional, Tuple, Union
 import numpy as np
 
 from .errors import InputError, SourceError
+from .options import RunOptions
 from .imageio import IMAGE_SUFFIXES, filter_images, list_images, read_image
 
 __all__ = [
@@ -308,7 +309,7 @@ class FrameSource:
         live: Optional[bool] = None,
         loop: bool = False,
         realtime: bool = False,
-        reconnect_attempts: int = 8,
+        reconnect_attempts: int = RunOptions.reconnect_attempts,
         backoff: Tuple[float, float] = (0.5, 10.0),
         failures_before_reconnect: int = 5,
         capture_factory: Optional[Callable] = None,

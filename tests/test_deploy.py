@@ -928,3 +928,31 @@ def test_doctor_bundle_names_a_missing_camera_without_failing(model, wheel, tmp_
     source = report.get("source")
     assert source.ok is None and "/dev/video7" in source.detail and "camera not found" in source.detail
     assert report.get("bundle").ok
+
+
+def test_release_without_an_interpreter_is_never_made_current(model, wheel, tmp_path):
+    """install.sh on a machine whose Python has no LiteRT interpreter for the new release (here
+    hidden by import blockers first on its path): the health check fails, `current` stays, and
+    the output names the reason deploy reports ("interpreter missing")."""
+    from toolkit.deploy.deploy import diagnose
+
+    if not TINY_MODEL.is_file():
+        pytest.skip("needs tests/data/tiny_fog.tflite")
+    blockers = tmp_path / "blockers"
+    for package in ("ai_edge_litert", "tflite_runtime"):
+        (blockers / package).mkdir(parents=True)
+        (blockers / package / "__init__.py").write_text("raise ImportError('not installed on this device')\n")
+    prefix = tmp_path / "device"
+    good = make_bundle(model, wheel, tmp_path / "a.tar.gz")
+    (tmp_path / "b.toml").write_text("[run]\nsmooth = 0.5\n")
+    newer = make_bundle(model, wheel, tmp_path / "b.tar.gz", config=tmp_path / "b.toml")
+    run_install(extract(good, tmp_path / "xa"), prefix, *FAST_INSTALL, "--no-start")
+    before = os.readlink(prefix / "current")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blockers), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(["sh", str(extract(newer, tmp_path / "xb") / "install.sh"), "--prefix", str(prefix),
+                           *FAST_INSTALL, "--no-start"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "health check failed" in proc.stderr and f"current stays at {before}" in proc.stderr
+    assert os.readlink(prefix / "current") == before == f"releases/{good.bundle_id}"
+    assert not (prefix / "previous").exists()
+    assert diagnose(proc.stdout + proc.stderr).startswith("interpreter missing")

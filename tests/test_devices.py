@@ -84,6 +84,13 @@ def test_check_target_covers_refuses_with_a_clear_message(target, machine, pytho
         check_target_covers(target, machine, python)
 
 
+def test_bundle_cli_offers_every_target():
+    from toolkit.cli.bundle import bundle
+
+    option = next(p for p in bundle.params if p.name == "target")
+    assert sorted(option.type.choices) == sorted(TARGETS)
+
+
 def test_check_target_covers_accepts_spellings_and_names_the_interpreter():
     assert check_target_covers("rpi", "arm64", "3.11") == "ai-edge-litert==2.3.0"
     assert check_target_covers("rpi", "armv7l", "3.10") == "tflite-runtime==2.13.0"
@@ -140,3 +147,115 @@ def test_deploy_refuses_an_rpi_bundle_for_an_x86_64_device_before_installing(ssh
     finally:
         subprocess.run(["sh", str(prefix / "current" / "install.sh"), "--prefix", str(prefix), "--stop"],
                        capture_output=True, timeout=60)
+
+
+# ----------------------------------------------------------------------------- docs/devices.md
+DEVICES_MD = REPO / "docs" / "devices.md"
+INTERPRETER_PACKAGES = ("ai-edge-litert", "tflite-runtime")
+# pip --platform tags per machine (aarch64/x86_64 as --with-wheels uses them).
+ARMV7L_TAGS = ("manylinux2014_armv7l", "linux_armv7l")
+
+
+def _device_rows():
+    """The rows of the table in docs/devices.md, as dicts keyed by its header."""
+    lines = [line for line in DEVICES_MD.read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
+    header = [cell.strip().strip("`") for cell in lines[0].strip("|").split("|")]
+    rows = []
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) != len(header):
+            continue
+        row = dict(zip(header, cells))
+        row["wheels"] = sorted(re.findall(r"`([^`]+\.whl)`", row["Wheels pip resolves"]))
+        rows.append(row)
+    return rows
+
+
+def _row_pins(row):
+    """The pins of the row's target that pip must find as wheels for that platform."""
+    profile = TARGETS[row["Target"]]
+    pins = [p for p in pins_for(row["Python"], row["uname -m"], pins_for_machines(profile.machines))
+            if p.split("==")[0] in (*INTERPRETER_PACKAGES, "numpy", "opencv-python-headless")]
+    if row["uname -m"] == "armv7l":  # numpy/OpenCV come from piwheels there (docs/devices.md)
+        pins = [p for p in pins if p.split("==")[0] in INTERPRETER_PACKAGES]
+    return pins
+
+
+def test_devices_table_rows_match_the_targets():
+    rows = _device_rows()
+    assert len(rows) >= 8
+    statuses = {row["Status"] for row in rows}
+    assert statuses <= {"measured", "emulated", "resolved", "resolved (interpreter)", "unsupported"}
+    for row in rows:
+        machine, python = row["uname -m"], row["Python"]
+        if row["Status"] == "unsupported":
+            for target in TARGETS:
+                with pytest.raises(DeployError):
+                    check_target_covers(target, machine, python)
+            continue
+        name, version = row["Interpreter"].split()
+        assert check_target_covers(row["Target"], machine, python) == f"{name}=={version}", row
+        # Each listed wheel is the file of one of the row's pins, for this Python and machine.
+        pins = _row_pins(row)
+        assert len(row["wheels"]) == len(pins), row
+        for pin, wheel in zip(sorted(pins), row["wheels"]):
+            package, version = pin.split("==")
+            assert wheel.startswith(f"{package.replace('-', '_')}-{version}-"), (pin, wheel)
+            assert machine in wheel and (f"cp{python.replace('.', '')}" in wheel or "abi3" in wheel), wheel
+    assert {"emulated", "measured"} <= statuses
+    # The claims of the "emulated"/"measured" rows are backed by these tests.
+    for test in ("test_pi.py", "test_rtsp.py", "test_tflite_runtime.py", "test_deploy.py"):
+        assert (REPO / "tests" / test).is_file()
+
+
+def _resolve(pins, python, machine, tmp_path):
+    """The wheel file names pip picks for ``pins`` on that platform (resolution, no wheel download)."""
+    from toolkit.deploy.requirements import MACHINE_PLATFORM_TAGS
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    report = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--only-binary=:all:",
+           "--no-deps", "--disable-pip-version-check", "-q", "--python-version", python,
+           "--target", str(tmp_path / "target"), "--report", str(report)]
+    for tag in MACHINE_PLATFORM_TAGS.get(machine, ARMV7L_TAGS):
+        cmd += ["--platform", tag]
+    proc = subprocess.run(cmd + list(pins), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{pins} on {machine}/cp{python}: {proc.stderr[-800:]}"
+    return sorted(item["download_info"]["url"].rsplit("/", 1)[-1] for item in json.loads(report.read_text())["install"])
+
+
+_OFFLINE = ("NewConnectionError", "Max retries", "Temporary failure in name resolution", "Network is unreachable",
+            "Connection refused", "ConnectTimeout", "ProxyError")
+
+
+@pytest.fixture(scope="module")
+def index_reachable(tmp_path_factory):
+    """Skip (with pip's words) when pip cannot reach the package index."""
+    tmp = tmp_path_factory.mktemp("probe")
+    probe = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q",
+                            "--only-binary=:all:", "--no-deps", "--disable-pip-version-check", "--python-version",
+                            "3.11", "--platform", "manylinux_2_27_aarch64", "--target", str(tmp),
+                            "ai-edge-litert==2.3.0"], capture_output=True, text=True, timeout=300)
+    text = probe.stdout + probe.stderr
+    if probe.returncode != 0 and any(word in text for word in _OFFLINE):
+        pytest.skip(f"pip cannot reach the package index: {text.strip()[-200:]}")
+
+
+@pytest.mark.network
+def test_devices_table_wheels_resolve(index_reachable, tmp_path):
+    """Each row's wheels are exactly what pip resolves for that platform and Python."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = [row for row in _device_rows() if row["Status"] != "unsupported"]
+    jobs = sorted({(tuple(_row_pins(row)), row["Python"], row["uname -m"]) for row in rows})
+    with ThreadPoolExecutor(4) as pool:  # each is a pip process waiting on the index
+        resolved = dict(zip(jobs, pool.map(lambda job: _resolve(*job, tmp_path / str(jobs.index(job))), jobs)))
+    for row in rows:
+        wheels = resolved[(tuple(_row_pins(row)), row["Python"], row["uname -m"])]
+        assert wheels == row["wheels"], (row["OS"], row["Python"], wheels)
+    # An unsupported row really has no interpreter wheel.
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q",
+                           "--only-binary=:all:", "--no-deps", "--python-version", "3.11", "--target",
+                           str(tmp_path / "t"), *sum((["--platform", t] for t in ARMV7L_TAGS), []),
+                           "tflite-runtime"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "No matching distribution found for tflite-runtime" in proc.stderr

@@ -22,12 +22,10 @@ MAX_LINES = 80
 # short enough is harmless meanwhile, so parallel work never breaks this test). Nothing owned by valsrc
 # (validate, metrics, report, head, layers, datasets, train, explain) may be listed here.
 ALLOWED = {
-    "firmware_host/runner.py::run",  # runshape: RunOptions + Sink protocol
     "converters/export.py::convert",  # lead: plan_export / build_endpoint / write stages
     "toolkit/deploy/bundle.py::build_bundle",  # harden / targets
     "toolkit/demo.py::run_demo",  # no owner in issue 14's split
     "converters/onnx_in/convert.py::convert_onnx",  # onnximport (issue 17)
-    "firmware_host/metadata.py::from_buffers",  # io: one module per container format
     "firmware_host/bench.py::bench",  # runshape / lead (benchmarks)
 }
 

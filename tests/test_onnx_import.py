@@ -44,6 +44,7 @@ KINDS = {
     "many_classes": ("linear", "predicted"),
     "max_pool_mlp": ("gradient", "selected"),
     "nhwc_input": ("linear", "all"),
+    "layernorm_head": ("gradient", "selected"),
 }
 
 
@@ -433,3 +434,30 @@ def test_tflite_through_onnx2tf(tmp_path, name):
     exps = _explain_all(ExplainableModel(lite.path), ref["images"])
     assert [e.class_index for e in exps] == ref["classes"].tolist()
     assert min(pearson(e.cam, c) for e, c in zip(exps, ref["cam"])) >= 0.999
+
+
+# -- edgecam validate ORIGINAL.onnx EXPLAINED.onnx -------------------------------------------
+def test_validate_against_the_original_onnx(tmp_path):
+    """No TensorFlow: the original ONNX graph is the host reference of `edgecam validate`."""
+    import cv2
+
+    path, ref = _fixture("mlp")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, image in enumerate(ref["images"]):
+        cv2.imwrite(str(images / f"{i}.png"), image[..., ::-1])
+    explained = convert_onnx(path, tmp_path / "x.onnx", self_check=False).path
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None\n"
+        "from toolkit.cli import main\n"
+        f"sys.argv = ['edgecam', 'validate', {str(path)!r}, {str(explained)!r}, '--images', {str(images)!r}, "
+        f"'--out', {str(tmp_path / 'out')!r}, '--quiet', '--min-pearson', '0.999', '--min-top1', '1.0']\n"
+        "main()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-1500:] + out.stderr[-1500:]
+    assert "PASS: 6 images" in out.stdout
+    from converters.onnx_in.host import OnnxHostModel
+
+    with pytest.raises(InputError, match="gradcam or hirescam"):
+        OnnxHostModel(path, method="scorecam")

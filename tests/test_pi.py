@@ -15,8 +15,9 @@ this host: OpenCV's ARM build decodes/resizes to within one gray level of x86's,
 per frame |Δp| ≤ 0.02, CAM max |Δ| ≤ 5 % of the host map's maximum, and top-1 agreement on
 at least 90 % of frames (measured: |Δp| ≤ 0.0022, CAM ≤ 1.4 %, 12/12; docs/deploy.md).
 
-Runs with ``pytest -m pi`` or ``EDGECAM_TEST_PI=1`` (``.ci/run`` sets it): ~2-4 minutes, most of it
-pip under emulation. Skips with the reason when the tools or the network are missing.
+Runs with ``pytest -m pi`` or ``EDGECAM_TEST_PI=1`` (``.ci/run`` sets it): about 3 minutes of CPU
+on two cores, most of it pip under emulation (9 min 21 s from a clean cache on this 2-core machine
+while 6 other jobs shared it). Skips with the reason when the tools or the network are missing.
 """
 
 from __future__ import annotations

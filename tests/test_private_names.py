@@ -48,7 +48,8 @@ def private_imports() -> List[str]:
                     continue
                 for alias in node.names:
                     name = alias.name
-                    if name.startswith("_") and not name.startswith("__") and not _is_module(_module_dir(path, node), name):
+                    private = name.startswith("_") and not name.startswith("__")
+                    if private and not _is_module(_module_dir(path, node), name):
                         module = "." * node.level + (node.module or "")
                         found.append(f"{path.relative_to(ROOT).as_posix()}: {module}.{name}")
     return found

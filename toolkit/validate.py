@@ -845,6 +845,10 @@ def _open(edge_model_path, keras_model, method, target_layer, safe_mode: bool = 
     from firmware_host import ExplainableModel
 
     edge = ExplainableModel(edge_model_path)
+    if isinstance(keras_model, (str, os.PathLike)) and str(keras_model).lower().endswith(".onnx"):  # no TensorFlow
+        from converters.onnx_in.host import OnnxHostModel
+
+        return edge, OnnxHostModel(keras_model, method, target_layer)
     host = _HostModel(keras_model, method, target_layer, safe_mode)
     return edge, host
 

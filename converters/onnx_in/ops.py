@@ -389,6 +389,44 @@ def _o_softplus(node, x, y, em):
     return em.op("Sigmoid", [x])
 
 
+# -- layer normalization (ConvNeXt's head: GAP → LayerNorm over channels → Linear) -----------
+def _ln_params(node, ctx, rank: int):
+    if attribute(node, "axis", -1) % rank != rank - 1:
+        raise UnsupportedHeadError(
+            f"LayerNormalization {node.name!r} normalises from axis {attribute(node, 'axis')}; edgecam handles "
+            "the last axis (channels)."
+        )
+    gamma = ctx.const(node.input[1])
+    if gamma is None:
+        raise UnsupportedHeadError(f"LayerNormalization {node.name!r} has a computed scale.")
+    return np.asarray(gamma, np.float64), float(attribute(node, "epsilon", 1e-5))
+
+
+def _np_layernorm(node, slot, g, ctx):
+    # VJP of x̂ = (x - μ)/σ over the last axis (Ba et al. 2016), with g' = g·γ:
+    # ∂z/∂x = (g' - mean(g') - x̂·mean(g'·x̂)) / σ.
+    x = np.asarray(ctx.value(node.input[0]), np.float64)
+    gamma, eps = _ln_params(node, ctx, x.ndim)
+    centered = x - x.mean(axis=-1, keepdims=True)
+    inv = 1.0 / np.sqrt((centered * centered).mean(axis=-1, keepdims=True) + eps)
+    xhat = centered * inv
+    g = g * gamma
+    return (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True)) * inv
+
+
+def _onnx_layernorm(node, slot, g, em):
+    x = node.input[0]
+    gamma, eps = _ln_params(node, em.ctx, len(em.ctx.shape(x)))
+    centered = em.op("Sub", [x, em.reduce("ReduceMean", x, [-1])])
+    var = em.reduce("ReduceMean", em.op("Mul", [centered, centered]), [-1])
+    inv = em.op("Reciprocal", [em.op("Sqrt", [em.op("Add", [var, em.const(np.float32(eps))])])])
+    xhat = em.op("Mul", [centered, inv])
+    g = em.op("Mul", [g, em.const(gamma.astype(np.float32))])
+    mean_g = em.reduce("ReduceMean", g, [-1])
+    mean_gx = em.reduce("ReduceMean", em.op("Mul", [g, xhat]), [-1])
+    return em.op("Mul", [em.op("Sub", [em.op("Sub", [g, mean_g]), em.op("Mul", [xhat, mean_gx])]), inv])
+
+
 def _activation(derivative, build) -> Rule:
     return Rule((0,), False, _np_act(derivative), _onnx_act(build))
 
@@ -426,4 +464,5 @@ RULES: Dict[str, Rule] = {
     "HardSigmoid": _activation(_d_hardsigmoid, _o_hardsigmoid),
     "HardSwish": _activation(_d_hardswish, _o_hardswish),
     "Softplus": _activation(_d_softplus, _o_softplus),
+    "LayerNormalization": Rule((0,), False, _np_layernorm, _onnx_layernorm),
 }

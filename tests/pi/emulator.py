@@ -68,9 +68,9 @@ def rootfs_tarball(log=print) -> Path:
     if tarball.is_file():
         return tarball
     cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f".{tarball.name}.{os.getpid()}.partial"
+    partial = cache / f".{os.getpid()}.partial.{tarball.name}"
     log(f"building {tarball} with mmdebstrap (once)")
-    cmd = ["mmdebstrap", "--variant=extract", "--skip=check/qemu", "--architectures=arm64",
+    cmd = ["mmdebstrap", "--variant=extract", "--skip=check/qemu", "--architectures=arm64", "--format=tar",
            f"--include={','.join(PACKAGES)}", SUITE, str(partial), f"deb {MIRROR} {SUITE} main"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0 or not partial.is_file():

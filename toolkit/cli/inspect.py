@@ -37,3 +37,13 @@ def inspect_cmd(model, as_json, providers):
             f"  self-check     top-1 {sc['top1_agreement']:.3f}, Pearson median {sc['pearson_median']:.4f} "
             f"({'passed' if sc['passed'] else 'BELOW THRESHOLD'})"
         )
+    if meta.precision:
+        from converters.quant import describe_precision
+
+        try:
+            lines = describe_precision(meta.precision)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a field of the wrong shape
+            lines = [f"unreadable precision table ({type(exc).__name__}); convert the model again"]
+        click.echo(f"  precision      {lines[0]}")
+        for line in lines[1:]:
+            click.echo(f"                 {line}")

@@ -75,6 +75,20 @@ class Net(nn.Module):
         return self.head(self.explained(self.features(x)))
 
 
+class ChannelsLastNorm(nn.Module):
+    """torchvision ConvNeXt's LayerNorm2d: LayerNorm over the channels of an NCHW tensor."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+            self.norm.bias.uniform_(-0.3, 0.3)
+
+    def forward(self, x):
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 def _gap(*layers):
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *layers)
 
@@ -97,6 +111,9 @@ def _models():
         "max_pool_mlp": (Net(nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(16, 24),
                                            nn.Hardswish(), nn.Linear(24, 3))), False, "gradcam"),
         "nhwc_input": (Net(_gap(nn.Linear(16, 5)), channels_last=True), False, "gradcam"),
+        # ConvNeXt's head: pooling, LayerNorm over the channels (a permute around nn.LayerNorm), Linear.
+        "layernorm_head": (Net(nn.Sequential(nn.AdaptiveAvgPool2d(1), ChannelsLastNorm(16), nn.Flatten(),
+                                             nn.Linear(16, 5))), False, "gradcam"),
     }
 
 
