@@ -352,3 +352,15 @@ def test_claimed_sizes_are_read_and_policed_from_the_header(tmp_path_factory, fm
             load_image(path)
     image = read_image(path)  # within the limit the junk after the header rarely decodes; if it does,
     assert image is None or image.shape == (height, width, 3)  # it is exactly the size its header said
+
+
+def test_refusals_keep_their_reason(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(InputError, match=r"notes\.png': not an image edgecam reads \(starts with b'not an i'\)"):
+        load_image(text)
+    sparse = tmp_path / "huge.bin"
+    with open(sparse, "wb") as handle:
+        handle.truncate(200 << 20)  # sparse: no disk used
+    with pytest.raises(ImageTooLargeError, match=r"the file is 200 MiB, more than an image within the pixel limit"):
+        load_image(sparse)
