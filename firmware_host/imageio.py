@@ -414,6 +414,8 @@ def _read_checked(path: str, limit: int) -> Tuple[bytes, ImageHeader]:
             return data, header
     except _HeaderError as exc:
         raise InputError(f"damaged image header ({exc})") from None
+    except InputError:  # already says what is wrong (an InputError is also a ValueError)
+        raise
     except NotRegularFileError as exc:
         raise InputError(f"not a regular file ({exc.strerror})") from None
     except (OSError, ValueError) as exc:

@@ -318,3 +318,49 @@ def test_bomb_is_refused_in_bounded_memory(bomb_folders, tmp_path, command):
         assert code == 0 and "Traceback" not in stderr, stderr
     assert f"{BOMB_SIDE}x{BOMB_SIDE}" in stderr  # the refusal is reported, naming the size
     assert peaks["bomb"] - peaks["good"] < 100, peaks
+
+
+def _claiming(fmt: str, width: int, height: int) -> bytes:
+    """A header of ``fmt`` claiming ``width × height`` pixels, followed by junk (no real pixels)."""
+    if fmt == "png":
+        return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + b"\0" * 64
+    if fmt == "jpeg":  # SOI, APP0 of junk, SOF0 (baseline) or SOF2 (progressive)
+        return b"\xff\xd8\xff\xe0\x00\x10" + b"J" * 14 + b"\xff\xc2\x00\x11\x08" + struct.pack(">HH", height, width) + b"\0" * 64
+    if fmt == "bmp":
+        return b"BM" + b"\0" * 12 + struct.pack("<Iii", 40, width, -height) + b"\0" * 64
+    if fmt == "webp":
+        w, h = width - 1, height - 1
+        canvas = bytes([w & 255, w >> 8 & 255, w >> 16 & 255, h & 255, h >> 8 & 255, h >> 16 & 255])
+        return b"RIFF\0\0\0\0WEBPVP8X" + b"\x0a\0\0\0" + b"\0" * 4 + canvas + b"\0" * 64
+    if fmt == "tiff":
+        entries = struct.pack("<HHII", 256, 4, 1, width) + struct.pack("<HHII", 257, 4, 1, height)
+        return b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 2) + entries + b"\0" * 64
+    return f"P6\n# comment\n{width} {height}\n255\n".encode() + b"\0" * 64
+
+
+@SOME
+@given(st.sampled_from(["png", "jpeg", "bmp", "webp", "tiff", "pnm"]), st.integers(1, 16383), st.integers(1, 16383))
+def test_claimed_sizes_are_read_and_policed_from_the_header(tmp_path_factory, fmt, width, height):
+    data = _claiming(fmt, width, height)
+    header = image_header(data)
+    assert (header.format, header.width, header.height) == (fmt, width, height)
+    path = tmp_path_factory.mktemp("claim") / "x.img"
+    path.write_bytes(data)
+    limit = imageio.DEFAULT_MAX_IMAGE_PIXELS
+    if width * height > limit:  # refused before decoding (a progressive JPEG is never reduced)
+        with pytest.raises(ImageTooLargeError, match=f"{width}x{height}"):
+            load_image(path)
+    image = read_image(path)  # within the limit the junk after the header rarely decodes; if it does,
+    assert image is None or image.shape == (height, width, 3)  # it is exactly the size its header said
+
+
+def test_refusals_keep_their_reason(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(InputError, match=r"notes\.png': not an image edgecam reads \(starts with b'not an i'\)"):
+        load_image(text)
+    sparse = tmp_path / "huge.bin"
+    with open(sparse, "wb") as handle:
+        handle.truncate(200 << 20)  # sparse: no disk used
+    with pytest.raises(ImageTooLargeError, match=r"the file is 200 MiB, more than an image within the pixel limit"):
+        load_image(sparse)

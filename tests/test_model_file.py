@@ -351,3 +351,11 @@ def test_open_model_reads_the_file_once(monkeypatch):
     backend, meta = open_model(DATA / "tiny_fog.tflite")
     assert len(opened) == 1 and meta.classes == GOOD_META.classes
     assert set(backend.outputs) >= set(meta.outputs.values())
+
+
+def test_model_path_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "model.tflite"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelFileError, match=r"model\.tflite' is a FIFO, not a model file"):
+        ExplainableModel(fifo)
+    _one_error_line(CliRunner().invoke(cli, ["inspect", str(fifo)]), "is a FIFO")
