@@ -110,7 +110,11 @@ def build(net: Network, num_classes: int):
     from toolkit.train import build_model
 
     if net.builder is None:
-        return build_model(num_classes, SIZE, "small", width=16)
+        model = build_model(num_classes, SIZE, "small", width=16)
+        for layer in model.layers:
+            if type(layer).__name__ == "BatchNormalization":
+                layer.momentum = BN_MOMENTUM
+        return model
     inp = keras.Input((SIZE, SIZE, 3), name="image")
     x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inp) if net.rescale else inp
     backbone = getattr(keras.applications, net.builder)(
@@ -133,7 +137,7 @@ def trained_model(net: Network, train, held, num_classes: int, root: Path):
     import keras
 
     key = hashlib.sha256(json.dumps([net.name, net.epochs, net.builder, list(net.kwargs), SIZE, SEED,
-                                     N_TRAIN, BN_MOMENTUM]).encode()).hexdigest()[:10]
+                                     N_TRAIN, BN_MOMENTUM, 2]).encode()).hexdigest()[:10]
     path = root / f"{net.name}-{key}.keras"
     if path.exists():
         model = keras.models.load_model(path, safe_mode=True)
