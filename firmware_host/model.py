@@ -6,6 +6,8 @@ TensorFlow: only the interpreter, numpy and OpenCV.
 
 from __future__ import annotations
 
+import logging
+
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,8 @@ from .errors import ConversionError, InputError, MetadataError
 from .formats import ModelFile, container, read_model_file
 from .metadata import EdgecamMetadata
 from .preprocess import check_image, preprocess
+
+log = logging.getLogger("edgecam")
 
 __all__ = ["ExplainableModel", "Explanation", "open_model", "check_model_agrees"]
 
@@ -176,6 +180,9 @@ class ExplainableModel:
         self.path = file.path or Path("<in-memory model>")
         self.backend, self.metadata = open_model(file, num_threads=num_threads, providers=providers)
         meta = self.metadata
+        if meta.low_fidelity:
+            log.warning("%s was written with --allow-low-fidelity: %s. Its maps may not match full Grad-CAM; "
+                        "validate it (edgecam validate) before trusting them.", self.path.name, low_fidelity_reason(meta))
         self._image_name = meta.inputs["image"]
         self._class_name = meta.inputs.get("class_index")
         self._out = dict(meta.outputs)
@@ -361,3 +368,17 @@ class ExplainableModel:
                 for i in other:
                     raw[i] = _cam.combine(fmaps[i], meta.class_weights[..., int(chosen[i])])
         return _cam.relu(raw)
+
+
+def low_fidelity_reason(meta: EdgecamMetadata) -> str:
+    """What the low-fidelity model missed, from its self-check (``edgecam run``/``doctor`` warnings)."""
+    check = meta.self_check or {}
+    parts = []
+    for value, bound, what in (("pearson_p05", "threshold_p05", "Pearson p05"),
+                               ("pearson_median", "threshold_pearson", "Pearson median"),
+                               ("top1_agreement", "threshold_top1", "top-1 agreement")):
+        v, b = check.get(value), check.get(bound)
+        if isinstance(v, (int, float)) and isinstance(b, (int, float)) and v < b:
+            parts.append(f"{what} {v:.3f} < {b}")
+    plan = (meta.precision or {}).get("plan", meta.quantization)
+    return f"its {plan} maps missed the conversion bounds ({'; '.join(parts) or 'see edgecam inspect'})"

@@ -6,6 +6,8 @@ import logging
 
 import click
 
+from converters.quant import LITERT_PLANS  # numpy only: --help stays instant
+
 from ._common import cli_errors, preprocessing_options, quiet_tensorflow
 
 
@@ -15,7 +17,7 @@ from ._common import cli_errors, preprocessing_options, quiet_tensorflow
               help="The .tflite or .onnx to write (with --format both: the stem of both).")
 @click.option("--format", "fmt", type=click.Choice(["tflite", "onnx", "both"]), default=None,
               help="Container; default: from the output's suffix. 'both' writes OUT.tflite and OUT.onnx.")
-@click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "16x8", "int8-mixed", "int8", "auto"]),
+@click.option("--quantize", type=click.Choice([*reversed(LITERT_PLANS), "auto"]),
               default="none", show_default=True,
               help="Precision plan; 'auto' converts every plan, measures each against the float model's maps "
                    "on held-out calibration images and writes the cheapest that meets the targets.")
