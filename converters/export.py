@@ -756,9 +756,7 @@ def _load_candidate(cand: _Candidate):
 
 
 def _latency_runner(model) -> Callable[[], None]:
-    feed = {model._image_name: model.preprocess([np.full((8, 8, 3), 128, np.uint8)])}  # noqa: SLF001
-    if model._class_name is not None:  # noqa: SLF001
-        feed[model._class_name] = np.full((1,), -1, np.int32)  # noqa: SLF001
+    feed = model.input_feed(model.preprocess([np.full((8, 8, 3), 128, np.uint8)]))
     return lambda: model.backend.run(feed)
 
 
