@@ -152,13 +152,163 @@ def trained_model(net: Network, train, held, num_classes: int, root: Path):
     return model, path, float(np.mean(np.argmax(probs, axis=1) == held[1]))
 
 
+def _evaluation_plan(plan, images: np.ndarray):
+    """The export plan with the held-out test images as the images to check on."""
+    from dataclasses import replace
+
+    from firmware_host.preprocess import preprocess
+
+    x = np.stack([preprocess(img, plan.preprocessing) for img in images]).astype(np.float32)
+    return replace(plan, images=list(images), x=x, held_out=np.arange(len(images)), image_source="held-out test images")
+
+
+def _accuracy(model, images: np.ndarray, labels: np.ndarray, batch: int = 32) -> float:
+    hits = []
+    for start in range(0, len(images), batch):
+        exps = model.explain_batch(list(images[start : start + batch]))
+        hits.extend(e.predicted_index == int(y) for e, y in zip(exps, labels[start : start + batch]))
+    return float(np.mean(hits))
+
+
+def measure_plans(keras_path: Path, held, calib: Path, workdir: Path) -> List[dict]:
+    """Every LiteRT plan of one trained model, measured on the held-out test images.
+
+    Fidelity is against the float model's own Grad-CAM (GradientTape) for the class the float
+    model predicts; accuracy against the labels; latency interleaved across plans.
+    """
+    from converters.export import CONTAINERS, ConvertOptions, _Checker, base_metadata, build_endpoint, float_reference, plan_export
+    from converters.quant import LITERT_PLANS, interleaved_latency, measure_fidelity
+    from converters.export import _latency_runner, _load_candidate
+
+    plan = plan_export(keras_path, workdir / "m.tflite", ConvertOptions(quantize="int8", calibration=calib))
+    endpoint = build_endpoint(plan)
+    evaluation = _evaluation_plan(plan, held[0])
+    reference = float_reference(evaluation)
+    checker = _Checker(plan, CONTAINERS["tflite"], workdir / "m.tflite", endpoint, base_metadata(plan, endpoint), None)
+    rows, runners = [], {}
+    for item in checker.candidates(LITERT_PLANS):
+        if isinstance(item, tuple):
+            rows.append({"plan": item[0], "error": str(item[1])})
+            continue
+        model = _load_candidate(item)
+        fid = measure_fidelity(model.explain_batch, list(held[0]), reference)
+        rows.append({"plan": item.plan, **fid.as_dict(), "accuracy": _accuracy(model, held[0], held[1]),
+                     "size_kib": round(len(item.raw) / 1024, 1)})
+        runners[item.plan] = _latency_runner(model)
+        print(f"  {item.plan}: p05 {fid.pearson_p05:.4f} median {fid.pearson_median:.4f} top-1 {fid.top1:.3f}",
+              file=sys.stderr)
+    timed = interleaved_latency(runners, rounds=9, calls=20)
+    for row in rows:
+        if row["plan"] in timed:
+            row["latency_ms"] = round(timed[row["plan"]], 4)
+            row["x_int8"] = round(timed[row["plan"]] / timed["int8"], 3) if "int8" in timed else None
+            row["x_float32"] = round(timed[row["plan"]] / timed["none"], 3) if "none" in timed else None
+    return rows
+
+
+def auto_choice(keras_path: Path, calib: Path, workdir: Path) -> dict:
+    """What ``convert --quantize auto`` writes, measured and nominal cost, with its own table."""
+    from converters import convert
+    from firmware_host.errors import FidelityError
+
+    out = {}
+    for cost in ("measured", "nominal"):
+        try:
+            result = convert(keras_path, workdir / f"auto-{cost}.tflite", quantize="auto", calibration=calib, cost=cost)
+            out[cost] = result.metadata.quantization
+        except FidelityError as exc:
+            out[cost] = f"refused: {exc}"
+    try:
+        convert(keras_path, workdir / "int8.tflite", quantize="int8", calibration=calib)
+        out["int8_gate"] = "written"
+    except FidelityError as exc:
+        out["int8_gate"] = "refused"
+        out["int8_gate_message"] = str(exc)
+    return out
+
+
+def sweep_model(name: str, keras_path: Path, accuracy: float, held, calib: Path, root: Path) -> List[dict]:
+    """All plans of one network plus auto's choice, as rows for the report."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=f"quant-sweep-{name}-") as tmp:
+        rows = measure_plans(keras_path, held, calib, Path(tmp))
+        choice = auto_choice(keras_path, calib, Path(tmp))
+    for row in rows:
+        row.update(model=name, keras_accuracy=round(accuracy, 4), auto_measured=choice["measured"],
+                   auto_nominal=choice["nominal"], int8_gate=choice["int8_gate"])
+    return rows
+
+
+ROWS = Path(__file__).with_name("quant_sweep_rows.json")
+
+
+def write_rows(rows: List[dict]) -> None:
+    """Merge ``rows`` into quant_sweep_rows.json (by model) and rewrite the docs section."""
+    from ._report import write_section
+
+    old = json.loads(ROWS.read_text()) if ROWS.exists() else []
+    models = {r["model"] for r in rows}
+    merged = [r for r in old if r["model"] not in models] + rows
+    ROWS.write_text(json.dumps(merged, indent=1))
+    write_section("quant_sweep", section(merged))
+
+
+def _fmt(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def section(rows: List[dict]) -> str:
+    """The docs/benchmarks.md section: one table row per model and plan."""
+    import platform
+
+    lines = [
+        "## Precision plans on trained networks (`python -m benchmarks.quant_sweep`)",
+        "",
+        f"Trained here on the fog task ({SIZE} px, {N_TRAIN} images, seed {SEED}, a few epochs from scratch, "
+        f"cached under ~/.cache/edgecam/quant_sweep), converted with every plan ({N_CALIBRATION} calibration "
+        f"images), measured on {N_HELD_OUT} held-out images. Pearson and top-1 are against the float model's own "
+        "Grad-CAM and class; accuracy against the labels. Latency: ai-edge-litert interpreter, one image, "
+        f"medians of interleaved rounds on this machine ({platform.machine()}, 2 shared cores: ratios, not ms, "
+        "are the result). `auto`: the plan `--quantize auto` writes (measured cost / nominal ARM cost); "
+        "`int8 gate`: whether `--quantize int8` is written or refused.",
+        "",
+        "| model (acc) | plan | median | p05 | min | top-1 | accuracy | ×int8 | ×float32 | KiB | auto | int8 gate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        auto = []
+        if r.get("auto_measured") == r["plan"]:
+            auto.append("measured")
+        if r.get("auto_nominal") == r["plan"]:
+            auto.append("nominal")
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['plan']} | failed: {r['error'][:80]} |||||||||| ")
+            continue
+        lines.append(
+            f"| {r['model']} ({r['keras_accuracy']:.3f}) | {r['plan']} | {_fmt(r.get('pearson_median'), '.4f')} | "
+            f"{_fmt(r.get('pearson_p05'), '.4f')} | {_fmt(r.get('pearson_min'), '.3f')} | {_fmt(r.get('top1'), '.3f')} | "
+            f"{_fmt(r.get('accuracy'), '.3f')} | {_fmt(r.get('x_int8'), '.2f')} | {_fmt(r.get('x_float32'), '.2f')} | "
+            f"{_fmt(r.get('size_kib'), '.0f')} | {', '.join(auto)} | {r.get('int8_gate', '') if r['plan'] == 'int8' else ''} |"
+        )
+    lines.append("")
+    lines.append("Per-class int8 p05 (the foggy classes are the tail): " + "; ".join(
+        f"{r['model']}: " + ", ".join(f"{k} {v:.3f}" for k, v in (r.get("p05_by_class") or {}).items())
+        for r in rows if r["plan"] == "int8" and "error" not in r))
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quant_sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="+", choices=sorted(NETWORKS), help="networks to run")
     parser.add_argument("--train-only", action="store_true", help="train and cache, do not convert")
-    parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md and the rows file")
+    parser.add_argument("--from-rows", nargs="+", type=Path, help="only rewrite the docs from saved rows files")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    if args.from_rows:
+        write_rows([row for path in args.from_rows for row in json.loads(path.read_text())])
+        return 0
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     train, held, calib, names = fog_data(root)
@@ -168,9 +318,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{name}: held-out accuracy {acc:.3f} ({path})", file=sys.stderr)
         if args.train_only:
             continue
-        rows.extend(sweep_model(name, path, acc, held, calib, names, root))
-    if rows and not args.no_write:
-        write_rows(rows)
+        rows.extend(sweep_model(name, path, acc, held, calib, root))
+    if rows:
+        dump = root / f"rows-{'-'.join(sorted({r['model'] for r in rows}))}.json"
+        dump.write_text(json.dumps(rows, indent=1))
+        print(f"rows: {dump}", file=sys.stderr)
+        if not args.no_write:
+            write_rows(rows)
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -60,6 +59,7 @@ __all__ = [
     "check_container",
     "write",
     "load_images",
+    "read_labels",
 ]
 
 log = logging.getLogger("edgecam.convert")
@@ -301,7 +301,18 @@ def detect_preprocessing(model, color=None, input_scale=None, input_offset=None,
     return Preprocessing(int(h), int(w), color, (1.0 / 255.0,), (0.0,)), "assumed pixels/255"
 
 
-def _read_labels(labels, num_classes: int, binary: bool) -> Tuple[str, ...]:
+def read_labels(labels, num_classes: int, binary: bool) -> Tuple[str, ...]:
+    """The class names of a model with ``num_classes`` outputs, one per class index.
+
+    Args:
+        labels: ``None`` (``class_0`` … or, for one sigmoid output, ``negative``/``positive``),
+            a text file with one name per line, or a sequence of names.
+        num_classes: how many names the model needs.
+        binary: the model has a single sigmoid output (two classes).
+
+    Raises:
+        InputError: the file cannot be read, or the number of names is wrong.
+    """
     if labels is None:
         if binary:
             return ("negative", "positive")
@@ -322,6 +333,9 @@ def _read_labels(labels, num_classes: int, binary: bool) -> Tuple[str, ...]:
             + ". Give one name per line, in class-index order."
         )
     return tuple(names)
+
+
+_read_labels = read_labels  # the old private name, for code written before it was public
 
 
 # -- the exported graph ----------------------------------------------------------------------
@@ -541,8 +555,8 @@ class ExportPlan:
                 " held out from calibration"))
 
 
-def choose_cam_mode(analysis: Optional[HeadAnalysis], approximate_reason: Optional[str], num_logits: int,
-                    cam_output: str, cam_method: str) -> Tuple[str, str, str]:
+def choose_cam_mode(analysis: Optional[HeadAnalysis], num_logits: int, cam_output: str,
+                    cam_method: str) -> Tuple[str, str, str]:
     """``(mode, resolved cam_output, method)`` for a head analysis (``None``: approximate).
 
     A gradient head emits the map of the class selected at run time; linear, flatten and
@@ -609,14 +623,13 @@ def plan_export(model, output: Union[str, Path], options: ConvertOptions) -> Exp
     split = split_model(model, options.target_layer)
     pre, pre_note = detect_preprocessing(model, options.color, options.input_scale, options.input_offset,
                                          options.mean, options.std, options.input_size)
-    classes = _read_labels(options.labels, split.num_logits, split.binary)
+    classes = read_labels(options.labels, split.num_logits, split.binary)
     images, image_source = _load_plan_images(options, pre)
     x = np.stack([preprocess(img, pre) for img in images]).astype(np.float32)
     calibrate, held_out = split_held_out(len(images))
 
     analysis, reason = _analyse_head(model, split, options.approximate)
-    mode, resolved, method = choose_cam_mode(analysis, reason, split.num_logits, options.cam_output,
-                                             options.cam_method)
+    mode, resolved, method = choose_cam_mode(analysis, split.num_logits, options.cam_output, options.cam_method)
     weights = None
     if mode == "approximate":
         reason = f"{reason} Weights averaged from gradients over {image_source}."
@@ -734,20 +747,16 @@ class _Candidate:
     fidelity: Optional[Fidelity] = None
 
 
-def _load_candidate(cand: _Candidate, suffix: str, tmp: Path):
-    """An ExplainableModel of the candidate's bytes (a private temporary file, never the output)."""
+def _load_candidate(cand: _Candidate):
+    """An ExplainableModel of the candidate's bytes, in memory (``Interpreter(model_content=…)``)."""
     from firmware_host.model import ExplainableModel
 
-    path = tmp / f"{cand.plan}{suffix}"
-    path.write_bytes(cand.content)
-    cand.model = ExplainableModel(path)
+    cand.model = ExplainableModel(cand.content)
     return cand.model
 
 
 def _latency_runner(model) -> Callable[[], None]:
-    feed = {model._image_name: model.preprocess([np.full((8, 8, 3), 128, np.uint8)])}  # noqa: SLF001
-    if model._class_name is not None:  # noqa: SLF001
-        feed[model._class_name] = np.full((1,), -1, np.int32)  # noqa: SLF001
+    feed = model.input_feed(model.preprocess([np.full((8, 8, 3), 128, np.uint8)]))
     return lambda: model.backend.run(feed)
 
 
@@ -763,7 +772,7 @@ class _Checker:
         self.representative = _representative(plan, endpoint) if len(plan.calibrate) else None
         self.held_images = [plan.images[i] for i in plan.held_out]
 
-    def candidates(self, plans: Sequence[str], tmp: Path) -> Iterator[Union[_Candidate, Tuple[str, ConversionError]]]:
+    def candidates(self, plans: Sequence[str]) -> Iterator[Union[_Candidate, Tuple[str, ConversionError]]]:
         float_head = self.plan.cam_output == "selected"
         island = _island_layers(self.plan.model, self.plan.split)
         for name, raw in self.container.export(self.endpoint, plans, self.representative, float_head, island):
@@ -773,7 +782,7 @@ class _Checker:
             cand = _Candidate(name, raw, self.container.embed(raw, replace(self.metadata, quantization=name)))
             if self.reference is not None:
                 try:
-                    model = _load_candidate(cand, self.container.suffix, tmp)
+                    model = _load_candidate(cand)
                     cand.fidelity = measure_fidelity(model.explain_batch, self.held_images, self.reference)
                 except Exception as exc:  # noqa: BLE001 - the interpreter raises RuntimeError/ValueError
                     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -824,12 +833,12 @@ def _figures(cand: _Candidate, targets: Targets) -> PlanFigures:
     return PlanFigures(cand.plan, cand.fidelity, not targets.missed(cand.fidelity), size_bytes=len(cand.raw))
 
 
-def _search(checker: _Checker, tmp: Path) -> Tuple[_Candidate, Tuple[PlanFigures, ...]]:
+def _search(checker: _Checker) -> Tuple[_Candidate, Tuple[PlanFigures, ...]]:
     """``quantize="auto"``: every plan converted and measured; the cheapest passing one is chosen."""
     targets = checker.targets_for("auto")
     cands: Dict[str, _Candidate] = {}
     rows: List[PlanFigures] = []
-    for item in checker.candidates(checker.container.plans, tmp):
+    for item in checker.candidates(checker.container.plans):
         if isinstance(item, tuple):
             rows.append(PlanFigures(item[0], error=str(item[1])))
             continue
@@ -851,10 +860,10 @@ def _search(checker: _Checker, tmp: Path) -> Tuple[_Candidate, Tuple[PlanFigures
     return cands[best.plan], tuple(rows)
 
 
-def _suggest(checker: _Checker, failed: str, targets: Targets, tmp: Path) -> str:
+def _suggest(checker: _Checker, failed: str, targets: Targets) -> str:
     """The first more precise plan that meets ``targets``, as a phrase for the gate's message."""
     order = checker.container.plans
-    for item in checker.candidates(order[order.index(failed) + 1 :], tmp):
+    for item in checker.candidates(order[order.index(failed) + 1 :]):
         if isinstance(item, _Candidate) and not targets.missed(item.fidelity):
             f = item.fidelity
             return (f"--quantize {item.plan} passes (p05 {f.pearson_p05:.4f}, top-1 {f.top1:.3f}); "
@@ -862,7 +871,7 @@ def _suggest(checker: _Checker, failed: str, targets: Targets, tmp: Path) -> str
     return "no other plan passes either; check the calibration images and the model"
 
 
-def _gate(checker: _Checker, cand: _Candidate, tmp: Path) -> Tuple[PlanFigures, bool]:
+def _gate(checker: _Checker, cand: _Candidate) -> Tuple[PlanFigures, bool]:
     """An explicitly chosen plan: pass, or refuse naming the plan that would (unless allowed)."""
     targets = checker.targets_for(cand.plan)
     missed = targets.missed(cand.fidelity)
@@ -872,7 +881,7 @@ def _gate(checker: _Checker, cand: _Candidate, tmp: Path) -> Tuple[PlanFigures, 
         raise FidelityError(
             f"The {cand.plan} model misses its fidelity bounds on {checker.plan.check_source}: "
             f"{'; '.join(missed)}. Nothing was written to '{checker.path}'. "
-            f"{_suggest(checker, cand.plan, targets, tmp)}; or pass --allow-low-fidelity to write it anyway "
+            f"{_suggest(checker, cand.plan, targets)}; or pass --allow-low-fidelity to write it anyway "
             "(marked low-fidelity in its metadata)."
         )
     log.warning("Writing %s although it misses its fidelity bounds (%s): --allow-low-fidelity. The device "
@@ -883,29 +892,27 @@ def _gate(checker: _Checker, cand: _Candidate, tmp: Path) -> Tuple[PlanFigures, 
 def check_container(checker: _Checker) -> Tuple[_Candidate, EdgecamMetadata, Optional[SelfCheck], Tuple[PlanFigures, ...]]:
     """Convert with the asked plan(s), measure, gate, and return the final bytes' parts (nothing written)."""
     opts = checker.plan.options
-    with tempfile.TemporaryDirectory(prefix="edgecam-check-") as tmp_name:
-        tmp = Path(tmp_name)
-        low = False
-        if opts.quantize == "auto":
-            cand, rows = _search(checker, tmp)
-        else:
-            item = next(checker.candidates((opts.quantize,), tmp))
-            if isinstance(item, tuple):
-                raise item[1]
-            cand, rows = item, ()
-            if cand.fidelity is not None:
-                row, low = _gate(checker, cand, tmp)
-                rows = (row,)
-        check = None
-        meta = replace(checker.metadata, quantization=cand.plan)
+    low = False
+    if opts.quantize == "auto":
+        cand, rows = _search(checker)
+    else:
+        item = list(checker.candidates((opts.quantize,)))[0]  # runs the generator to its end: cleanup
+        if isinstance(item, tuple):
+            raise item[1]
+        cand, rows = item, ()
         if cand.fidelity is not None:
-            check = SelfCheck.of(cand.fidelity, checker.targets_for(cand.plan), checker.plan.check_source)
-            targets = checker.targets_for(cand.plan)
-            meta = replace(meta, self_check=check.as_dict(), precision={
-                "plan": cand.plan, "requested": opts.quantize, "cost": opts.cost,
-                "targets": asdict(targets), "tried": [r.as_dict() for r in rows], "low_fidelity": low,
-            })
-        return cand, meta, check, rows
+            row, low = _gate(checker, cand)
+            rows = (row,)
+    check = None
+    meta = replace(checker.metadata, quantization=cand.plan)
+    if cand.fidelity is not None:
+        check = SelfCheck.of(cand.fidelity, checker.targets_for(cand.plan), checker.plan.check_source)
+        targets = checker.targets_for(cand.plan)
+        meta = replace(meta, self_check=check.as_dict(), precision={
+            "plan": cand.plan, "requested": opts.quantize, "cost": opts.cost,
+            "targets": asdict(targets), "tried": [r.as_dict() for r in rows], "low_fidelity": low,
+        })
+    return cand, meta, check, rows
 
 
 # -- stage 4: write --------------------------------------------------------------------------

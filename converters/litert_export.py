@@ -76,24 +76,37 @@ def _in_island(name: str, pattern) -> bool:
     return pattern is not None and any(pattern.match(seg) for seg in re.split(r"[;/:]", name))
 
 
-def float_island_nodes(ops: Sequence[Dict], tensor_names: Sequence[str], layer_names: Sequence[str]) -> List[str]:
+def _squeezed(shape) -> bool:
+    """A 4-D tensor pooled to 1×1 (a squeeze-excite branch): ``(N, 1, 1, C)``."""
+    return len(shape) == 4 and int(shape[1]) == 1 and int(shape[2]) == 1
+
+
+def float_island_nodes(ops: Sequence[Dict], tensors: Sequence[Dict], layer_names: Sequence[str],
+                       squeeze_excite: bool = False) -> List[str]:
     """Output tensors (op locations) of the calibrated model's ops that belong to the float island.
 
     An op belongs when one of its input or output tensors is named after an island layer or
     the float scope. Inputs count because an op whose output is a model output is renamed
-    (``StatefulPartitionedCall:1``) while its kernel keeps the layer's name.
+    (``StatefulPartitionedCall:1``) while its kernel keeps the layer's name. With
+    ``squeeze_excite``, every op whose output is pooled to 1×1 belongs too: the squeeze-excite
+    branches of EfficientNet/MobileNetV3, whose per-tensor int8 ranges fit the images worst
+    (``benchmarks/int8_debug.py``: 20–42 int8 steps of error on EfficientNetB0's ``se_reduce``)
+    and which cost next to nothing in float.
 
     Args:
         ops: ``Interpreter._get_ops_details()`` of the calibrated model.
-        tensor_names: tensor names by index.
+        tensors: ``Interpreter.get_tensor_details()`` (name and shape by index).
         layer_names: Keras layer names in the island.
+        squeeze_excite: also keep the 1×1 (squeezed) branches float.
     """
     pattern = _island_pattern(layer_names)
+    by_index = {t["index"]: t for t in tensors}
     out = set()
     for op in ops:
-        touched = [tensor_names[i] for i in list(op["inputs"]) + list(op["outputs"]) if 0 <= i < len(tensor_names)]
-        if any(_in_island(name, pattern) for name in touched):
-            out.update(tensor_names[i] for i in op["outputs"] if 0 <= i < len(tensor_names))
+        touched = [by_index[i]["name"] for i in list(op["inputs"]) + list(op["outputs"]) if i in by_index]
+        squeezed = squeeze_excite and any(_squeezed(by_index[i]["shape"]) for i in op["outputs"] if i in by_index)
+        if squeezed or any(_in_island(name, pattern) for name in touched):
+            out.update(by_index[i]["name"] for i in op["outputs"] if i in by_index)
     return sorted(out)
 
 
@@ -114,9 +127,8 @@ def _quantize_with_denylist(converter, island_layers: Sequence[str]) -> bytes:
     calibrated = converter.convert()
     Interpreter, _, _ = load_interpreter_class()
     interpreter = Interpreter(model_content=calibrated)
-    names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
-    names = [names.get(i, "") for i in range(max(names) + 1)] if names else []
-    denylist = float_island_nodes(interpreter._get_ops_details(), names, island_layers)  # noqa: SLF001
+    denylist = float_island_nodes(interpreter._get_ops_details(), interpreter.get_tensor_details(),  # noqa: SLF001
+                                  island_layers, squeeze_excite=bool(island_layers))
     types = tfl_convert._types_pb2  # noqa: SLF001
     return tfl_convert.mlir_quantize(calibrated, fully_quantize=True, inference_type=types.QUANTIZED_INT8,
                                      input_data_type=tf.int8, output_data_type=tf.int8,

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -159,6 +159,33 @@ def bench(
     if plain is not None:
         plain_x = plain.prepare(preprocess(image, explained.metadata.preprocessing)[None])
 
+    explain_ms, invoke_ms, plain_ms = _time_interleaved(explained, image, plain, plain_x, runs, warmup)
+
+    invoke = LatencyStats.of(invoke_ms)
+    base = LatencyStats.of(plain_ms) if plain_ms else None
+    runtime = getattr(explained, "backend", None)
+    return BenchResult(
+        model=str(getattr(explained, "path", model)),
+        runs=runs,
+        threads=threads,
+        explain=LatencyStats.of(explain_ms),
+        invoke=invoke,
+        baseline=None if baseline is None else str(baseline),
+        baseline_invoke=base,
+        overhead_ratio=(invoke.p50_ms / base.p50_ms) if base is not None and base.p50_ms > 0 else None,
+        peak_rss_mb=peak_rss_mb(),
+        backend=runtime.describe() if hasattr(runtime, "describe") else "",
+    )
+
+
+def _time_interleaved(explained, image: np.ndarray, plain: Optional[PlainModel], plain_x: Any, runs: int,
+                      warmup: int) -> Tuple[List[float], List[float], List[float]]:
+    """Run both models ``warmup + runs`` times, interleaved, and keep the timed runs' milliseconds.
+
+    Returns:
+        ``(explain_ms, invoke_ms, plain_ms)``: the whole ``explain`` call, the explained model's
+        interpreter call, and the plain model's interpreter call (empty without ``plain``).
+    """
     explain_ms: List[float] = []
     invoke_ms: List[float] = []
     plain_ms: List[float] = []
@@ -182,19 +209,4 @@ def bench(
         order = [explained_once] if plain is None else [explained_once, plain_once]
         for step in order if i % 2 == 0 else order[::-1]:
             step(keep)
-
-    invoke = LatencyStats.of(invoke_ms)
-    base = LatencyStats.of(plain_ms) if plain_ms else None
-    runtime = getattr(explained, "backend", None)
-    return BenchResult(
-        model=str(getattr(explained, "path", model)),
-        runs=runs,
-        threads=threads,
-        explain=LatencyStats.of(explain_ms),
-        invoke=invoke,
-        baseline=None if baseline is None else str(baseline),
-        baseline_invoke=base,
-        overhead_ratio=(invoke.p50_ms / base.p50_ms) if base is not None and base.p50_ms > 0 else None,
-        peak_rss_mb=peak_rss_mb(),
-        backend=runtime.describe() if hasattr(runtime, "describe") else "",
-    )
+    return explain_ms, invoke_ms, plain_ms

@@ -234,4 +234,20 @@ def run_doctor(
     checks.append(_disk(Path(bundle) if bundle else Path.cwd()))
     if model_path is not None:
         checks.append(_model(model_path, repeats))
+        checks.extend(_fidelity(model_path))
     return DoctorReport(tuple(checks))
+
+
+def _fidelity(path: Path) -> List[Check]:
+    """A warning when the model was written with ``--allow-low-fidelity``."""
+    from .metadata import read_metadata
+    from .model import low_fidelity_reason
+
+    try:
+        meta = read_metadata(path)
+    except EdgecamError:
+        return []  # the model check already says why it cannot be read
+    if not meta.low_fidelity:
+        return []
+    return [Check("fidelity", None, f"LOW FIDELITY: {path.name} was written with --allow-low-fidelity; "
+                  f"{low_fidelity_reason(meta)}")]

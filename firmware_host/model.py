@@ -6,10 +6,12 @@ TensorFlow: only the interpreter, numpy and OpenCV.
 
 from __future__ import annotations
 
+import logging
+
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -19,6 +21,8 @@ from .errors import ConversionError, InputError, MetadataError
 from .formats import ModelFile, container, read_model_file
 from .metadata import EdgecamMetadata
 from .preprocess import check_image, preprocess
+
+log = logging.getLogger("edgecam")
 
 __all__ = ["ExplainableModel", "Explanation", "open_model", "check_model_agrees"]
 
@@ -176,6 +180,9 @@ class ExplainableModel:
         self.path = file.path or Path("<in-memory model>")
         self.backend, self.metadata = open_model(file, num_threads=num_threads, providers=providers)
         meta = self.metadata
+        if meta.low_fidelity:
+            log.warning("%s was written with --allow-low-fidelity: %s. Its maps may not match full Grad-CAM; "
+                        "validate it (edgecam validate) before trusting them.", self.path.name, low_fidelity_reason(meta))
         self._image_name = meta.inputs["image"]
         self._class_name = meta.inputs.get("class_index")
         self._out = dict(meta.outputs)
@@ -220,6 +227,18 @@ class ExplainableModel:
             batch = np.stack([preprocess(check_image(img, f"image {i}"), pre) for i, img in enumerate(images)])
         return quantize_input(batch, self._image_info)
 
+    def input_feed(self, x: np.ndarray, selected: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """The interpreter's inputs by tensor name for a preprocessed batch ``x``.
+
+        ``selected`` holds one class index per image; ``None`` explains each image's predicted
+        class (``-1`` in the graph's ``class_index`` input, where it has one).
+        """
+        feed = {self._image_name: x}
+        if self._class_name is not None:
+            n = len(x)
+            feed[self._class_name] = np.full((n,), -1, np.int32) if selected is None else selected.astype(np.int32)
+        return feed
+
     def _class_indices(self, class_index, n: int) -> Optional[np.ndarray]:
         if class_index is None:
             return None
@@ -251,11 +270,7 @@ class ExplainableModel:
         x = self.preprocess(images)
         n = len(x)
         selected = self._class_indices(class_index, n)
-        feed = {self._image_name: x}
-        if self._class_name is not None:
-            feed[self._class_name] = (
-                np.full((n,), -1, np.int32) if selected is None else selected.astype(np.int32)
-            )
+        feed = self.input_feed(x, selected)
         start = time.perf_counter()
         raw = self.backend.run(feed)
         latency = (time.perf_counter() - start) * 1000.0
@@ -361,3 +376,17 @@ class ExplainableModel:
                 for i in other:
                     raw[i] = _cam.combine(fmaps[i], meta.class_weights[..., int(chosen[i])])
         return _cam.relu(raw)
+
+
+def low_fidelity_reason(meta: EdgecamMetadata) -> str:
+    """What the low-fidelity model missed, from its self-check (``edgecam run``/``doctor`` warnings)."""
+    check = meta.self_check or {}
+    parts = []
+    for value, bound, what in (("pearson_p05", "threshold_p05", "Pearson p05"),
+                               ("pearson_median", "threshold_pearson", "Pearson median"),
+                               ("top1_agreement", "threshold_top1", "top-1 agreement")):
+        v, b = check.get(value), check.get(bound)
+        if isinstance(v, (int, float)) and isinstance(b, (int, float)) and v < b:
+            parts.append(f"{what} {v:.3f} < {b}")
+    plan = (meta.precision or {}).get("plan", meta.quantization)
+    return f"its {plan} maps missed the conversion bounds ({'; '.join(parts) or 'see edgecam inspect'})"

@@ -24,9 +24,7 @@ MAX_LINES = 80
 ALLOWED = {
     "converters/export.py::convert",  # lead: plan_export / build_endpoint / write stages
     "toolkit/deploy/bundle.py::build_bundle",  # harden / targets
-    "toolkit/demo.py::run_demo",  # no owner in issue 14's split
     "converters/onnx_in/convert.py::convert_onnx",  # onnximport (issue 17)
-    "firmware_host/bench.py::bench",  # runshape / lead (benchmarks)
 }
 
 

@@ -116,6 +116,35 @@ def test_allow_low_fidelity_writes_it_marked(outlier, calib, tmp_path):
     assert meta.self_check["pearson_p05"] < 0.9
 
 
+def test_low_fidelity_model_warns_on_the_device(outlier, calib, tmp_path, caplog):
+    import cv2
+
+    from converters import convert
+    from firmware_host import ExplainableModel
+    from firmware_host.doctor import run_doctor
+    from toolkit.cli import cli
+
+    out = tmp_path / "low.tflite"
+    convert(outlier.model, out, quantize="int8", calibration=calib, allow_low_fidelity=True)
+    with caplog.at_level("WARNING", logger="edgecam"):
+        ExplainableModel(out)
+    assert any("--allow-low-fidelity" in r.getMessage() and "Pearson p05" in r.getMessage() for r in caplog.records)
+    fidelity = run_doctor(model=out, repeats=1).get("fidelity")
+    assert fidelity.ok is None and "LOW FIDELITY" in fidelity.detail
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "f0.png"), calib[0])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="edgecam"):
+        ran = CliRunner().invoke(cli, ["run", str(out), "--source", str(frames)])
+    assert ran.exit_code == 0, ran.output
+    assert any("--allow-low-fidelity" in r.getMessage() for r in caplog.records)
+    # A model that passed its gate says nothing of the kind.
+    good = tmp_path / "good.tflite"
+    convert(outlier.model, good, quantize="float16", calibration=calib)
+    assert all(check.name != "fidelity" for check in run_doctor(model=good, repeats=1).checks)
+
+
 def test_auto_picks_the_cheapest_passing_plan_and_records_the_table(outlier, calib, tmp_path):
     from converters import convert
     from converters.quant import AUTO_TARGETS
@@ -224,3 +253,24 @@ def test_targets_are_validated():
     for bad in (float("nan"), 2.0, "0.9"):
         with pytest.raises(InputError, match="Fidelity target"):
             Targets(pearson_p05=bad)
+
+
+class _Analysis:
+    def __init__(self, mode):
+        self.mode = mode
+
+
+@pytest.mark.parametrize("mode, classes, asked, method, expected", [
+    ("linear", 4, "auto", "hirescam", ("linear", "all", "gradcam")),       # HiResCAM only for flatten/gradient
+    ("linear", 33, "auto", "gradcam", ("linear", "predicted", "gradcam")),  # over 32 classes: the predicted map
+    ("linear", 4, "predicted", "gradcam", ("linear", "predicted", "gradcam")),
+    ("flatten", 1000, "all", "hirescam", ("flatten", "all", "hirescam")),
+    ("gradient", 4, "all", "hirescam", ("gradient", "selected", "hirescam")),  # a gradient head selects at run time
+    (None, 4, "auto", "hirescam", ("approximate", "all", "gradcam")),
+])
+def test_choose_cam_mode(mode, classes, asked, method, expected):
+    from converters.export import ALL_CLASSES_LIMIT, choose_cam_mode
+
+    assert ALL_CLASSES_LIMIT == 32
+    analysis = None if mode is None else _Analysis(mode)
+    assert choose_cam_mode(analysis, classes, asked, method) == expected

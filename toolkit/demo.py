@@ -19,9 +19,10 @@ import json
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import numpy as np
 
@@ -118,34 +119,71 @@ def run_demo(out_dir="edgecam-demo", config: DemoConfig = DEFAULT, seed: int = 0
     """
     # The output first: a read-only or full location fails at once, not after minutes of work.
     out = ensure_writable_dir(out_dir)
-    from converters import convert
     from toolkit import train as trainer
     from toolkit.datasets import fog
-    from toolkit.validate import validate, validate_log
 
     start = time.perf_counter()
-    timings: Dict[str, float] = {}
+    clock = _StepClock(echo, total=7)
 
-    def step(name: str, text: str):
-        echo(f"[{len(timings) + 1}/7] {text}")
-        timings[name] = time.perf_counter()
+    with clock.step("data", f"Rendering {config.n_train} + {config.n_holdout} foggy road scenes "
+                            "(I = J·t + A(1−t), t = e^(−βd))"):
+        data = fog.generate_dataset(out / "data", config.n_train, size=config.size, seed=seed, progress=progress)
+        holdout = fog.generate_dataset(out / "holdout", config.n_holdout, size=config.size, seed=seed + 1000,
+                                       progress=progress)
 
-    def done(name: str):
-        timings[name] = time.perf_counter() - timings[name]
-
-    step("data", f"Rendering {config.n_train} + {config.n_holdout} foggy road scenes (I = J·t + A(1−t), t = e^(−βd))")
-    data = fog.generate_dataset(out / "data", config.n_train, size=config.size, seed=seed, progress=progress)
-    holdout = fog.generate_dataset(out / "holdout", config.n_holdout, size=config.size, seed=seed + 1000,
-                                   progress=progress)
-    done("data")
-
-    step("train", f"Training the small CNN ({config.epochs} epochs, augmentation as in the talk)")
-    trained = trainer.train(data, out / "train", epochs=config.epochs, seed=seed, progress=progress)
-    done("train")
+    with clock.step("train", f"Training the small CNN ({config.epochs} epochs, augmentation as in the talk)"):
+        trained = trainer.train(data, out / "train", epochs=config.epochs, seed=seed, progress=progress)
     echo(f"      held-out accuracy {trained.accuracy:.3f} in {trained.seconds:.0f} s → {trained.model_path}")
 
-    step("convert", "Converting to LiteRT with the explanation head: float32 and int8")
-    calib = _balanced_calibration(Path(data), config.calibration)
+    with clock.step("convert", "Converting to LiteRT with the explanation head: float32 and int8"):
+        models, checks = _convert_float_and_int8(trained, Path(data), out, config, echo)
+
+    with clock.step("video", f"Rendering a {config.video_frames}-frame drive where fog thickens and clears"):
+        video = fog.render_drive_video(out / "drive.mp4", frames=config.video_frames, fps=config.fps,
+                                       size=config.video_size, seed=seed, progress=progress)
+
+    with clock.step("run", "Running the int8 model on the video with `edgecam run` (device path, no TensorFlow)"):
+        run_summary = _device_run(models["int8"], video.path, out, config.save_every, echo)
+
+    with clock.step("validate", "Validating edge heatmaps against full Grad-CAM on held-out images "
+                                "and the device log"):
+        validations = _validate_edge_maps(trained, models, holdout, out, config, progress)
+    _echo_validations(validations, echo)
+
+    with clock.step("index", "Writing the index page"):
+        summary = _demo_summary(seed, config, trained, checks, run_summary, validations, clock.seconds)
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
+        index = _write_index(out, summary, trained, video)
+    total = time.perf_counter() - start
+    echo(f"Done in {total:.0f} s. Open {index}")
+    return DemoResult(out_dir=out, index_html=index, summary=summary, seconds=total)
+
+
+class _StepClock:
+    """Numbers the demo's steps as it announces them, and times each one.
+
+    ``seconds[name]`` holds a step's start time while it runs and its duration once it is done.
+    """
+
+    def __init__(self, echo: Callable[[str], None], total: int):
+        self.echo = echo
+        self.total = total
+        self.seconds: Dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str, text: str) -> Iterator[None]:
+        self.echo(f"[{len(self.seconds) + 1}/{self.total}] {text}")
+        self.seconds[name] = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - self.seconds[name]
+
+
+def _convert_float_and_int8(trained, data: Path, out: Path, config: DemoConfig,
+                            echo) -> Tuple[Dict[str, Path], Dict[str, Any]]:
+    """Convert the trained model twice; return ``({quantize: path}, {quantize: self-check dict})``."""
+    from converters import convert
+
+    calib = _balanced_calibration(data, config.calibration)
     models = {}
     checks = {}
     for quant, name in (("none", "fog_float32.tflite"), ("int8", "fog_int8.tflite")):
@@ -155,35 +193,36 @@ def run_demo(out_dir="edgecam-demo", config: DemoConfig = DEFAULT, seed: int = 0
         checks[quant] = result.self_check.as_dict()
         echo(f"      {name}: {result.metadata.cam_mode} CAM, {result.size_bytes / 1024:.0f} KiB, self-check "
              f"Pearson {result.self_check.pearson_median:.4f}, top-1 {result.self_check.top1_agreement:.3f}")
-    done("convert")
+    return models, checks
 
-    step("video", f"Rendering a {config.video_frames}-frame drive where fog thickens and clears")
-    video = fog.render_drive_video(out / "drive.mp4", frames=config.video_frames, fps=config.fps,
-                                   size=config.video_size, seed=seed, progress=progress)
-    done("video")
 
-    step("run", "Running the int8 model on the video with `edgecam run` (device path, no TensorFlow)")
-    run_summary = _device_run(models["int8"], video.path, out, config.save_every, echo)
-    done("run")
+def _validate_edge_maps(trained, models: Dict[str, Path], holdout, out: Path, config: DemoConfig,
+                        progress: bool) -> Dict[str, Any]:
+    """Validate float32 and int8 on the held-out images, and the int8 device run's log."""
+    from toolkit.validate import validate, validate_log
 
-    step("validate", "Validating edge heatmaps against full Grad-CAM on held-out images and the device log")
     validations = {}
     for quant, threshold in (("none", config.min_pearson_float), ("int8", config.min_pearson_int8)):
         tag = "float32" if quant == "none" else "int8"
-        res = validate(trained.model_path, models[quant], holdout, out / f"validate_{tag}",
-                       min_pearson=threshold, min_top1=config.min_top1, progress=progress)
-        validations[tag] = res
+        validations[tag] = validate(trained.model_path, models[quant], holdout, out / f"validate_{tag}",
+                                    min_pearson=threshold, min_top1=config.min_top1, progress=progress)
     validations["device_log"] = validate_log(trained.model_path, models["int8"], out / "run.jsonl",
                                              out / "validate_device_log", progress=progress)
-    done("validate")
+    return validations
+
+
+def _echo_validations(validations: Dict[str, Any], echo) -> None:
     for tag, res in validations.items():
         pear = res.summary["pearson"]
         echo(f"      {tag}: {res.summary['images']} images, Pearson median {pear['median']:.4f} "
              f"(p05 {pear['p05']:.4f}), top-1 agreement {res.summary['top1_agreement']:.3f} "
              f"→ {'PASS' if res.passed else 'FAIL'}")
 
-    step("index", "Writing the index page")
-    summary = {
+
+def _demo_summary(seed: int, config: DemoConfig, trained, checks: Dict[str, Any], run_summary: Dict[str, Any],
+                  validations: Dict[str, Any], seconds: Dict[str, float]) -> Dict[str, Any]:
+    """What ``summary.json`` holds (the index step, still running, is left out of the timings)."""
+    return {
         "seed": seed,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
         "accuracy": trained.accuracy,
@@ -194,14 +233,8 @@ def run_demo(out_dir="edgecam-demo", config: DemoConfig = DEFAULT, seed: int = 0
                              "passed": res.passed, "pearson_median": res.summary["pearson"]["median"],
                              "top1_agreement": res.summary["top1_agreement"]}
                        for tag, res in validations.items()},
-        "seconds": {k: round(v, 1) for k, v in timings.items() if k != "index"},
+        "seconds": {k: round(v, 1) for k, v in seconds.items() if k != "index"},
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
-    index = _write_index(out, summary, trained, video)
-    done("index")
-    total = time.perf_counter() - start
-    echo(f"Done in {total:.0f} s. Open {index}")
-    return DemoResult(out_dir=out, index_html=index, summary=summary, seconds=total)
 
 
 def _write_index(out: Path, summary: Dict[str, Any], trained, video) -> Path:
