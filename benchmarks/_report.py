@@ -93,6 +93,13 @@ def write_section(name: str, markdown: str) -> Path:
     return DOC
 
 
+def publish(name: str, markdown: str, write: bool = True) -> None:
+    """Print section ``name`` and, unless ``write`` is False (``--no-write``), write it to docs/benchmarks.md."""
+    print(markdown)
+    if write:
+        write_section(name, markdown)
+
+
 def table(rows: List[Dict[str, object]]) -> str:
     """A markdown table from dicts sharing keys."""
     if not rows:

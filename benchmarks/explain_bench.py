@@ -29,7 +29,7 @@ from typing import Dict
 
 import numpy as np
 
-from ._report import machine, wall_times, write_section
+from ._report import machine, publish, wall_times
 
 NAME = "explain_bench"
 # `python -m benchmarks --quick`: fewer images and runs (same measurements).
@@ -153,9 +153,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     result = run(args.images, args.batch_size, args.runs, args.threads)
     text = section(result, args)
-    print(text)
-    if not args.no_write:
-        write_section(NAME, text)
+    publish(NAME, text, write=not args.no_write)
     return 0
 
 

@@ -28,7 +28,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from ._report import machine, smooth_scene, wall_times, write_section
+from ._report import machine, publish, smooth_scene, wall_times
 
 NAME = "onnx_bench"
 QUANTS = {"none": "float32", "int8": "int8"}
@@ -254,10 +254,8 @@ def main(argv=None) -> int:
     result = measure(stems, args.threads, args.runs, args.rounds, args.warmup)
     (args.cache / "result.json").write_text(json.dumps(result, indent=1, default=float))
     section = render(result, args, (start_load, os.getloadavg()[0]))
-    print(section)
     print(json.dumps(result, indent=1, default=float), file=sys.stderr)
-    if not args.no_write:
-        write_section(NAME, section)
+    publish(NAME, section, write=not args.no_write)
     return 0
 
 

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ._report import machine, smooth_scene, write_section
+from ._report import machine, publish, smooth_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "run_bench"
@@ -307,10 +307,8 @@ def main(argv=None) -> int:
     print("process cost …", file=sys.stderr, flush=True)
     results["process"] = process_cost(next(iter(models.values()))["explained"], args.repeats)
     section = render(results, args)
-    print(section)
     print(json.dumps(results, indent=1, default=float), file=sys.stderr)
-    if not args.no_write:
-        write_section(SECTION, section)
+    publish(SECTION, section, write=not args.no_write)
     return 0
 
 
