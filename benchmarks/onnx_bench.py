@@ -168,13 +168,13 @@ def _u8s8_plain(stem: Path, threads: int):
     """The float32 plain ONNX quantized QDQ with uint8 asymmetric activations (CPU-tuned)."""
     from onnxruntime import quantization as q
 
-    from converters.onnx_export import _calibration_reader
+    from converters.onnx_export import calibration_reader
     from firmware_host.backends import PlainModel
 
     x = [img.astype(np.float32)[None] / 127.5 - 1.0 for img in calibration_images()]
     dst = Path(f"{stem}.plain.u8s8.onnx")
     if not dst.exists():
-        q.quantize_static(f"{stem}.plain.onnx", str(dst), _calibration_reader([{"image": v} for v in x]),
+        q.quantize_static(f"{stem}.plain.onnx", str(dst), calibration_reader([{"image": v} for v in x]),
                           quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QUInt8,
                           weight_type=q.QuantType.QInt8, per_channel=True)
     plain = PlainModel(dst, num_threads=threads)

@@ -111,9 +111,9 @@ def _images(calibration, pre: Preprocessing, limit: int):
 
 
 def _labels(labels, k: int):
-    from ..export import _read_labels  # noqa: PLC2701 - the same label rules as the Keras path
+    from ..export import read_labels  # the same label rules as the Keras path
 
-    return _read_labels(labels, k, False)
+    return read_labels(labels, k, False)
 
 
 def _check_options(output: Path, opts: "Options") -> None:
