@@ -186,6 +186,18 @@ def test_install_runs_the_choice_and_deploy_reports_it(bundle_dir, workspace, tm
                             "--repeats", "1"], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "[ ok ] plan" in check.stdout
+    # Installing the same bundle again reuses the release (its run.toml was rewritten by the choice).
+    again = subprocess.run(["sh", str(bundle_dir / "install.sh"), "--prefix", str(prefix), *FAST_INSTALL],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "already installed: reusing it" in again.stdout and device_choice(again.stdout) is not None
+    assert not list(current.glob(".manifest*"))
+    # A release whose other files changed is not reused, plan.json or not.
+    model = current / choice["file"]
+    model.write_bytes(model.read_bytes() + b"\0")
+    third = subprocess.run(["sh", str(bundle_dir / "install.sh"), "--prefix", str(prefix), *FAST_INSTALL],
+                           capture_output=True, text=True)
+    assert third.returncode == 0 and "already installed" not in third.stdout, third.stdout + third.stderr
 
 
 def test_bundle_from_converted_files_judges_their_self_check(outlier, calib, workspace, tmp_path):
