@@ -297,9 +297,12 @@ fresh_telemetry() {
 # health_check REL: the release loads its bundled model and explains a test frame, before
 # `current` may point at it. On failure nothing is switched and the running release stays.
 health_check() {
-    say "health check: $1/venv/bin/edgecam doctor --bundle $1"
-    if report=$(cd "$PREFIX/data" && "$1/venv/bin/edgecam" doctor --bundle "$1" --repeats 1 2>&1); then
-        printf '%s\n' "$report" | grep -E '^\[ ok \] (interpreter|model) ' | sed 's/^/install.sh:   /' || true
+    # A bundle with several precision plans: the device times them and runs the fastest (plan.json).
+    choose=""; [ -f "$1/plans.json" ] && choose=--choose-plan
+    say "health check: $1/venv/bin/edgecam doctor --bundle $1${choose:+ $choose}"
+    # shellcheck disable=SC2086  # $choose is one flag or nothing
+    if report=$(cd "$PREFIX/data" && "$1/venv/bin/edgecam" doctor --bundle "$1" --repeats 1 $choose 2>&1); then
+        printf '%s\n' "$report" | grep -E '^\[ ok \] (interpreter|plan|model) ' | sed 's/^/install.sh:   /' || true
         return 0
     fi
     printf '%s\n' "$report" | sed 's/^/install.sh:   /' >&2
