@@ -233,3 +233,36 @@ def test_parse_plans_keeps_nominal_order():
 
     assert parse_plans("none,int8") == ("int8", "none")
     assert parse_plans("auto") == ("int8", "int8-mixed", "16x8", "dynamic", "float16", "none")
+
+
+def test_validate_gates_on_the_tail_overall_and_by_class(monkeypatch, tmp_path):
+    """``validate --min-p05``: the p05 of the Pearson is checked overall and for every class."""
+    import cv2
+
+    from tests import test_validate as tv
+    from toolkit import validate as V
+
+    meta = tv._meta()
+    made = {"edge": tv.FakeEdge(meta), "host": tv.FakeHost(meta)}
+    monkeypatch.setattr(V, "_open", lambda *a, **k: (made["edge"], made["host"]))
+    made["edge"].damage = lambda maps: np.roll(maps, 1, axis=2) + 0.05
+    rng = np.random.default_rng(3)
+    images = tmp_path / "img"
+    images.mkdir()
+    for i in range(9):
+        cv2.imwrite(str(images / f"{i}.png"), tv._image(rng)[..., ::-1])
+    result = V.validate("k.keras", "e.tflite", images, tmp_path / "out", min_p05=0.99, faithfulness=False,
+                        progress=False)
+    rows = tv._rows(tmp_path / "out" / "per_image.csv")
+    want = {}
+    for row in rows:  # independent: from the per-image Pearson the run wrote
+        want.setdefault(row["keras_label"], []).append(float(row["pearson"]))
+    by_class = result.summary["pearson_p05_by_class"]
+    assert set(by_class) == set(want)
+    for label, values in want.items():
+        assert by_class[label] == pytest.approx(np.percentile(values, 5), abs=1e-6)
+    names = {c["name"]: c for c in result.summary["checks"]}
+    assert "pearson.p05" in names and {f"pearson.p05[{k}]" for k in want} <= set(names)
+    assert names["pearson.p05"]["value"] == pytest.approx(np.percentile([float(r["pearson"]) for r in rows], 5), abs=1e-6)
+    assert not result.passed and "Pearson p05 by class" in result.describe()
+    assert result.summary["thresholds"]["min_p05"] == 0.99
