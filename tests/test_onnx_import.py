@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 onnx = pytest.importorskip("onnx")
@@ -478,7 +478,9 @@ def _head_model(act: str, collapse: str, scalar: str, seed: int):
 
     rng = np.random.default_rng(seed)
     width = 3 * 16 if collapse == "Flatten" else 3
-    inits = {"w1": rng.normal(size=(6, width)), "w2": rng.normal(size=(6, 4)), "b2": rng.normal(size=(4,)),
+    # Weights scaled so pre-activations stay O(1): saturated units would leave gradients below the
+    # float32 finite differences' noise.
+    inits = {"w1": rng.normal(size=(6, width)) / np.sqrt(width), "w2": rng.normal(size=(6, 4)), "b2": rng.normal(size=(4,)),
              "c": rng.uniform(0.5, 1.5, size=(6,)), "lo": np.array(-0.5), "hi": np.array(0.8)}
     nodes = [helper.make_node("Identity", ["x"], ["a"])]
     if collapse in ("ReduceMean", "ReduceMax"):
@@ -516,6 +518,7 @@ def _finite_difference_gradcam(model, x: np.ndarray, cls: int) -> np.ndarray:
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(act=st.sampled_from(sorted(ACTIVATIONS)), collapse=st.sampled_from(COLLAPSES),
        scalar=st.sampled_from(SCALARS), seed=st.integers(0, 10_000))
+@example(act="Tanh", collapse="Flatten", scalar="Mul", seed=2343)  # once saturated, see _head_model
 def test_head_operators_match_finite_differences(tmp_path, act, collapse, scalar, seed):
     """The in-graph gradient of every supported operator agrees with central differences of the original."""
     model = _head_model(act, collapse, scalar, seed)
