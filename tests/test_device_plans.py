@@ -278,3 +278,29 @@ def test_validate_gates_on_the_tail_overall_and_by_class(monkeypatch, tmp_path):
     assert names["pearson.p05"]["value"] == pytest.approx(np.percentile([float(r["pearson"]) for r in rows], 5), abs=1e-6)
     assert not result.passed and "Pearson p05 by class" in result.describe()
     assert result.summary["thresholds"]["min_p05"] == 0.99
+
+
+@pytest.mark.parametrize("file", ["../run.toml", "/etc/passwd", "models/../../x.tflite", "run.toml",
+                                  "models/missing.tflite"])
+def test_a_plan_table_naming_a_file_outside_models_is_refused(tmp_path, file):
+    from firmware_host.errors import DeployError
+    from firmware_host.plans import choose_plan, read_plans
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "run.toml").write_text('[run]\nmodel = "x.tflite"\n')
+    (tmp_path / "plans.json").write_text(json.dumps({"shipped": [{"plan": "int8", "file": file}]}))
+    with pytest.raises(DeployError, match="not a file under models/"):
+        read_plans(tmp_path)
+    with pytest.raises(DeployError):
+        choose_plan(tmp_path)
+    assert not (tmp_path / "plan.json").exists()
+
+
+@pytest.mark.parametrize("text", ["", "{", "[]", '{"shipped": []}', '{"shipped": [{"plan": "int8"}]}'])
+def test_a_broken_plan_table_is_a_clear_error(tmp_path, text):
+    from firmware_host.errors import DeployError
+    from firmware_host.plans import read_plans
+
+    (tmp_path / "plans.json").write_text(text)
+    with pytest.raises(DeployError, match="plans.json"):
+        read_plans(tmp_path)
