@@ -52,16 +52,30 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores{mem}; Python {platform.python_version()}; " + ", ".join(versions)
 
 
-def median_time(fn: Callable[[], object], runs: int = 5, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` in seconds."""
-    for _ in range(warmup):
-        fn()
+def wall_times(fn: Callable[[], object], runs: int) -> List[float]:
+    """Wall time of each of ``runs`` calls of ``fn``, in seconds."""
     times: List[float] = []
     for _ in range(runs):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn: Callable[[], object], runs: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` in seconds."""
+    for _ in range(warmup):
+        fn()
+    return statistics.median(wall_times(fn, runs))
+
+
+def smooth_scene(rng, size: int = 224):
+    """A smooth random RGB uint8 image, ``size`` x ``size`` (calibration, timing and video content)."""
+    import cv2
+    import numpy as np
+
+    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
 def write_section(name: str, markdown: str) -> Path:
@@ -77,6 +91,13 @@ def write_section(name: str, markdown: str) -> Path:
         text = text.rstrip() + "\n\n" + block + "\n"
     atomic_write_text(DOC, text)
     return DOC
+
+
+def publish(name: str, markdown: str, write: bool = True) -> None:
+    """Print section ``name`` and, unless ``write`` is False (``--no-write``), write it to docs/benchmarks.md."""
+    print(markdown)
+    if write:
+        write_section(name, markdown)
 
 
 def table(rows: List[Dict[str, object]]) -> str:

@@ -25,11 +25,11 @@ import os
 import statistics
 import sys
 import time
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 
-from ._report import machine, write_section
+from ._report import machine, publish, wall_times
 
 NAME = "explain_bench"
 # `python -m benchmarks --quick`: fewer images and runs (same measurements).
@@ -62,15 +62,6 @@ def per_image_loop(tf, grad_model, x: np.ndarray) -> np.ndarray:
     return np.stack(maps)
 
 
-def _timed(fn, runs: int) -> List[float]:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def run(images: int, batch_size: int, runs: int, threads: int) -> Dict[str, float]:
     tf = _setup(threads)
     import keras
@@ -99,9 +90,9 @@ def run(images: int, batch_size: int, runs: int, threads: int) -> Dict[str, floa
     batched_times, single_times, loop_times = [], [], []
     for r in range(runs):
         print(f"run {r + 1}/{runs} …", file=sys.stderr, flush=True)
-        batched_times += _timed(lambda: toolkit.explain(model, x, "gradcam", batch_size=batch_size), 1)
-        single_times += _timed(lambda: toolkit.explain(model, x, "gradcam", batch_size=1), 1)
-        loop_times += _timed(lambda: per_image_loop(tf, recipe, x), 1)
+        batched_times += wall_times(lambda: toolkit.explain(model, x, "gradcam", batch_size=batch_size), 1)
+        single_times += wall_times(lambda: toolkit.explain(model, x, "gradcam", batch_size=1), 1)
+        loop_times += wall_times(lambda: per_image_loop(tf, recipe, x), 1)
     batched = images / statistics.median(batched_times)
     single = images / statistics.median(single_times)
     loop = images / statistics.median(loop_times)
@@ -162,9 +153,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     result = run(args.images, args.batch_size, args.runs, args.threads)
     text = section(result, args)
-    print(text)
-    if not args.no_write:
-        write_section(NAME, text)
+    publish(NAME, text, write=not args.no_write)
     return 0
 
 

@@ -28,7 +28,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from ._report import machine, write_section
+from ._report import machine, publish, smooth_scene, wall_times
 
 NAME = "onnx_bench"
 QUANTS = {"none": "float32", "int8": "int8"}
@@ -37,17 +37,9 @@ QUICK_ARGS = ["--runs", "5", "--rounds", "3", "--quantize", "none"]
 FORMATS = {"tflite": "LiteRT", "onnx": "ONNX Runtime"}
 
 
-def _scene(rng) -> np.ndarray:
-    """A smooth random RGB uint8 image (calibration and timing input)."""
-    import cv2
-
-    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    return cv2.resize(small, (224, 224), interpolation=cv2.INTER_CUBIC)
-
-
 def calibration_images(n: int = 32) -> List[np.ndarray]:
     rng = np.random.default_rng(0)
-    return [_scene(rng) for _ in range(n)]
+    return [smooth_scene(rng) for _ in range(n)]
 
 
 def _fit_batchnorm(model, x: np.ndarray) -> None:
@@ -95,15 +87,6 @@ def build_models(cache: Path, quantizations) -> Dict[str, Path]:
     return stems
 
 
-def _timer(fn, runs: int) -> List[float]:
-    out = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1000.0)
-    return out
-
-
 def measure(stems: Dict[str, Path], threads: int, runs: int, rounds: int, warmup: int) -> dict:
     """Median-of-round-medians latency (ms) of every model, interleaved round by round."""
     from firmware_host import ExplainableModel
@@ -111,7 +94,7 @@ def measure(stems: Dict[str, Path], threads: int, runs: int, rounds: int, warmup
     from firmware_host.compare import pearson
     from firmware_host.preprocess import preprocess
 
-    image = _scene(np.random.default_rng(1))
+    image = smooth_scene(np.random.default_rng(1))
     jobs = {}
     info = {}
     notes = {}
@@ -129,7 +112,7 @@ def measure(stems: Dict[str, Path], threads: int, runs: int, rounds: int, warmup
             jobs[(q, fmt, "explain()")] = lambda m=explained: m.explain(image)
             info[fmt] = explained.backend.describe()
             models[fmt] = explained
-        probe = [_scene(np.random.default_rng(10 + i)) for i in range(8)]
+        probe = [smooth_scene(np.random.default_rng(10 + i)) for i in range(8)]
         a, b = (models[f].explain_batch(probe) for f in FORMATS)
         # Maps of the same class (LiteRT's prediction) in both containers.
         same = models["onnx"].explain_batch(probe, class_index=[e.predicted_index for e in a])
@@ -146,12 +129,12 @@ def measure(stems: Dict[str, Path], threads: int, runs: int, rounds: int, warmup
         jobs[("int8", "onnx", "plain U8S8")] = lambda p=u8[0], v=u8[1]: p.run(v)
         notes = {"u8s8": u8[2]}
     for fn in jobs.values():
-        _timer(fn, warmup)
+        wall_times(fn, warmup)
     per_round: Dict[tuple, List[float]] = {k: [] for k in jobs}
     for r in range(rounds):
         order = list(jobs) if r % 2 == 0 else list(jobs)[::-1]
         for key in order:
-            per_round[key].append(statistics.median(_timer(jobs[key], runs)))
+            per_round[key].append(statistics.median(wall_times(jobs[key], runs)) * 1000.0)
         print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
     latency = {f"{QUANTS[q]}|{fmt}|{kind}": statistics.median(v) for (q, fmt, kind), v in per_round.items()}
     sizes = {f"{QUANTS[q]}|{fmt}|{kind}": os.path.getsize(f"{stem}{'.plain' if kind == 'plain' else ''}.{fmt}")
@@ -168,13 +151,13 @@ def _u8s8_plain(stem: Path, threads: int):
     """The float32 plain ONNX quantized QDQ with uint8 asymmetric activations (CPU-tuned)."""
     from onnxruntime import quantization as q
 
-    from converters.onnx_export import _calibration_reader
+    from converters.onnx_export import calibration_reader
     from firmware_host.backends import PlainModel
 
     x = [img.astype(np.float32)[None] / 127.5 - 1.0 for img in calibration_images()]
     dst = Path(f"{stem}.plain.u8s8.onnx")
     if not dst.exists():
-        q.quantize_static(f"{stem}.plain.onnx", str(dst), _calibration_reader([{"image": v} for v in x]),
+        q.quantize_static(f"{stem}.plain.onnx", str(dst), calibration_reader([{"image": v} for v in x]),
                           quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QUInt8,
                           weight_type=q.QuantType.QInt8, per_channel=True)
     plain = PlainModel(dst, num_threads=threads)
@@ -271,10 +254,8 @@ def main(argv=None) -> int:
     result = measure(stems, args.threads, args.runs, args.rounds, args.warmup)
     (args.cache / "result.json").write_text(json.dumps(result, indent=1, default=float))
     section = render(result, args, (start_load, os.getloadavg()[0]))
-    print(section)
     print(json.dumps(result, indent=1, default=float), file=sys.stderr)
-    if not args.no_write:
-        write_section(NAME, section)
+    publish(NAME, section, write=not args.no_write)
     return 0
 
 

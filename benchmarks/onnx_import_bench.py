@@ -27,7 +27,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from ._report import machine, table, write_section
+from ._report import machine, publish, table
 
 NAME = "onnx_import_bench"
 QUICK_ARGS = ["--rounds", "3", "--runs", "10", "--quantize", "none"]
@@ -136,9 +136,7 @@ def main(argv=None) -> int:
                 "size MB": f"{os.path.getsize(result.path) / 1e6:.1f}",
             })
     section = render(rows, args, source)
-    print(section)
-    if not args.no_write:
-        write_section(NAME, section)
+    publish(NAME, section, write=not args.no_write)
     return 0
 
 

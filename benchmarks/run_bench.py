@@ -30,7 +30,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ._report import machine, write_section
+from ._report import machine, publish, smooth_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "run_bench"
@@ -53,7 +53,7 @@ def build_models(cache: Path, quantizations) -> Dict[str, Dict[str, Path]]:
         keras.utils.set_random_seed(0)
         model = keras.applications.MobileNetV2(weights=None, classes=len(LABELS), input_shape=(224, 224, 3))
         rng = np.random.default_rng(0)
-        calibration = [_scene(rng) for _ in range(32)]
+        calibration = [smooth_scene(rng) for _ in range(32)]
         for q in todo:
             print(f"converting MobileNetV2-224 ({q}) …", file=sys.stderr, flush=True)
             convert(model, cache / f"mnv2_{q}.tflite", quantize=q, labels=LABELS,
@@ -62,14 +62,6 @@ def build_models(cache: Path, quantizations) -> Dict[str, Dict[str, Path]]:
     for q in quantizations:
         out[q] = {"explained": cache / f"mnv2_{q}.tflite", "plain": cache / f"mnv2_{q}.plain.tflite"}
     return out
-
-
-def _scene(rng) -> np.ndarray:
-    """A smooth random RGB uint8 image (calibration and video content)."""
-    import cv2
-
-    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    return cv2.resize(small, (224, 224), interpolation=cv2.INTER_CUBIC)
 
 
 def latency_ratio(paths: Dict[str, Path], runs: int, repeats: int, threads: Optional[int]) -> dict:
@@ -136,7 +128,7 @@ def make_video(path: Path, frames: int) -> Path:
 
     rng = np.random.default_rng(1)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (320, 240))
-    base = cv2.resize(_scene(rng), (320, 240))
+    base = cv2.resize(smooth_scene(rng), (320, 240))
     for i in range(frames):
         writer.write(np.roll(base, 4 * i, axis=1))
     writer.release()
@@ -315,10 +307,8 @@ def main(argv=None) -> int:
     print("process cost …", file=sys.stderr, flush=True)
     results["process"] = process_cost(next(iter(models.values()))["explained"], args.repeats)
     section = render(results, args)
-    print(section)
     print(json.dumps(results, indent=1, default=float), file=sys.stderr)
-    if not args.no_write:
-        write_section(SECTION, section)
+    publish(SECTION, section, write=not args.no_write)
     return 0
 
 

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ._report import machine, write_section
+from ._report import machine, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "soak"
@@ -267,9 +267,7 @@ def main(argv=None) -> int:
         print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=1), file=sys.stderr)
     command = " ".join(["python -m benchmarks.soak", *(sys.argv[1:] if argv is None else argv)])
     section = render(results, command, args.save_frames)
-    print(section)
-    if not args.no_write:
-        write_section(SECTION, section)
+    publish(SECTION, section, write=not args.no_write)
     return 1 if any(failures for _, failures in results) else 0
 
 

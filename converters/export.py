@@ -59,6 +59,7 @@ __all__ = [
     "check_container",
     "write",
     "load_images",
+    "read_labels",
 ]
 
 log = logging.getLogger("edgecam.convert")
@@ -300,7 +301,18 @@ def detect_preprocessing(model, color=None, input_scale=None, input_offset=None,
     return Preprocessing(int(h), int(w), color, (1.0 / 255.0,), (0.0,)), "assumed pixels/255"
 
 
-def _read_labels(labels, num_classes: int, binary: bool) -> Tuple[str, ...]:
+def read_labels(labels, num_classes: int, binary: bool) -> Tuple[str, ...]:
+    """The class names of a model with ``num_classes`` outputs, one per class index.
+
+    Args:
+        labels: ``None`` (``class_0`` … or, for one sigmoid output, ``negative``/``positive``),
+            a text file with one name per line, or a sequence of names.
+        num_classes: how many names the model needs.
+        binary: the model has a single sigmoid output (two classes).
+
+    Raises:
+        InputError: the file cannot be read, or the number of names is wrong.
+    """
     if labels is None:
         if binary:
             return ("negative", "positive")
@@ -321,6 +333,9 @@ def _read_labels(labels, num_classes: int, binary: bool) -> Tuple[str, ...]:
             + ". Give one name per line, in class-index order."
         )
     return tuple(names)
+
+
+_read_labels = read_labels  # the old private name, for code written before it was public
 
 
 # -- the exported graph ----------------------------------------------------------------------
@@ -608,7 +623,7 @@ def plan_export(model, output: Union[str, Path], options: ConvertOptions) -> Exp
     split = split_model(model, options.target_layer)
     pre, pre_note = detect_preprocessing(model, options.color, options.input_scale, options.input_offset,
                                          options.mean, options.std, options.input_size)
-    classes = _read_labels(options.labels, split.num_logits, split.binary)
+    classes = read_labels(options.labels, split.num_logits, split.binary)
     images, image_source = _load_plan_images(options, pre)
     x = np.stack([preprocess(img, pre) for img in images]).astype(np.float32)
     calibrate, held_out = split_held_out(len(images))
@@ -741,9 +756,7 @@ def _load_candidate(cand: _Candidate):
 
 
 def _latency_runner(model) -> Callable[[], None]:
-    feed = {model._image_name: model.preprocess([np.full((8, 8, 3), 128, np.uint8)])}  # noqa: SLF001
-    if model._class_name is not None:  # noqa: SLF001
-        feed[model._class_name] = np.full((1,), -1, np.int32)  # noqa: SLF001
+    feed = model.input_feed(model.preprocess([np.full((8, 8, 3), 128, np.uint8)]))
     return lambda: model.backend.run(feed)
 
 

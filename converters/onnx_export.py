@@ -145,7 +145,7 @@ def _float16(model, keep: List[str]):
     return model
 
 
-def _calibration_reader(feeds: List[Dict[str, np.ndarray]]):
+def calibration_reader(feeds: List[Dict[str, np.ndarray]]):
     """A ``CalibrationDataReader`` over the same feeds LiteRT's representative dataset uses."""
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -166,7 +166,7 @@ def _int8(model, feeds: List[Dict[str, np.ndarray]], keep: List[str]):
     with tempfile.TemporaryDirectory(prefix="edgecam-onnx-") as tmp:
         src, dst = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))
-        reader = _calibration_reader(feeds)
+        reader = calibration_reader(feeds)
         try:
             with _quiet("root", "onnxruntime"):
                 q.quantize_static(

@@ -27,7 +27,6 @@ held-out images (median/p05/min Pearson, top-1 agreement, p05 per class);
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -35,6 +34,7 @@ import numpy as np
 
 from firmware_host import cam as _cam
 from firmware_host.compare import pearson
+from firmware_host.plans import interleaved_ms
 
 __all__ = [
     "LITERT_PLANS",
@@ -256,19 +256,10 @@ def interleaved_latency(runners: Mapping[str, Callable[[], None]], rounds: int =
     """Median latency (ms per call) of each runner, measured round-robin in one run.
 
     Each round times ``calls`` invocations of every runner in turn, so a noisy neighbour slows all
-    plans alike and the *ratios* stay meaningful on a shared machine.
+    plans alike and the *ratios* stay meaningful on a shared machine (the device times its shipped
+    plans with the same helper: :func:`firmware_host.plans.interleaved_ms`).
     """
-    for run in runners.values():
-        for _ in range(warmup):
-            run()
-    samples: Dict[str, List[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                run()
-            samples[name].append((time.perf_counter() - t0) * 1000.0 / calls)
-    return {name: float(np.median(v)) for name, v in samples.items()}
+    return interleaved_ms(runners, rounds=rounds, calls=calls, warmup=warmup)
 
 
 def choose(rows: Sequence[PlanFigures], cost: str = "measured") -> Optional[PlanFigures]:

@@ -176,10 +176,34 @@ def _model(path: Path, repeats: int) -> Check:
     )
 
 
+def _plan(bundle: Path, choose: bool, threads: Optional[int]) -> Optional[Check]:
+    """The plan this release runs: chosen here now (``choose``), as chosen before, or None (one model)."""
+    from .plans import choose_plan, read_choice, read_plans
+
+    try:
+        if read_plans(bundle) is None:
+            return Check("plan", False, f"'{bundle}' ships one model: nothing to choose. Build the bundle with "
+                                        "`edgecam bundle MODEL --plans auto --calibration DIR`.") if choose else None
+        if choose:
+            choice = choose_plan(bundle, threads=threads)
+            table = "; ".join(f"{t.plan} {t.latency_ms:.2f} ms" for t in choice.table)
+            return Check("plan", True, f"chose {choice.plan} ({choice.latency_ms:.2f} ms/frame, fastest of {table}); "
+                                       f"run.toml now runs {choice.file}")
+    except EdgecamError as exc:
+        return Check("plan", False, str(exc))
+    chosen = read_choice(bundle)
+    if chosen is None:
+        return Check("plan", None, "several plans shipped, none chosen on this device yet: run "
+                                   "`edgecam doctor --bundle DIR --choose-plan`")
+    return Check("plan", True, f"{chosen['plan']} ({chosen.get('latency_ms')} ms/frame, chosen {chosen.get('chosen_at', '?')})")
+
+
 def run_doctor(
     bundle: Optional[Union[str, Path]] = None,
     model: Optional[Union[str, Path]] = None,
     repeats: int = 5,
+    choose_plan: bool = False,
+    threads: Optional[int] = None,
 ) -> DoctorReport:
     """Check this device; with a bundle or model, also load it and explain a test frame.
 
@@ -188,6 +212,9 @@ def run_doctor(
             the model run.toml names).
         model: a ``.tflite`` to load (overrides the bundle's).
         repeats: timed ``explain`` calls after one warm-up.
+        choose_plan: time every plan the bundle ships, choose the fastest and point its
+            run.toml at it (:func:`firmware_host.plans.choose_plan`), before the model check.
+        threads: interpreter threads for ``choose_plan`` (default: run.toml's ``threads``).
 
     Returns:
         A :class:`DoctorReport`; problems are reported as failed checks, never raised.
@@ -196,11 +223,14 @@ def run_doctor(
                            _tensorflow(), _cameras()]
     model_path = Path(model) if model else None
     if bundle is not None:
+        plan = _plan(Path(bundle), choose_plan, threads)
         check, bundled, source = _bundle(Path(bundle))
         checks.append(check)
         if source is not None:
             checks.append(source)
         model_path = model_path or bundled
+        if plan is not None:
+            checks.append(plan)
     checks.append(_disk(Path(bundle) if bundle else Path.cwd()))
     if model_path is not None:
         checks.append(_model(model_path, repeats))

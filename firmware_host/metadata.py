@@ -29,7 +29,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -43,6 +43,7 @@ __all__ = [
     "EdgecamMetadata",
     "check_fields",
     "is_edgecam_entry",
+    "collect_entry",
     "parse_json",
 ]
 
@@ -534,6 +535,26 @@ def is_edgecam_entry(name) -> bool:
     if isinstance(name, bytes):
         name = name.decode("utf-8", errors="replace")
     return name in (METADATA_NAME, WEIGHTS_NAME)
+
+
+def collect_entry(entries: Dict[str, bytes], name: str, value: Callable[[], bytes], where: str,
+                  kind: str = "metadata") -> None:
+    """Add one metadata entry a container read to ``entries`` (the rule every container follows).
+
+    Another producer's entry is recorded by name only (named in messages, its bytes never
+    copied); an edgecam entry is copied through ``value()`` and may appear once.
+
+    Raises:
+        MetadataError: ``name`` is an edgecam entry already in ``entries``.
+    """
+    if not is_edgecam_entry(name):
+        entries.setdefault(name, b"")
+        return
+    if name in entries:
+        raise MetadataError(
+            f"{where} has two {name!r} {kind} entries. The file was edited; convert the model again."
+        )
+    entries[name] = value()
 
 
 # -- the readers and writers live with their container (firmware_host/formats/) ---------------

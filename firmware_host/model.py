@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -227,6 +227,18 @@ class ExplainableModel:
             batch = np.stack([preprocess(check_image(img, f"image {i}"), pre) for i, img in enumerate(images)])
         return quantize_input(batch, self._image_info)
 
+    def input_feed(self, x: np.ndarray, selected: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """The interpreter's inputs by tensor name for a preprocessed batch ``x``.
+
+        ``selected`` holds one class index per image; ``None`` explains each image's predicted
+        class (``-1`` in the graph's ``class_index`` input, where it has one).
+        """
+        feed = {self._image_name: x}
+        if self._class_name is not None:
+            n = len(x)
+            feed[self._class_name] = np.full((n,), -1, np.int32) if selected is None else selected.astype(np.int32)
+        return feed
+
     def _class_indices(self, class_index, n: int) -> Optional[np.ndarray]:
         if class_index is None:
             return None
@@ -258,11 +270,7 @@ class ExplainableModel:
         x = self.preprocess(images)
         n = len(x)
         selected = self._class_indices(class_index, n)
-        feed = {self._image_name: x}
-        if self._class_name is not None:
-            feed[self._class_name] = (
-                np.full((n,), -1, np.int32) if selected is None else selected.astype(np.int32)
-            )
+        feed = self.input_feed(x, selected)
         start = time.perf_counter()
         raw = self.backend.run(feed)
         latency = (time.perf_counter() - start) * 1000.0

@@ -336,6 +336,7 @@ def run(
         context = RunContext(
             classes=tuple(model.classes), source_fps=src.fps, title=Path(str(getattr(model, "path", "model"))).name,
             smoothed=options.smooth > 0, notify=notify, stop=stop.set,
+            plan=getattr(getattr(model, "metadata", None), "quantization", None),
         )
         opened, outputs = _open_sinks(stack, itertools.chain(sinks_for(options), sinks), context)
         if on_start is not None:

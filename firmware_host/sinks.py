@@ -189,6 +189,7 @@ class RunContext:
         source_fps: the source's nominal frame rate (0 when unknown).
         title: the model's file name.
         smoothed: True when ``--smooth`` > 0 (the log then records the smoothed probabilities).
+        plan: the model's precision plan (metadata ``quantization``), logged with every record.
         notify: prints a warning (stderr by default).
         stop: asks the loop to stop cleanly after this frame (a window's q/Esc).
     """
@@ -197,6 +198,7 @@ class RunContext:
     source_fps: float = 0.0
     title: str = "model"
     smoothed: bool = False
+    plan: Optional[str] = None
     notify: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True)
     stop: Callable[[], None] = lambda: None
 
@@ -378,6 +380,7 @@ class TelemetryLog:
         self.dir = self.path.parent if str(self.path.parent) else Path(".")
         ensure_writable_dir(self.dir)
         self.save_frames = int(save_frames)
+        self.plan: Optional[str] = None  # the model's precision plan, from RunContext
         self.suffix = "." + frame_format.lower().lstrip(".").replace("jpeg", "jpg")
         self.fsync_every = int(fsync_every)
         self.budget = None if max_mb is None else int(max_mb * _MB)
@@ -452,6 +455,7 @@ class TelemetryLog:
     # -- the sink ----------------------------------------------------------------------------
     def open(self, context: RunContext) -> str:
         self.smoothed = context.smoothed
+        self.plan = context.plan
         return str(self.path)
 
     def on_frame(self, result: FrameResult) -> None:
@@ -461,6 +465,7 @@ class TelemetryLog:
             result.explanation, frame=result.frame, timestamp=result.timestamp, cam_digits=self.cam_digits,
             shown_index=state.class_index, shown_label=result.label,
             smoothed_probabilities=state.probabilities if self.smoothed else None,
+            plan=self.plan,
         )
         self.write_record(record, result.image)
 

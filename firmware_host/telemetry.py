@@ -60,7 +60,7 @@ MAX_LINE_CHARS = 16 << 20
 # The fields the writer emits, in the order it emits them (the on-disk key order).
 _FIELDS = (
     "timestamp", "frame", "class_index", "label", "predicted_index", "confidence", "probabilities",
-    "latency_ms", "cam", "peak", "frame_path", "shown_index", "shown_label", "smoothed_probabilities",
+    "latency_ms", "cam", "peak", "frame_path", "shown_index", "shown_label", "smoothed_probabilities", "plan",
 )
 
 
@@ -99,6 +99,8 @@ class TelemetryRecord:
         frame_path: the saved frame, relative to the log's directory, or None.
         shown_index / shown_label: the hysteresis class drawn on screen, or None.
         smoothed_probabilities: ``(K,)`` EMA of the probabilities (``--smooth`` > 0), or None.
+        plan: the model's precision plan (``int8``, ``float16`` …), so fleet validation can split
+            by it, or None when unknown.
         extra: keys this version does not know, as read.
         line: 1-based line in the file read from (0 when not read from a file).
 
@@ -119,6 +121,7 @@ class TelemetryRecord:
     shown_index: Optional[int] = None
     shown_label: Optional[str] = None
     smoothed_probabilities: Optional[np.ndarray] = None
+    plan: Optional[str] = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     line: int = 0
 
@@ -134,6 +137,7 @@ class TelemetryRecord:
         shown_label: Optional[str] = None,
         smoothed_probabilities: Optional[np.ndarray] = None,
         cam_digits: int = 4,
+        plan: Optional[str] = None,
     ) -> "TelemetryRecord":
         """The record of one explained frame, rounded as it is logged.
 
@@ -145,6 +149,7 @@ class TelemetryRecord:
             shown_index / shown_label: the class on screen after smoothing and hysteresis.
             smoothed_probabilities: the EMA of the probabilities, logged when given.
             cam_digits: significant digits kept in ``cam``.
+            plan: the model's precision plan (its metadata's ``quantization``), logged when given.
         """
         smoothed = None
         if smoothed_probabilities is not None:
@@ -163,6 +168,7 @@ class TelemetryRecord:
             shown_index=None if shown_index is None else int(shown_index),
             shown_label=shown_label,
             smoothed_probabilities=smoothed,
+            plan=plan,
         )
 
     def with_frame_path(self, frame_path: Optional[str]) -> "TelemetryRecord":
@@ -188,6 +194,7 @@ class TelemetryRecord:
             "smoothed_probabilities": (
                 None if self.smoothed_probabilities is None else _finite_or_none(self.smoothed_probabilities)
             ),
+            "plan": self.plan,
         }
         # Absent optional fields stay absent (a null confidence is kept: it was logged as null).
         out = {k: v for k, v in values.items() if v is not None or (k == "confidence" and self.confidence is not None)}
@@ -261,6 +268,7 @@ class TelemetryRecord:
             shown_index=_optional(data, "shown_index", (int,), lambda v, n: _index(v, n, k)),
             shown_label=_optional(data, "shown_label", (str,)),
             smoothed_probabilities=None if smoothed is None else _numbers(smoothed, 1, "smoothed_probabilities"),
+            plan=_optional(data, "plan", (str,)),
             extra={key: value for key, value in data.items() if key not in _FIELDS},
             line=int(line),
         )

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from firmware_host.errors import InputError, OutputError, SourceError
+from tests._run_helpers import read_video
 from toolkit.datasets import fog
 
 
@@ -227,15 +228,7 @@ def test_fog_schedule_goes_into_dense_fog_and_out():
 def test_drive_video_opens_with_the_expected_frames(tmp_path, suffix):
     result = fog.render_drive_video(tmp_path / f"drive{suffix}", frames=30, fps=10, size=(48, 64),
                                     seed=3, progress=False)
-    cap = cv2.VideoCapture(str(result.path))
-    assert cap.isOpened()
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
+    frames = read_video(result.path)
     assert len(frames) == 30 and frames[0].shape == (48, 64, 3)
     truth = json.loads(result.truth_path.read_text())
     assert len(truth["frames"]) == 30 == result.frame_count

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 onnx = pytest.importorskip("onnx")
@@ -461,3 +461,75 @@ def test_validate_against_the_original_onnx(tmp_path):
 
     with pytest.raises(InputError, match="gradcam or hirescam"):
         OnnxHostModel(path, method="scorecam")
+
+
+# -- every head operator against finite differences (hypothesis) -------------------------------
+ACTIVATIONS = {
+    "Relu": {}, "LeakyRelu": {"alpha": 0.1}, "Sigmoid": {}, "Tanh": {}, "Elu": {"alpha": 0.7},
+    "HardSigmoid": {"alpha": 0.3, "beta": 0.4}, "HardSwish": {}, "Softplus": {}, "Clip": {},
+}
+COLLAPSES = ("GlobalAveragePool", "ReduceMean", "GlobalMaxPool", "ReduceMax", "Flatten")
+SCALARS = ("Mul", "Sub", "Div", "Add")
+
+
+def _head_model(act: str, collapse: str, scalar: str, seed: int):
+    """x → Identity → A (N, 3, 4, 4) → collapse → Gemm → act → scalar op → MatMul → Add → logits."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    width = 3 * 16 if collapse == "Flatten" else 3
+    # Weights scaled so pre-activations stay O(1): saturated units would leave gradients below the
+    # float32 finite differences' noise.
+    inits = {"w1": rng.normal(size=(6, width)) / np.sqrt(width), "w2": rng.normal(size=(6, 4)), "b2": rng.normal(size=(4,)),
+             "c": rng.uniform(0.5, 1.5, size=(6,)), "lo": np.array(-0.5), "hi": np.array(0.8)}
+    nodes = [helper.make_node("Identity", ["x"], ["a"])]
+    if collapse in ("ReduceMean", "ReduceMax"):
+        nodes.append(helper.make_node(collapse, ["a"], ["p"], axes=[2, 3], keepdims=0))
+    elif collapse == "Flatten":
+        nodes.append(helper.make_node("Flatten", ["a"], ["p"]))
+    else:
+        nodes += [helper.make_node(collapse, ["a"], ["p4"]), helper.make_node("Flatten", ["p4"], ["p"])]
+    nodes.append(helper.make_node("Gemm", ["p", "w1"], ["h"], transB=1))
+    extra = ["lo", "hi"] if act == "Clip" else []
+    nodes.append(helper.make_node(act, ["h", *extra], ["r"], **ACTIVATIONS[act]))
+    nodes.append(helper.make_node(scalar, ["r", "c"] if scalar != "Sub" else ["c", "r"], ["s"]))
+    nodes += [helper.make_node("MatMul", ["s", "w2"], ["m"]), helper.make_node("Add", ["m", "b2"], ["z"])]
+    graph = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _finite_difference_gradcam(model, x: np.ndarray, cls: int) -> np.ndarray:
+    """Grad-CAM of the input (A = Identity(x)) with ∂z/∂x by central differences, float64 steps."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    eps = 1e-3
+    base = x[None].astype(np.float64)
+    steps = np.eye(x.size).reshape(x.size, *x.shape) * eps
+    up = session.run(None, {"x": (base + steps).astype(np.float32)})[0][:, cls]
+    down = session.run(None, {"x": (base - steps).astype(np.float32)})[0][:, cls]
+    grad = ((up - down) / (2 * eps)).reshape(x.shape)  # (3, 4, 4)
+    return np.maximum(np.einsum("chw,c->hw", x, grad.mean(axis=(1, 2))), 0)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(act=st.sampled_from(sorted(ACTIVATIONS)), collapse=st.sampled_from(COLLAPSES),
+       scalar=st.sampled_from(SCALARS), seed=st.integers(0, 10_000))
+@example(act="Tanh", collapse="Flatten", scalar="Mul", seed=2343)  # once saturated, see _head_model
+def test_head_operators_match_finite_differences(tmp_path, act, collapse, scalar, seed):
+    """The in-graph gradient of every supported operator agrees with central differences of the original."""
+    model = _head_model(act, collapse, scalar, seed)
+    src = _save(model, tmp_path / "head.onnx")
+    result = convert_onnx(src, tmp_path / "x.onnx", self_check=False, input_scale=[1 / 64], input_offset=[-2.0])
+    edge = ExplainableModel(result.path)
+    image = np.random.default_rng(seed).integers(0, 256, (4, 4, 3), np.uint8)
+    x = (image.astype(np.float32) / 64 - 2.0).transpose(2, 0, 1)
+    exp = edge.explain(image)
+    expected = _finite_difference_gradcam(model, x, exp.class_index)
+    if np.ptp(expected) < 1e-6:  # a flat map (every unit saturated): nothing to correlate
+        assert np.ptp(exp.cam) < 1e-4
+        return
+    assert pearson(exp.cam, expected) >= 0.99, (act, collapse, scalar, seed)

@@ -111,6 +111,8 @@ class ValidationResult:
                  f"(p05 {_fmt_stat(s['pearson'], 'p05')}), "
                  f"SSIM median {_fmt_stat(s['ssim'], 'median')}, "
                  f"top-20% IoU median {_fmt_stat(s['iou_top20'], 'median')}"]
+        if s.get("pearson_p05_by_class"):
+            lines.append("  Pearson p05 by class: " + ", ".join(f"{k} {v:.4f}" for k, v in s["pearson_p05_by_class"].items()))
         for c in s["checks"]:
             mark = "ok  " if c["passed"] else "FAIL"
             lines.append(f"  [{mark}] {c['name']} = {c['value']:.4f} (needs >= {c['threshold']})")
@@ -333,6 +335,8 @@ class ValidationOptions:
         method: the host explainer (a name in ``toolkit.explain.METHODS``).
         min_pearson: gate: median feature-map Pearson must be at least this (None: no gate).
         min_top1: gate: top-1 agreement (edge vs Keras) must be at least this.
+        min_p05: gate: the 5th percentile of the feature-map Pearson (the tail: foggy frames)
+            must be at least this, overall and for every Keras class (``pearson_p05_by_class``).
         batch_size: images per batch (memory is O(batch_size)).
         faithfulness: also score deletion/insertion AUC of both maps (2 × 2 ×
             (faithfulness_steps + 1) Keras predictions per scored image).
@@ -362,6 +366,7 @@ class ValidationOptions:
     faithfulness_images: Optional[int] = 50
     cases: int = 4
     safe_mode: bool = True
+    min_p05: Optional[float] = None
 
     def __post_init__(self) -> None:
         import toolkit.explain as explainers
@@ -371,6 +376,8 @@ class ValidationOptions:
             raise InputError(f"Unknown method {self.method!r}. Choose one of: {', '.join(sorted(methods))}.")
         if self.min_pearson is not None and not -1.0 <= float(self.min_pearson) <= 1.0:
             raise InputError(f"min_pearson must be in [-1, 1]. Got {self.min_pearson}.")
+        if self.min_p05 is not None and not -1.0 <= float(self.min_p05) <= 1.0:
+            raise InputError(f"min_p05 must be in [-1, 1]. Got {self.min_p05}.")
         if self.min_top1 is not None and not 0.0 <= float(self.min_top1) <= 1.0:
             raise InputError(f"min_top1 is a fraction in [0, 1]. Got {self.min_top1}.")
         if self.batch_size < 1 or self.faithfulness_steps < 1:
@@ -396,7 +403,7 @@ class ValidationOptions:
     @property
     def thresholds(self) -> Dict[str, Optional[float]]:
         """The gates, by summary name."""
-        return {"min_pearson": self.min_pearson, "min_top1": self.min_top1}
+        return {"min_pearson": self.min_pearson, "min_top1": self.min_top1, "min_p05": self.min_p05}
 
 
 # -- sources of edge maps ----------------------------------------------------------------------
@@ -779,6 +786,7 @@ class _Run:
         for name in MAP_METRICS:
             out[name] = M.summarize(col(name))
         out["input_resolution"] = {name: M.summarize(col("in_" + name)) for name in MAP_METRICS}
+        out["pearson_p05_by_class"] = _p05_by_class(self.records)
         out["faithfulness"] = None
         if self.faithfulness:
             out["faithfulness"] = {
@@ -822,6 +830,16 @@ def csv_cell(v: Any) -> Any:
     return v
 
 
+def _p05_by_class(records: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
+    """5th percentile of the feature-map Pearson per Keras class (finite values only)."""
+    groups: Dict[str, List[float]] = {}
+    for r in records:
+        value = r.get("pearson")
+        if value is not None and math.isfinite(value):
+            groups.setdefault(str(r["keras_label"]), []).append(float(value))
+    return {k: round(float(np.percentile(v, 5)), 6) for k, v in sorted(groups.items())}
+
+
 def _verdict(summary: Mapping[str, Any], thresholds: Mapping[str, Optional[float]]) -> Dict[str, Any]:
     """``thresholds``, ``checks``, ``passed`` and ``verdict`` of the summary."""
     checks = []
@@ -830,6 +848,13 @@ def _verdict(summary: Mapping[str, Any], thresholds: Mapping[str, Optional[float
         checks.append({"name": "pearson.median", "value": value,
                        "threshold": float(thresholds["min_pearson"]),
                        "passed": value is not None and value >= float(thresholds["min_pearson"])})
+    if thresholds.get("min_p05") is not None:
+        bound = float(thresholds["min_p05"])
+        # The tail, overall and per class: an average over classes hides exactly the foggy ones.
+        for name, value in [("pearson.p05", summary["pearson"]["p05"]),
+                            *((f"pearson.p05[{k}]", v) for k, v in summary.get("pearson_p05_by_class", {}).items())]:
+            checks.append({"name": name, "value": value, "threshold": bound,
+                           "passed": value is not None and value >= bound})
     if thresholds.get("min_top1") is not None:
         value = summary["top1_agreement"]
         checks.append({"name": "top1_agreement", "value": value,
@@ -837,7 +862,8 @@ def _verdict(summary: Mapping[str, Any], thresholds: Mapping[str, Optional[float
                        "passed": value >= float(thresholds["min_top1"])})
     passed = all(c["passed"] for c in checks)
     verdict = "NO GATE" if not checks else ("PASS" if passed else "FAIL")
-    return {"thresholds": {k: thresholds.get(k) for k in ("min_pearson", "min_top1")},
+    keys = ("min_pearson", "min_top1") + (("min_p05",) if thresholds.get("min_p05") is not None else ())
+    return {"thresholds": {k: thresholds.get(k) for k in keys},
             "checks": checks, "passed": passed, "verdict": verdict}
 
 

@@ -39,6 +39,9 @@ TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 ALL_CLASSES_LIMIT = 32
 PREPROCESSING_FLAGS = ("color", "input_scale", "input_offset", "mean", "std")
+# convert() options of the Keras path with no meaning here: Keras safe_mode, and the precision
+# planner's targets/cost/low-fidelity switch (an ONNX input is quantized int8 QDQ or not at all).
+KERAS_ONLY = ("safe_mode", "targets", "allow_low_fidelity", "cost")
 
 
 def _require_onnx():
@@ -108,9 +111,9 @@ def _images(calibration, pre: Preprocessing, limit: int):
 
 
 def _labels(labels, k: int):
-    from ..export import _read_labels  # noqa: PLC2701 - the same label rules as the Keras path
+    from ..export import read_labels  # the same label rules as the Keras path
 
-    return _read_labels(labels, k, False)
+    return read_labels(labels, k, False)
 
 
 def _check_options(output: Path, opts: "Options") -> None:
@@ -175,8 +178,10 @@ class Options:
     format: Optional[str] = None
 
     @classmethod
-    def from_kwargs(cls, target_layer=None, target_tensor=None, safe_mode=True, **kwargs) -> "Options":
-        """From ``convert``'s keyword arguments (``safe_mode`` is Keras-only and ignored)."""
+    def from_kwargs(cls, target_layer=None, target_tensor=None, **kwargs) -> "Options":
+        """From ``convert``'s keyword arguments; the Keras-only ones (:data:`KERAS_ONLY`) are ignored."""
+        for name in KERAS_ONLY:
+            kwargs.pop(name, None)
         pre = {k: kwargs.pop(k) for k in PREPROCESSING_FLAGS if k in kwargs}
         unknown = sorted(set(kwargs) - {f.name for f in fields(cls)})
         if unknown:

@@ -123,6 +123,15 @@ def tflite_models(original, head: HeadChain, image: ImageInput, mode: str, weigh
     with tempfile.TemporaryDirectory(prefix="edgecam-onnx2tf-") as tmp:
         loaded = _saved_model(original, head, image, Path(tmp))
         explained, plain = _endpoint(loaded, head, image, weights, cam_output)
-        content = container.export(explained, quantize, representative)
-        plain_content = container.export(plain, quantize, representative) if baseline else None
+        content = _litert(container, explained, quantize, representative)
+        plain_content = _litert(container, plain, quantize, representative) if baseline else None
     return content, plain_content
+
+
+def _litert(container, endpoint, quantize: str, representative) -> bytes:
+    """One plan through the Keras path's LiteRT container (it yields bytes or the error per plan)."""
+    for _, out in container.export(endpoint, (quantize,), representative):
+        if isinstance(out, ConversionError):
+            raise out
+        return out
+    raise ConversionError(f"The LiteRT converter wrote nothing for quantization {quantize!r}.")

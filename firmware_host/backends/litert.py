@@ -18,30 +18,28 @@ from ._base import Backend, TensorInfo
 SIGNATURE = "serving_default"
 
 
+def _distribution_version(name: str) -> str:
+    """The installed version of the distribution ``name``, or ``"?"``."""
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:  # pragma: no cover
+        return "?"
+
+
 def load_interpreter_class():
     """Return ``(Interpreter, backend_name, version)``, preferring ai-edge-litert."""
     try:
         from ai_edge_litert.interpreter import Interpreter
 
-        try:
-            from importlib.metadata import version
-
-            ver = version("ai-edge-litert")
-        except Exception:  # pragma: no cover
-            ver = "?"
-        return Interpreter, "ai-edge-litert", ver
+        return Interpreter, "ai-edge-litert", _distribution_version("ai-edge-litert")
     except ImportError:
         pass
     try:
         from tflite_runtime.interpreter import Interpreter  # type: ignore
 
-        try:
-            from importlib.metadata import version
-
-            ver = version("tflite-runtime")
-        except Exception:  # pragma: no cover
-            ver = "?"
-        return Interpreter, "tflite-runtime", ver
+        return Interpreter, "tflite-runtime", _distribution_version("tflite-runtime")
     except ImportError as exc:
         raise MissingDependencyError(
             "No LiteRT interpreter is installed. Install one with: pip install ai-edge-litert "

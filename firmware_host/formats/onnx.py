@@ -17,7 +17,7 @@ import binascii
 from typing import Dict, Iterator, Tuple
 
 from ..errors import MetadataError, MissingDependencyError, ModelFileError
-from ..metadata import WEIGHTS_NAME, EdgecamMetadata, is_edgecam_entry
+from ..metadata import WEIGHTS_NAME, EdgecamMetadata, collect_entry, is_edgecam_entry
 
 __all__ = ["NAME", "SUFFIX", "MAX_METADATA_ENTRIES", "sniff", "read_props", "read_metadata", "embed_metadata"]
 
@@ -105,14 +105,7 @@ def read_props(data: bytes, where: str = "the model buffer") -> Dict[str, bytes]
                 name = key.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise MetadataError(f"{where}: a metadata_props key is not UTF-8 ({exc}). The file is corrupt.") from exc
-            if not is_edgecam_entry(name):
-                out.setdefault(name, b"")  # another producer's entry: named in messages, never copied
-                continue
-            if name in out:
-                raise MetadataError(
-                    f"{where} has two {name!r} metadata_props entries. The file was edited; convert the model again."
-                )
-            out[name] = bytes(view[value[0] : value[1]])
+            collect_entry(out, name, lambda: bytes(view[value[0] : value[1]]), where, "metadata_props")
     except _Truncated as exc:
         raise ModelFileError(
             f"{where} is truncated: a field runs to byte {exc.args[0]:,} but the file has {len(view):,} "

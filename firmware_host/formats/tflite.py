@@ -23,8 +23,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..errors import MetadataError, MissingDependencyError, ModelFileError
-from ..metadata import EdgecamMetadata, is_edgecam_entry
+from ..errors import MissingDependencyError, ModelFileError
+from ..metadata import EdgecamMetadata, collect_entry, is_edgecam_entry
 
 __all__ = ["NAME", "SUFFIX", "MAX_METADATA_ENTRIES", "FlatbufferReader", "sniff", "read_buffers",
            "read_metadata", "embed_metadata", "embed_buffers"]
@@ -185,15 +185,8 @@ def read_buffers(data: bytes, where: str = "the model buffer") -> Dict[str, byte
                 f"{name!r}) than the file holds ({len(data):,}): entries share buffers. The file "
                 "is corrupt or hostile; convert the model again."
             )
-        if not is_edgecam_entry(name):
-            out.setdefault(name, b"")  # another producer's entry: named in messages, never copied
-            continue
-        if name in out:
-            raise MetadataError(
-                f"{where} has two {name!r} metadata entries. The file was edited; convert the model again."
-            )
         start, end = spans[index]
-        out[name] = bytes(reader.data[start:end])
+        collect_entry(out, name, lambda: bytes(reader.data[start:end]), where)
     return out
 
 

@@ -8,7 +8,7 @@ import click
 
 from converters.quant import LITERT_PLANS  # numpy only: --help stays instant
 
-from ._common import cli_errors, quiet_tensorflow
+from ._common import cli_errors, preprocessing_options, quiet_tensorflow
 
 
 @click.command("convert")
@@ -36,11 +36,7 @@ from ._common import cli_errors, quiet_tensorflow
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names, one per line.")
 @click.option("--target-layer", "--target-tensor", "target_layer",
               help="Explanation layer ('outer/inner' inside nested models); for .onnx input, the tensor name.")
-@click.option("--color", type=click.Choice(["rgb", "bgr", "gray"]), help="Channel order the model expects.")
-@click.option("--input-scale", type=float, multiple=True, help="x = pixel*scale + offset (1 or 3 values).")
-@click.option("--input-offset", type=float, multiple=True, help="See --input-scale.")
-@click.option("--mean", type=float, multiple=True, help="x = (pixel - mean) / std, instead of scale/offset.")
-@click.option("--std", type=float, multiple=True, help="See --mean.")
+@preprocessing_options
 @click.option("--input-size", type=int, nargs=2, help="H W, for models built without a fixed input size.")
 @click.option("--cam-output", type=click.Choice(["auto", "all", "predicted"]), default="auto", show_default=True,
               help="Emit every class's map (1x1 conv) or only the predicted class's.")

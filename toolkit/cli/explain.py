@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import cli_errors, quiet_tensorflow
+from ._common import cli_errors, preprocessing_options, quiet_tensorflow
 
 # The registry drives the choices; importing it does not import TensorFlow.
 from toolkit.explain import METHODS
@@ -22,11 +22,7 @@ from toolkit.explain import METHODS
               help="Score explained: the pre-softmax logit or the probability.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="Images (and masked/noisy/path inputs) per forward pass.")
-@click.option("--color", type=click.Choice(["rgb", "bgr", "gray"]), help="Model input colour order.")
-@click.option("--input-scale", type=float, multiple=True, help="x = pixel * scale + offset (per channel).")
-@click.option("--input-offset", type=float, multiple=True, help="See --input-scale.")
-@click.option("--mean", type=float, multiple=True, help="x = (pixel - mean) / std, instead of scale/offset.")
-@click.option("--std", type=float, multiple=True, help="See --mean.")
+@preprocessing_options
 @click.option("--steps", type=click.IntRange(min=1), default=64, show_default=True, help="Integrated-gradients steps.")
 @click.option("--baseline", type=click.Choice(["black", "zeros", "blur"]), default="black", show_default=True,
               help="Integrated-gradients baseline.")

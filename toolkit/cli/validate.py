@@ -21,6 +21,8 @@ from ._common import cli_errors, quiet_tensorflow
               help="Layer of the full Grad-CAM (default: chosen as `edgecam convert` does).")
 @click.option("--min-pearson", type=float, default=None,
               help="Fail (exit 1) if the median feature-map Pearson is below this.")
+@click.option("--min-p05", type=float, default=None,
+              help="Fail (exit 1) if the 5th percentile of the Pearson, overall or for any class, is below this.")
 @click.option("--min-top1", type=float, default=None,
               help="Fail (exit 1) if the top-1 agreement (fraction) is below this.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
@@ -32,7 +34,7 @@ from ._common import cli_errors, quiet_tensorflow
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--unsafe", is_flag=True, help="Load the Keras model with safe_mode off (trusted files only).")
 def validate_cmd(keras_model, edge_model, images_dir, from_log, out_dir, method, target_layer,
-                 min_pearson, min_top1, batch_size, faithfulness_steps, faithfulness_images,
+                 min_pearson, min_p05, min_top1, batch_size, faithfulness_steps, faithfulness_images,
                  no_faithfulness, quiet, unsafe):
     """Compare EDGE_MODEL's heatmaps with full Grad-CAM of KERAS_MODEL.
 
@@ -46,7 +48,7 @@ def validate_cmd(keras_model, edge_model, images_dir, from_log, out_dir, method,
 
     with cli_errors():
         options = ValidationOptions(
-            method=method, min_pearson=min_pearson, min_top1=min_top1, batch_size=batch_size,
+            method=method, min_pearson=min_pearson, min_p05=min_p05, min_top1=min_top1, batch_size=batch_size,
             faithfulness=not no_faithfulness, progress=not quiet, target_layer=target_layer,
             faithfulness_steps=faithfulness_steps, faithfulness_images=faithfulness_images or None,
             safe_mode=not unsafe)

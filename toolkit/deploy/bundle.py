@@ -10,7 +10,9 @@ Layout of ``BUNDLE.tar.gz`` (one top-level directory ``edgecam-<bundle-id>/``)::
     requirements.txt    pinned device packages with environment markers
     bundle.env          target defaults read by install.sh (never sourced)
     bundle.json         build information
-    <model>.tflite      the model
+    <model>.tflite      the model (one model), or, with ``--plans``:
+    models/model.<plan>.tflite  every precision plan that passed the host's fidelity check
+    plans.json          their fidelity figures, and the plans left out with theirs
     dist/edgecam-*.whl  edgecam itself; must not require TensorFlow
     wheels/*.whl        with --with-wheels: every device package, for an offline install
 
@@ -37,7 +39,7 @@ from string import Template
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from firmware_host._io import atomic_copy, atomic_open, ensure_writable_dir
-from firmware_host.errors import DeployError, InputError, ModelFileError
+from firmware_host.errors import DeployError, FidelityError, InputError, ModelFileError
 from firmware_host.manifest import bundle_id, sha256_file, write_manifest
 from firmware_host.runconfig import dumps_run_config, load_run_config
 
@@ -377,6 +379,7 @@ def build_bundle(
     with_wheels: bool = False,
     wheel: Optional[PathLike] = None,
     python_versions: Optional[Sequence[str]] = None,
+    plans=None,
 ) -> Bundle:
     """Write a deploy bundle for ``model``.
 
@@ -389,6 +392,9 @@ def build_bundle(
             wheels) for an offline install.
         wheel: a prebuilt edgecam wheel (default: build one from the source tree).
         python_versions: device Pythons for ``with_wheels`` (default: the target's).
+        plans: a :class:`~toolkit.deploy.plans.PlanSet`: ship every plan that passed as
+            ``models/model.<plan>.tflite`` with ``plans.json``; the device picks the fastest
+            (``edgecam doctor --choose-plan``). ``model`` then only names the bundle.
 
     Returns:
         The written :class:`Bundle`.
@@ -403,11 +409,15 @@ def build_bundle(
         raise InputError(f"Unknown target {target!r}. Choose one of: {', '.join(TARGETS)}.")
     profile = TARGETS[target]
     model = Path(model)
-    if model.suffix != ".tflite" or not model.is_file():
+    if plans is not None:
+        model_rel = _check_plans(plans, model)
+    elif model.suffix != ".tflite" or not model.is_file():
         raise ModelFileError(
             f"The bundle needs a converted .tflite model file. Got: '{model}'"
             f"{'' if model.exists() else ' (not found)'}. Convert one with `edgecam convert`."
         )
+    else:
+        model_rel = model.name
     if not SAFE_NAME.match(model.name):
         raise ModelFileError(
             f"Model file name {model.name!r} may only contain letters, digits and . _ + - (it becomes "
@@ -416,7 +426,7 @@ def build_bundle(
     out = Path(out) if out else model.with_name(f"{model.stem}-{target}.tar.gz")
     ensure_writable_dir(out.parent if str(out.parent) else ".")
     sweep_stale(WHEEL_SCRATCH)  # what an interrupted earlier run left, even when --wheel skips the build
-    options = _run_options(model.name, config)
+    options = _run_options(model_rel, config)
     versions = tuple(python_versions or profile.python_versions)
     mtime = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
@@ -432,11 +442,14 @@ def build_bundle(
             wheel_path = staging / "dist" / Path(wheel).name
             shutil.copy2(wheel, wheel_path)
         version = check_wheel(wheel_path)
-        shutil.copy2(model, staging / model.name)
+        if plans is not None:
+            _stage_plans(plans, staging)
+        else:
+            shutil.copy2(model, staging / model.name)
         if with_wheels:
             download_wheels(staging / "wheels", versions, pins_for_machines(profile.machines), profile.machines)
         header = (
-            f"edgecam run options for {model.name} (target {target}), read by "
+            f"edgecam run options for {model_rel} (target {target}), read by "
             "`edgecam run --config run.toml`.\n'model' is relative to this file; other paths are "
             "relative to the working directory\n(the service runs in <prefix>/data). Keys: docs/deploy.md."
         )
@@ -460,12 +473,14 @@ def build_bundle(
             "target": target,
             "created": created,
             "edgecam_version": version,
-            "model": model.name,
-            "model_sha256": sha256_file(model),
+            "model": model_rel,
+            "model_sha256": sha256_file(staging / model_rel),
             "wheel": wheel_path.name,
             "with_wheels": bool(with_wheels),
             "python_versions": list(versions),
         }
+        if plans is not None:
+            info["plans"] = [p.plan for p in plans.shipped]
         (staging / "bundle.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         shutil.copy2(TEMPLATES / "install.sh", staging / "install.sh")
         shutil.copy2(TEMPLATES / "edgecam.service.in", staging / "edgecam.service")
@@ -474,7 +489,7 @@ def build_bundle(
         (staging / "README.md").write_text(
             readme.safe_substitute(
                 bundle_name=out.name[: -len(".tar.gz")] if out.name.endswith(".tar.gz") else out.stem,
-                model=model.name,
+                model=model_rel,
                 target_description=profile.description,
                 version=version,
                 created=created,
@@ -486,6 +501,35 @@ def build_bundle(
         top = f"edgecam-{ident}"
         _tar(staging, top, out, mtime)
     return Bundle(path=out, bundle_id=ident, top=top, files=files)
+
+
+def _check_plans(plans, name: Path) -> str:
+    """The default model of a bundle with plans (``models/model.<plan>.tflite``), or refuse."""
+    shipped = plans.shipped
+    if not shipped:
+        from converters.quant import figures_from_dict, format_table, targets_from_dict
+
+        table = format_table([figures_from_dict(p.row) for p in plans.plans], targets_from_dict(plans.targets))
+        raise FidelityError(
+            f"No precision plan of '{name}' meets the fidelity targets, so there is nothing to ship: "
+            f"{' | '.join(line.strip() for line in table.splitlines()[1:])}. Nothing was written. Check the "
+            "calibration images, or add more precise plans to --plans."
+        )
+    # Until the device chooses, run.toml names the first shipped plan in nominal (ARM) order.
+    return f"models/model.{shipped[0].plan}.tflite"
+
+
+def _stage_plans(plans, staging: Path) -> None:
+    """Copy the shipped plans into ``models/`` and write ``plans.json`` (listed in the manifest)."""
+    (staging / "models").mkdir()
+    shipped = []
+    for p in plans.shipped:
+        rel = f"models/model.{p.plan}.tflite"
+        shutil.copy2(p.path, staging / rel)
+        shipped.append({**p.row, "file": rel, "sha256": sha256_file(staging / rel)})
+    table = {"format": 1, "targets": plans.targets, "default": plans.shipped[0].plan, "shipped": shipped,
+             "left_out": [p.row for p in plans.left_out]}
+    (staging / "plans.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
 
 
 def iter_bundle_lines(bundle: Bundle) -> Iterable[str]:

@@ -37,7 +37,7 @@ from .safetar import BUNDLE_TOP, safe_extract
 
 __all__ = ["Remote", "SshOptions", "Step", "check_install_args", "check_ssh_options", "check_user_name",
            "diagnose", "parse_remote", "parse_ssh_option", "plan_deploy", "plan_recover", "plan_rollback",
-           "run_plan", "run_step", "StepResult", "deploy"]
+           "run_plan", "run_step", "StepResult", "deploy", "device_choice"]
 
 # user@host: no leading '-' (it would be read as an ssh option), no spaces or shell characters.
 _HOST = re.compile(r"^(?!-)(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9_.][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])$")
@@ -455,6 +455,15 @@ def run_plan(steps: Sequence[Step], dry_run: bool = False, echo: Callable[[str],
     return results
 
 
+_CHOICE = re.compile(r"\[ ok \] plan\s+chose (\S+) \(([0-9.]+) ms/frame")
+
+
+def device_choice(output: str) -> Optional[Tuple[str, float]]:
+    """The plan the device chose and its latency, read from install.sh's health check output."""
+    found = _CHOICE.findall(output)
+    return (found[-1][0], float(found[-1][1])) if found else None
+
+
 def _install_failed(exc: DeployError) -> DeployError:
     return DeployError(f"{exc}. Nothing was switched: the device keeps running the release it had.")
 
@@ -540,9 +549,12 @@ def deploy(
             return steps
         *install, status = steps
         try:
-            run_plan(install, echo=echo)
+            done = run_plan(install, echo=echo)
         except DeployError as exc:
             raise _install_failed(exc) from None
+        choice = device_choice("\n".join(r.output for r in done))
+        if choice:
+            echo(f"==> the device chose plan {choice[0]}: {choice[1]:.2f} ms/frame (the fastest shipped plan there)")
         echo(f"==> {status.what}")
         result = run_step(status, echo)
         if result.code == 3 and status.check:

@@ -85,13 +85,13 @@ case "$PYTHON" in *"
 "*) die "--python must not contain a newline" ;; esac
 
 # ---------------------------------------------------------------- manifest verification
-sha256_check() {  # run in the bundle dir: verify MANIFEST.sha256
+sha256_check() {  # run in the bundle dir: verify MANIFEST.sha256 (or the list file given)
     if command -v sha256sum >/dev/null 2>&1; then
-        sha256sum -c --quiet MANIFEST.sha256 >/dev/null 2>&1
+        sha256sum -c --quiet "${1:-MANIFEST.sha256}" >/dev/null 2>&1
     else
-        "$PYTHON" - <<'EOF'
+        "$PYTHON" - "${1:-MANIFEST.sha256}" <<'EOF'
 import hashlib, sys
-for line in open("MANIFEST.sha256", encoding="utf-8"):
+for line in open(sys.argv[1], encoding="utf-8"):
     digest, name = line.rstrip("\n").split("  ", 1)
     with open(name, "rb") as f:
         if hashlib.sha256(f.read()).hexdigest() != digest:
@@ -117,6 +117,17 @@ verify_bundle() {
         found=$(cd "$dir" && find . -type f ! -path ./MANIFEST.sha256 | sed 's|^\./||' | LC_ALL=C sort)
         [ "$listed" = "$found" ] || die "'$dir' holds files that MANIFEST.sha256 does not list (or lacks listed ones); refusing the bundle"
     fi
+}
+
+# release_chose_plan REL: an installed release whose run.toml `doctor --choose-plan` rewrote
+# (plan.json): every other file must match; the health check then checks run.toml against the
+# digests plan.json records.
+release_chose_plan() {
+    [ -f "$1/plan.json" ] || return 1
+    grep -v '  run\.toml$' "$1/MANIFEST.sha256" >"$1/.manifest.rest" || return 1
+    rc=0; (cd "$1" && sha256_check .manifest.rest) || rc=1
+    rm -f "$1/.manifest.rest"
+    return $rc
 }
 
 bundle_id() {  # first 12 hex digits of the manifest's own sha256
@@ -297,9 +308,12 @@ fresh_telemetry() {
 # health_check REL: the release loads its bundled model and explains a test frame, before
 # `current` may point at it. On failure nothing is switched and the running release stays.
 health_check() {
-    say "health check: $1/venv/bin/edgecam doctor --bundle $1"
-    if report=$(cd "$PREFIX/data" && "$1/venv/bin/edgecam" doctor --bundle "$1" --repeats 1 2>&1); then
-        printf '%s\n' "$report" | grep -E '^\[ ok \] (interpreter|model) ' | sed 's/^/install.sh:   /' || true
+    # A bundle with several precision plans: the device times them and runs the fastest (plan.json).
+    choose=""; [ -f "$1/plans.json" ] && choose=--choose-plan
+    say "health check: $1/venv/bin/edgecam doctor --bundle $1${choose:+ $choose}"
+    # shellcheck disable=SC2086  # $choose is one flag or nothing
+    if report=$(cd "$PREFIX/data" && "$1/venv/bin/edgecam" doctor --bundle "$1" --repeats 1 $choose 2>&1); then
+        printf '%s\n' "$report" | grep -E '^\[ ok \] (interpreter|plan|model) ' | sed 's/^/install.sh:   /' || true
         return 0
     fi
     printf '%s\n' "$report" | sed 's/^/install.sh:   /' >&2
@@ -364,7 +378,7 @@ do_install() {
     mkdir -p "$PREFIX/releases" "$PREFIX/data" "$PREFIX/run"
     rel=$PREFIX/releases/$id
     [ -n "$SYSTEM_SITE" ] || SYSTEM_SITE=$(sed -n 's/^EDGECAM_SYSTEM_SITE_PACKAGES=//p' "$HERE/bundle.env")
-    if [ -f "$rel/.complete" ] && (verify_bundle "$rel") >/dev/null 2>&1; then
+    if [ -f "$rel/.complete" ] && { (verify_bundle "$rel") >/dev/null 2>&1 || release_chose_plan "$rel"; }; then
         say "release $id is already installed: reusing it"
     else
         rm -rf "$rel"
