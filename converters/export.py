@@ -1020,3 +1020,19 @@ def convert(model, output: Union[str, Path], **options: Any) -> ConversionResult
         baseline = _baseline_bytes(plan, container, cand.plan) if plan.options.emit_baseline else None
         artefacts.append(_Artefact(container, path, container.embed(cand.raw, meta), meta, check, rows, baseline))
     return write(artefacts, plan.reason)
+
+
+def _signature():
+    """``convert(model, output, *, <every ConvertOptions field with its default>)``, for help() and IDEs."""
+    import dataclasses
+    import inspect
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+              inspect.Parameter("output", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [inspect.Parameter(f.name, keyword, default=f.default) for f in dataclasses.fields(ConvertOptions)]
+    return inspect.Signature(params, return_annotation="ConversionResult")
+
+
+convert.__signature__ = _signature()  # the options are written once, in ConvertOptions
+
