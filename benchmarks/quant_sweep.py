@@ -295,8 +295,11 @@ def section(rows: List[dict]) -> str:
             f"{_fmt(r.get('accuracy'), '.3f')} | {_fmt(r.get('x_int8'), '.2f')} | {_fmt(r.get('x_float32'), '.2f')} | "
             f"{_fmt(r.get('size_kib'), '.0f')} | {', '.join(auto)} | {r.get('int8_gate', '') if r['plan'] == 'int8' else ''} |"
         )
+    missing = [name for name in NETWORKS if name not in {r["model"] for r in rows}]
+    if missing:
+        lines += ["", f"Not measured yet (not trained within the session's CPU budget): {', '.join(missing)}."]
     lines.append("")
-    lines.append("Per-class int8 p05 (the foggy classes are the tail): " + "; ".join(
+    lines.append("Per-class int8 p05 (class_0…3 = dense, moderate, light, no fog; the foggy classes are the tail): " + "; ".join(
         f"{r['model']}: " + ", ".join(f"{k} {v:.3f}" for k, v in (r.get("p05_by_class") or {}).items())
         for r in rows if r["plan"] == "int8" and "error" not in r))
     return "\n".join(lines) + "\n"
