@@ -214,20 +214,11 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
         ModelFileError, ConversionError, LayerError, UnsupportedHeadError, InputError,
         MissingDependencyError.
     """
-    from ..loading import file_sha256
-
     onnx, ort = _require_onnx()
     opts = Options.from_kwargs(**options)
     output = Path(output)
     _check_options(output, opts)
-    original = load_onnx(model)
-    source = {"name": Path(model).name, "sha256": file_sha256(model)}
-    rename_reserved(original)
-    name_nodes(original)
-    image = image_input(original, opts.input_size)
-    fix_input_size(original, image)
-    image = dynamic_batch(original, image)
-    tables = Tables(original)
+    original, image, tables, source = _load(model, opts.input_size)
     head, analysis, grads = _analyse(original, tables, opts)
     pre, pre_note = preprocessing_for(image, **opts.preprocessing)
     images, image_source = _images(opts.calibration, pre, opts.max_calibration)
@@ -264,12 +255,8 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
     for fmt, path in targets:
         if fmt == "tflite":
             try:
-                from .tflite import tflite_models, tool_versions
-
-                content, plain = tflite_models(original, head, image, analysis.mode, weights, resolved,
-                                               opts.quantize, x, opts.emit_baseline)
-                meta = replace(metadata, inputs={"image": "image"},
-                               converter={**metadata.converter, "format": "tflite", **tool_versions()})
+                content, plain, meta = _litert_models(original, head, image, analysis, weights, resolved, opts, x,
+                                                      metadata)
             except ConversionError as exc:
                 log.warning("No LiteRT output for %s: %s. Writing ONNX instead (run it with onnxruntime).",
                             path.name, exc)
@@ -277,20 +264,64 @@ def convert_onnx(model: Union[str, Path], output: Union[str, Path], **options):
                     continue
                 fmt, path = "onnx", path.with_suffix(".onnx")
         if fmt == "onnx":
-            explained = type(original)()
-            explained.CopyFrom(original)
-            inputs = build_explained(explained, tables, image, head, analysis.mode, weights, resolved, method)
-            head_nodes = [n.name for n in head.nodes]
-            content = _quantized(_checked(explained), opts.quantize, x, inputs, head_nodes)
-            plain = None
-            if opts.emit_baseline:
-                bare = type(original)()
-                bare.CopyFrom(original)
-                build_plain(bare, tables, image, head)
-                plain = _quantized(_checked(bare), opts.quantize, x, {"image": "image"}, head_nodes)
-            meta = replace(metadata, inputs=inputs, converter={**metadata.converter, "format": "onnx"})
+            content, plain, meta = _onnx_models(original, tables, image, head, analysis, weights, resolved,
+                                                method, opts, x, metadata)
         results.append(_write(fmt, path, content, plain, meta, expected, head, image, images, image_source))
     return replace(results[0], others=tuple(results[1:]))
+
+
+def _load(model: Union[str, Path], input_size):
+    """``(graph, image input, tables, source record)``: the ONNX model ready for the head.
+
+    Reserved names are renamed, every node is named, the image input gets a fixed size and a
+    dynamic batch.
+    """
+    from ..loading import file_sha256
+
+    original = load_onnx(model)
+    source = {"name": Path(model).name, "sha256": file_sha256(model)}
+    rename_reserved(original)
+    name_nodes(original)
+    image = image_input(original, input_size)
+    fix_input_size(original, image)
+    image = dynamic_batch(original, image)
+    return original, image, Tables(original), source
+
+
+def _onnx_models(original, tables: Tables, image: ImageInput, head, analysis: Analysis, weights, resolved: str,
+                 method: str, opts: Options, x: np.ndarray, metadata: EdgecamMetadata):
+    """``(explained bytes, plain bytes or None, metadata)`` for the ONNX container.
+
+    Each is built on its own copy of ``original``, checked, and quantized as ``opts`` asks.
+    """
+    explained = type(original)()
+    explained.CopyFrom(original)
+    inputs = build_explained(explained, tables, image, head, analysis.mode, weights, resolved, method)
+    head_nodes = [n.name for n in head.nodes]
+    content = _quantized(_checked(explained), opts.quantize, x, inputs, head_nodes)
+    plain = None
+    if opts.emit_baseline:
+        bare = type(original)()
+        bare.CopyFrom(original)
+        build_plain(bare, tables, image, head)
+        plain = _quantized(_checked(bare), opts.quantize, x, {"image": "image"}, head_nodes)
+    return content, plain, replace(metadata, inputs=inputs, converter={**metadata.converter, "format": "onnx"})
+
+
+def _litert_models(original, head, image: ImageInput, analysis: Analysis, weights, resolved: str, opts: Options,
+                   x: np.ndarray, metadata: EdgecamMetadata):
+    """``(explained bytes, plain bytes or None, metadata)`` for the LiteRT container, through onnx2tf.
+
+    Raises:
+        ConversionError: onnx2tf cannot convert this graph (the caller falls back to ONNX).
+    """
+    from .tflite import tflite_models, tool_versions
+
+    content, plain = tflite_models(original, head, image, analysis.mode, weights, resolved,
+                                   opts.quantize, x, opts.emit_baseline)
+    meta = replace(metadata, inputs={"image": "image"},
+                   converter={**metadata.converter, "format": "tflite", **tool_versions()})
+    return content, plain, meta
 
 
 def _targets(output: Path, format: Optional[str]):
