@@ -409,6 +409,49 @@ def build_bundle(
         raise InputError(f"Unknown target {target!r}. Choose one of: {', '.join(TARGETS)}.")
     profile = TARGETS[target]
     model = Path(model)
+    model_rel = _check_model(model, plans)
+    out = Path(out) if out else model.with_name(f"{model.stem}-{target}.tar.gz")
+    ensure_writable_dir(out.parent if str(out.parent) else ".")
+    sweep_stale(WHEEL_SCRATCH)  # what an interrupted earlier run left, even when --wheel skips the build
+    options = _run_options(model_rel, config)
+    versions = tuple(python_versions or profile.python_versions)
+    mtime = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
+
+    # Hidden staging beside the output: after a kill -9 only dot-files remain, never a name that
+    # looks like a result (the archive itself goes through atomic_open).
+    with owned_tempdir(".edgecam-bundle-", dir=out.parent if str(out.parent) else None) as tmp:
+        staging = Path(tmp, "bundle")
+        wheel_path = _stage_wheel(staging / "dist", wheel)
+        version = check_wheel(wheel_path)
+        if plans is not None:
+            _stage_plans(plans, staging)
+        else:
+            shutil.copy2(model, staging / model.name)
+        if with_wheels:
+            download_wheels(staging / "wheels", versions, pins_for_machines(profile.machines), profile.machines)
+        _write_device_config(staging, target, options, model_rel, version)
+        info = {
+            "format": 1, "target": target, "created": created, "edgecam_version": version,
+            "model": model_rel, "model_sha256": sha256_file(staging / model_rel), "wheel": wheel_path.name,
+            "with_wheels": bool(with_wheels), "python_versions": list(versions),
+        }
+        if plans is not None:
+            info["plans"] = [p.plan for p in plans.shipped]
+        (staging / "bundle.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        shutil.copy2(TEMPLATES / "install.sh", staging / "install.sh")
+        shutil.copy2(TEMPLATES / "edgecam.service.in", staging / "edgecam.service")
+        # The README names the bundle, so write it last but one; the id covers it via the manifest.
+        _write_readme(staging, out, model_rel, profile, version, created)
+        files = write_manifest(staging)
+        ident = bundle_id(staging)
+        top = f"edgecam-{ident}"
+        _tar(staging, top, out, mtime)
+    return Bundle(path=out, bundle_id=ident, top=top, files=files)
+
+
+def _check_model(model: Path, plans) -> str:
+    """The model's path inside the bundle, once ``model`` (or ``plans``) and its name are checked."""
     if plans is not None:
         model_rel = _check_plans(plans, model)
     elif model.suffix != ".tflite" or not model.is_file():
@@ -423,84 +466,57 @@ def build_bundle(
             f"Model file name {model.name!r} may only contain letters, digits and . _ + - (it becomes "
             "a path in a systemd unit and a shell script). Rename the file."
         )
-    out = Path(out) if out else model.with_name(f"{model.stem}-{target}.tar.gz")
-    ensure_writable_dir(out.parent if str(out.parent) else ".")
-    sweep_stale(WHEEL_SCRATCH)  # what an interrupted earlier run left, even when --wheel skips the build
-    options = _run_options(model_rel, config)
-    versions = tuple(python_versions or profile.python_versions)
-    mtime = int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
+    return model_rel
 
-    # Hidden staging beside the output: after a kill -9 only dot-files remain, never a name that
-    # looks like a result (the archive itself goes through atomic_open).
-    with owned_tempdir(".edgecam-bundle-", dir=out.parent if str(out.parent) else None) as tmp:
-        staging = Path(tmp, "bundle")
-        (staging / "dist").mkdir(parents=True)
-        if wheel is None:
-            wheel_path = build_wheel(staging / "dist")
-        else:
-            wheel_path = staging / "dist" / Path(wheel).name
-            shutil.copy2(wheel, wheel_path)
-        version = check_wheel(wheel_path)
-        if plans is not None:
-            _stage_plans(plans, staging)
-        else:
-            shutil.copy2(model, staging / model.name)
-        if with_wheels:
-            download_wheels(staging / "wheels", versions, pins_for_machines(profile.machines), profile.machines)
-        header = (
-            f"edgecam run options for {model_rel} (target {target}), read by "
-            "`edgecam run --config run.toml`.\n'model' is relative to this file; other paths are "
-            "relative to the working directory\n(the service runs in <prefix>/data). Keys: docs/deploy.md."
-        )
-        (staging / "run.toml").write_text(dumps_run_config(options, header), encoding="utf-8")
-        (staging / "requirements.txt").write_text(
-            render_requirements(
-                pins_for_machines(profile.machines),
-                header=(
-                    f"edgecam {version} device requirements ({profile.description}); install with\n"
-                    "pip install -r requirements.txt, then the edgecam wheel with --no-deps."
-                )
-            ),
-            encoding="utf-8",
-        )
-        (staging / "bundle.env").write_text(
-            f"EDGECAM_TARGET={target}\nEDGECAM_SYSTEM_SITE_PACKAGES={int(profile.system_site_packages)}\n",
-            encoding="utf-8",
-        )
-        info = {
-            "format": 1,
-            "target": target,
-            "created": created,
-            "edgecam_version": version,
-            "model": model_rel,
-            "model_sha256": sha256_file(staging / model_rel),
-            "wheel": wheel_path.name,
-            "with_wheels": bool(with_wheels),
-            "python_versions": list(versions),
-        }
-        if plans is not None:
-            info["plans"] = [p.plan for p in plans.shipped]
-        (staging / "bundle.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        shutil.copy2(TEMPLATES / "install.sh", staging / "install.sh")
-        shutil.copy2(TEMPLATES / "edgecam.service.in", staging / "edgecam.service")
-        # The README names the bundle, so write it last but one; the id covers it via the manifest.
-        readme = Template((TEMPLATES / "README.md.in").read_text(encoding="utf-8"))
-        (staging / "README.md").write_text(
-            readme.safe_substitute(
-                bundle_name=out.name[: -len(".tar.gz")] if out.name.endswith(".tar.gz") else out.stem,
-                model=model_rel,
-                target_description=profile.description,
-                version=version,
-                created=created,
-            ),
-            encoding="utf-8",
-        )
-        files = write_manifest(staging)
-        ident = bundle_id(staging)
-        top = f"edgecam-{ident}"
-        _tar(staging, top, out, mtime)
-    return Bundle(path=out, bundle_id=ident, top=top, files=files)
+
+def _stage_wheel(dist: Path, wheel: Optional[PathLike]) -> Path:
+    """Build the edgecam wheel into ``dist``, or copy the prebuilt ``wheel`` there."""
+    dist.mkdir(parents=True)
+    if wheel is None:
+        return build_wheel(dist)
+    wheel_path = dist / Path(wheel).name
+    shutil.copy2(wheel, wheel_path)
+    return wheel_path
+
+
+def _write_device_config(staging: Path, target: str, options, model_rel: str, version: str) -> None:
+    """``run.toml``, ``requirements.txt`` and ``bundle.env``: what install.sh and the service read."""
+    profile = TARGETS[target]
+    header = (
+        f"edgecam run options for {model_rel} (target {target}), read by "
+        "`edgecam run --config run.toml`.\n'model' is relative to this file; other paths are "
+        "relative to the working directory\n(the service runs in <prefix>/data). Keys: docs/deploy.md."
+    )
+    (staging / "run.toml").write_text(dumps_run_config(options, header), encoding="utf-8")
+    (staging / "requirements.txt").write_text(
+        render_requirements(
+            pins_for_machines(profile.machines),
+            header=(
+                f"edgecam {version} device requirements ({profile.description}); install with\n"
+                "pip install -r requirements.txt, then the edgecam wheel with --no-deps."
+            )
+        ),
+        encoding="utf-8",
+    )
+    (staging / "bundle.env").write_text(
+        f"EDGECAM_TARGET={target}\nEDGECAM_SYSTEM_SITE_PACKAGES={int(profile.system_site_packages)}\n",
+        encoding="utf-8",
+    )
+
+
+def _write_readme(staging: Path, out: Path, model_rel: str, profile: Target, version: str, created: str) -> None:
+    """The bundle's ``README.md``, from the template, naming the bundle and its model."""
+    readme = Template((TEMPLATES / "README.md.in").read_text(encoding="utf-8"))
+    (staging / "README.md").write_text(
+        readme.safe_substitute(
+            bundle_name=out.name[: -len(".tar.gz")] if out.name.endswith(".tar.gz") else out.stem,
+            model=model_rel,
+            target_description=profile.description,
+            version=version,
+            created=created,
+        ),
+        encoding="utf-8",
+    )
 
 
 def _check_plans(plans, name: Path) -> str:
