@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from firmware_host.errors import InputError
-from tests.test_report import CHROMIUM, load_in_chromium
+from tests._chromium import CHROMIUM
+from tests.test_report import load_in_chromium
 from toolkit.fleet import report as fleet_report
 from toolkit.fleet.report import load_summary, render_fleet_report, write_report
 
