@@ -11,9 +11,10 @@ describes, and ``edgecam train --kfold`` can keep each video's frames in one fol
 * **Near-duplicates** (``dedupe``): each kept frame's 64-bit difference hash (dHash, Krawetz
   2013: grey 9×8 thumbnail, one bit per pair of horizontal neighbours, 1 where the right one is
   brighter) is compared with the last frame *written* from the same video; a Hamming distance
-  of at most ``dedupe`` bits (0–64) skips it. A car standing at a light gives distances of
-  0–2; driving gives tens. dHash sees structure, not brightness: a stationary view whose fog
-  thickens uniformly also counts as a duplicate.
+  of at most ``dedupe`` bits (0–64) skips it. A still camera gives 0–5 bits of sensor noise;
+  the demo's drive, sampled at 2 fps, 3–19 (median 9) between consecutive frames (numbers in
+  docs/labelling.md). dHash sees structure, not brightness: a still view whose fog thickens
+  uniformly also counts as a duplicate.
 * **Memory** is one decoded frame at a time, whatever the video's length.
 * **Re-running** into the same folder adds nothing twice: a frame's file name is its video's
   name, a short id of the video's path and its index, and ``frames.json`` is merged by file name.

@@ -33,7 +33,7 @@ def _size(ctx, param, value):
               help="Kept frames per second of video (instead of --every).")
 @click.option("--dedupe", type=click.IntRange(0, 64), default=None, metavar="BITS",
               help="Skip a frame whose 64-bit dHash is within BITS of the last kept frame of its video "
-                   "(0 = same hash; 6 skips a car standing at a light).")
+                   "(0 = same hash; 5 skips a still camera's sensor noise). See docs/labelling.md.")
 @click.option("--size", callback=_size, default=None, metavar="WxH",
               help="Resize the written frames (centre-cropped to the aspect ratio first).")
 @click.option("--format", "image_format", type=click.Choice(["jpg", "png"]), default="jpg", show_default=True)
