@@ -53,16 +53,21 @@ MAX_SEGMENTS = 400  # rectangles per class strip; beyond that, the most frequent
 MAX_VEHICLE_SECTIONS = 100  # vehicles with charts (worst first); the rest are in the table
 MAX_WORST = 16  # worst frames drawn (4 PNGs each)
 MAX_TABLE_ROWS = 500  # rows of the vehicle and log tables
+MAX_DAY_ROWS = 62  # rows of a vehicle's per-day table (a month of days with one model change each)
 MAX_FAILURES_SHOWN = 20  # failing vehicles named in the banner
 THUMB = 192  # longest side of a worst frame's image, as in the validation report
 
-# Skip reasons every report lists (0 when absent), with what they mean; others are listed as found.
-SKIP_REASONS = (
-    ("corrupt", "corrupt or truncated records"),
-    ("no_model", "records with no matching --keras model"),
-    ("unreadable", "frames whose image could not be read"),
-    ("sampled_out", "frames left out by --sample"),
-)
+# What each skip reason of fleet_summary.json means; unknown reasons are shown by their key.
+SKIP_LABELS = {
+    "malformed": "corrupt or truncated records",
+    "invalid": "records with invalid fields",
+    "no_frame_path": "records without a saved frame",
+    "unreadable": "frames whose image could not be read",
+    "no_model": "records with no matching --keras model",
+    "sampled_out": "frames left out by --sample",
+}
+# Reasons the totals always list, 0 when absent: an operator asks about these first.
+ALWAYS_SHOWN = ("malformed", "no_model", "unreadable", "sampled_out")
 # Class colours along a fog scale (viridis stops: clear → dense); unknown classes are grey.
 CLASS_COLOURS = ("#fde725", "#a0da39", "#4ac16d", "#1fa187", "#277f8e", "#365c8d", "#46327e", "#440154")
 MODEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -78,7 +83,7 @@ svg.chart{display:block;max-width:100%;height:auto;font-size:11px;font-family:sy
 .legend span{display:inline-block;margin-right:12px;font-size:.85em}
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle;border:1px solid #999}
 ul.failures{margin:2px 0 6px 18px;color:#c62828;font-size:.9em}
-.note{color:#555;font-size:.85em}
+.note{color:#555;font-size:.85em} table.days{font-size:.8em}
 """
 
 
@@ -195,17 +200,22 @@ def _worst_case(out_dir: Path, entry: Mapping, names: Sequence[str]) -> ReportCa
         raise InputError("the path leaves the output folder")
     try:
         with np.load(path, allow_pickle=False) as data:
-            image, edge, full = data["image"], data["edge"], data["full"]
+            edge, full = data["edge"], data["full"]
+            image = data["image"] if "image" in data.files else None
     except (ValueError, EOFError, zipfile.BadZipFile) as exc:  # numpy: "contains pickled data" for any non-npz
         raise InputError(f"not a readable .npz with image, edge and full ({type(exc).__name__})") from exc
+    missing = image is None  # the frame was unreadable when fleet validate ran: maps over grey
+    if missing:
+        h, w = np.shape(edge)[:2] if np.ndim(edge) == 2 else (1, 1)
+        image = np.full((max(1, round(THUMB * h / max(h, w))), max(1, round(THUMB * w / max(h, w))), 3), 128, np.uint8)
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise InputError(f"image is {image.dtype} {image.shape}, expected uint8 (H, W, 3)")
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
-    caption = (
+    caption = ("frame image not available · " if missing else "") + (
         f"{entry.get('day', '')} · recorded {_class_name(names, entry.get('recorded_class'))} · "
         f"host {_class_name(names, entry.get('host_class'))} · edge {_class_name(names, entry.get('edge_class'))}"
-        f" · {entry.get('log', '')}"
+        f" · model {str(entry.get('model') or 'unknown')[:12]} · {entry.get('log', '')}"
     )
     return ReportCase(
         name=f"{entry.get('vehicle', '?')} · frame {entry.get('frame', '?')}",
@@ -264,10 +274,11 @@ def _short(sha: Any) -> str:
     return _e(str(sha or "unknown")[:12])
 
 
-def _counts(mapping: Any) -> str:
-    if not isinstance(mapping, Mapping) or not mapping:
+def _counts(mapping: Any, zeros: bool = True) -> str:
+    if not isinstance(mapping, Mapping):
         return "–"
-    return ", ".join(f"{_e(k)}: {_num(v)}" for k, v in mapping.items())
+    shown = ", ".join(f"{_e(k)}: {_num(v)}" for k, v in mapping.items() if zeros or _number(v) != 0)
+    return shown or ("–" if zeros else "none")
 
 
 def _utc(t: float, with_date: bool) -> str:
@@ -280,14 +291,22 @@ def _utc(t: float, with_date: bool) -> str:
 
 # -- summary sections ------------------------------------------------------------------------------
 def _vehicles(summary: Mapping) -> List[Mapping]:
-    """Vehicles worst first: failing ones, then by Pearson p05, then top-1 (unknown figures last)."""
+    """Vehicles worst first, as fleetcore orders them: failing ones, then by Pearson p05, then top-1.
+
+    A vehicle with no validated frame (no p05) counts as the worst; one the verdict names as
+    failing is marked failing even if its own ``status`` says otherwise.
+    """
+    verdict = summary.get("verdict") if isinstance(summary.get("verdict"), Mapping) else {}
+    failing = {str(name) for name in verdict.get("failing_vehicles") or []}
 
     def key(v: Mapping):
         p05, top1 = _number(v.get("pearson_p05")), _number(v.get("top1"))
-        return (v.get("status") != "fail", p05 if math.isfinite(p05) else math.inf,
-                top1 if math.isfinite(top1) else math.inf)
+        return (v.get("status") != "fail", p05 if math.isfinite(p05) else -math.inf,
+                top1 if math.isfinite(top1) else -math.inf, str(v.get("vehicle")))
 
-    return sorted((v for v in summary.get("vehicles") or [] if isinstance(v, Mapping)), key=key)
+    vehicles = [dict(v, status="fail") if str(v.get("vehicle")) in failing else v
+                for v in summary.get("vehicles") or [] if isinstance(v, Mapping)]
+    return sorted(vehicles, key=key)
 
 
 def _banner(summary: Mapping, vehicles: Sequence[Mapping]) -> str:
@@ -315,8 +334,7 @@ def _totals(summary: Mapping) -> str:
     skipped = dict(totals.get("skipped") or {}) if isinstance(totals.get("skipped"), Mapping) else {}
     rows = [(label, totals.get(key)) for key, label in (
         ("logs", "logs"), ("records", "records read"), ("frames", "frames"), ("validated", "frames validated"))]
-    rows += [(f"skipped: {label}", skipped.pop(key, 0)) for key, label in SKIP_REASONS]
-    rows += [(f"skipped: {key}", n) for key, n in skipped.items()]
+    rows += [(f"skipped: {SKIP_LABELS.get(k, k)}", skipped.get(k, 0)) for k in dict.fromkeys([*skipped, *ALWAYS_SHOWN])]
     options = summary.get("options") if isinstance(summary.get("options"), Mapping) else {}
     rows += [("engine", summary.get("engine")), ("created", summary.get("created"))]
     rows += [(f"option {k}", v) for k, v in options.items()]
@@ -366,7 +384,7 @@ def _vehicle_table(vehicles: Sequence[Mapping]) -> str:
             f'<td>{_num(v.get("validated"))}</td><td>{_num(v.get("pearson_median"))}</td>'
             f'<td>{_num(v.get("pearson_p05"))}</td><td>{_num(v.get("top1"))}</td>'
             f'<td>{len(v.get("models") or [])}</td><td>{len(v.get("model_changes") or [])}</td>'
-            f'<td class="k">{_counts(v.get("skipped"))}</td></tr>'
+            f'<td class="k">{_counts(v.get("skipped"), zeros=False)}</td></tr>'
         )
     more = len(vehicles) - MAX_TABLE_ROWS
     note = f'<p class="note">{more} more vehicles in fleet_summary.json.</p>' if more > 0 else ""
@@ -383,7 +401,7 @@ def _log_table(summary: Mapping) -> str:
         f'<tr><td class="k">{_e(g.get("vehicle"))}</td><td class="k">{_e(g.get("run"))}</td>'
         f'<td class="k" title="{_e(g.get("sha256"))}">{_e(g.get("log"))}</td><td class="k">{_short(g.get("model"))}</td>'
         + "".join(f"<td>{_num(g.get(c))}</td>" for c in cols)
-        + f'<td class="k">{_counts(g.get("skipped"))}</td></tr>'
+        + f'<td class="k">{_counts(g.get("skipped"), zeros=False)}</td></tr>'
         for g in logs[:MAX_TABLE_ROWS]
     )
     more = len(logs) - MAX_TABLE_ROWS
@@ -614,7 +632,26 @@ def _vehicle_facts(vehicle: Mapping, summary: Mapping) -> str:
     return (f'<p class="meta legend">frames {_num(vehicle.get("frames"))} · validated {_num(vehicle.get("validated"))}'
             f' · Pearson median {_num(vehicle.get("pearson_median"))} · p05 {_num(vehicle.get("pearson_p05"))}'
             f' · top-1 {_num(vehicle.get("top1"))} · classes {_counts(vehicle.get("class_histogram"))}'
-            f' · skipped {_counts(vehicle.get("skipped"))}</p><p class="meta legend">models: {models or "unknown"}</p>')
+            f' · skipped {_counts(vehicle.get("skipped"), zeros=False)}</p><p class="meta legend">models: {models or "unknown"}</p>')
+
+
+def _days_table(vehicle: Mapping) -> str:
+    """One row per day and model: the figures an operator compares across a model update."""
+    days = [d for d in vehicle.get("days") or [] if isinstance(d, Mapping)]
+    if not days:
+        return ""
+    cols = ("frames", "validated", "pearson_median", "pearson_p05", "top1")
+    rows = "".join(
+        f'<tr><td class="k">{_e(d.get("day"))}</td><td class="k" title="{_e(d.get("model"))}">{_short(d.get("model"))}</td>'
+        f'<td class="k">{_e(d.get("plan") or "–")}</td>' + "".join(f"<td>{_num(d.get(c))}</td>" for c in cols)
+        + f'<td class="k">{_counts(d.get("class_histogram"), zeros=False)}</td>'
+        f'<td class="k">{_counts(d.get("skipped"), zeros=False)}</td></tr>'
+        for d in days[:MAX_DAY_ROWS]
+    )
+    more = f'<p class="note">{len(days) - MAX_DAY_ROWS} more days in fleet_summary.json.</p>' if len(days) > MAX_DAY_ROWS else ""
+    return ('<table class="days"><tr><th class="k">day (UTC)</th><th class="k">model</th><th class="k">plan</th>'
+            '<th>frames</th><th>validated</th><th>median r</th><th>p05 r</th><th>top-1</th>'
+            f'<th class="k">classes</th><th class="k">skipped</th></tr>{rows}</table>{more}')
 
 
 def _vehicle_section(index: int, vehicle: Mapping, summary: Mapping, points: Optional[FramePoints],
@@ -636,7 +673,7 @@ def _vehicle_section(index: int, vehicle: Mapping, summary: Mapping, points: Opt
     return (f'<section class="vehicle" id="v{index}"><h3>{_e(vehicle.get("vehicle"))} '
             f'<span class="tag {status}">{status.upper()}</span></h3>'
             + (f'<ul class="failures">{failures}</ul>' if failures else "")
-            + _vehicle_facts(vehicle, summary) + charts
+            + _vehicle_facts(vehicle, summary) + charts + _days_table(vehicle)
             + (f'<p class="meta">worst frames: {links}</p>' if links else "") + "</section>")
 
 
