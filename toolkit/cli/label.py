@@ -62,11 +62,10 @@ def _serve(folder, classes, bind, model, order, open_browser, quiet) -> None:
     import webbrowser
 
     from firmware_host.preview import parse_bind
-    from toolkit.label import LabelServer, write_classes
+    from toolkit.label import LabelServer
 
     host, port = parse_bind(bind, option="--bind")
     server = LabelServer(folder, classes, host, port, model=model, order=order, progress=not quiet)
-    write_classes(folder, classes)
     with server:
         if not server.loopback:
             click.echo(f"Warning: {server.url} is reachable from the network, without authentication "

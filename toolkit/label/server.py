@@ -37,7 +37,7 @@ from firmware_host.sinks import encode_jpeg
 
 from .guesses import guess_frames, overlay_jpeg, serving_order
 from .page import render_page
-from .store import SKIPPED, LabelStore
+from .store import SKIPPED, LabelStore, write_classes
 
 __all__ = ["LabelServer", "MAX_BODY_BYTES", "list_frames"]
 
@@ -70,7 +70,8 @@ class LabelServer(Served):
 
     Args:
         folder: the frames (searched recursively, by :func:`firmware_host.imageio.list_images`).
-        classes: the class names, in key order (see :func:`toolkit.label.store.parse_classes`).
+        classes: the class names, in key order (see :func:`toolkit.label.store.parse_classes`);
+            saved to ``folder/labels.txt``.
         host / port: where to bind (port 0 picks a free one; read :attr:`url`).
         model: a converted model (path or :class:`ExplainableModel`) whose guess and heatmap are
             shown beside each frame.
@@ -96,6 +97,7 @@ class LabelServer(Served):
         files = list_frames(self.folder)
         self.store = LabelStore(self.folder, classes, files)
         self.classes = self.store.classes
+        write_classes(self.folder, self.classes)  # a restart needs no --classes; export keeps the key order
         self.model: Optional[ExplainableModel] = None
         guesses: Optional[List[Optional[Explanation]]] = None
         if model is not None:
