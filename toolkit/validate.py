@@ -64,6 +64,7 @@ __all__ = [
     "read_rgb",
     "CSV_COLUMNS",
     "csv_cell",
+    "csv_text",
     "SCHEMA_VERSION",
 ]
 
@@ -826,13 +827,21 @@ def csv_cell(v: Any) -> Any:
     """A per_image.csv cell: floats in full precision, text made inert for spreadsheets.
 
     Numbers stay numbers (``-0.5`` is written as is); only text that starts with ``= + - @``
-    (or a tab / carriage return) is prefixed with ``'``.
+    (or a tab / carriage return) is prefixed with ``'``, and so is text that starts with ``'``
+    itself, so that :func:`csv_text` can undo it exactly.
     """
     if isinstance(v, float):
         return "nan" if math.isnan(v) else repr(v)
-    if isinstance(v, str) and v.startswith(_FORMULA_START):
+    if isinstance(v, str) and v.startswith(_FORMULA_START + ("'",)):
         return "'" + v
     return v
+
+
+def csv_text(cell: str) -> str:
+    """The text :func:`csv_cell` was given, from the cell it wrote (for reading a CSV back)."""
+    if cell.startswith("'") and cell[1:].startswith(_FORMULA_START + ("'",)):
+        return cell[1:]
+    return cell
 
 
 def _p05_by_class(records: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
