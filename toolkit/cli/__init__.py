@@ -18,9 +18,11 @@ from firmware_host import __version__
 COMMANDS = {
     "convert": ("toolkit.cli.convert:convert", "Export a Keras CNN to LiteRT/ONNX with an explanation head."),
     "dataset": ("toolkit.cli.dataset:dataset", "Generate a dataset (fog levels) without downloading."),
+    "label": ("toolkit.cli.label:label", "Label frames by keyboard in a local web page; export a dataset."),
     "explain": ("toolkit.cli.explain:explain_cmd", "Explain images with a Keras model on the host (all methods)."),
     "inspect": ("toolkit.cli.inspect:inspect_cmd", "Show a converted model's edgecam metadata."),
     "predict": ("toolkit.cli.predict:predict", "Explain images with a converted model (device path)."),
+    "frames": ("toolkit.cli.frames:frames", "Extract frames to label from videos or a run log (frames.json)."),
     "train": ("toolkit.cli.train:train", "Train the talk's CNN on a folder-per-class dataset."),
     "run": ("toolkit.cli.run:run_cmd", "Explain a camera, video, folder or stream live (device path)."),
     "bench": ("toolkit.cli.bench:bench_cmd", "Latency, fps and memory of a model vs its plain baseline (device path)."),
