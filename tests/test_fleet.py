@@ -109,6 +109,9 @@ def test_counts_and_skips_are_reported_not_fatal(fleet, result):
     assert sum(v1["class_histogram"].values()) == 12 and set(v1["class_histogram"]) <= set(s["class_names"])
     assert len(v1["timeline"]) == 12 and v1["timeline"][0][0] == DAY1
     assert (result.out_dir / "per_frame.parquet").is_file() and (result.out_dir / "fleet_summary.json").is_file()
+    if result.report_path is not None:  # toolkit.fleet.report
+        html = result.report_path.read_text()
+        assert "van-4" in html and "<script src=" not in html
 
 
 def test_the_gate_names_the_degraded_vehicle(result):
