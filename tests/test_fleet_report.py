@@ -332,3 +332,18 @@ def test_verdict_and_missing_figures_put_a_vehicle_first():
     order = [table.index(f'">{n}</a>') for n in ("named", "none", "low", "good")]
     assert order == sorted(order)
     assert re.search(r'named</a></td><td class="k"><span class="tag fail">FAIL', table)
+
+
+def test_parquet_row_groups_and_nulls_are_grouped_per_vehicle(tmp_path):
+    n = 1000
+    vehicles = [f"v{i // 300}" for i in range(n)]
+    models = [None if i % 7 == 0 else f"m{i // 500}" for i in range(n)]
+    pq.write_table(pa.table({"vehicle": vehicles, "timestamp": np.arange(n, dtype=float), "pearson": np.arange(n) / n,
+                             "model": models}), tmp_path / "p.parquet", row_group_size=128)
+    points, notes = fleet_report.read_frame_points(tmp_path / "p.parquet")
+    assert notes == [] and sorted(points) == ["v0", "v1", "v2", "v3"]
+    for name, got in points.items():
+        rows = [i for i in range(n) if vehicles[i] == name]
+        np.testing.assert_array_equal(got.t, np.array(rows, float))
+        np.testing.assert_allclose(got.pearson, np.array(rows) / n)
+        assert got.model.tolist() == [models[i] or "" for i in rows]

@@ -57,6 +57,7 @@ __all__ = [
     "SourceItem",
     "ImageFolderSource",
     "RunLogSource",
+    "HostModel",
     "validate",
     "validate_log",
     "validate_source",
@@ -271,7 +272,7 @@ class RunLogReader:
 
 
 # -- the host (Keras) side ---------------------------------------------------------------------
-class _HostModel:
+class HostModel:
     """The Keras model: probabilities and full Grad-CAM maps at the explanation layer."""
 
     def __init__(self, keras_model, method: str, target_layer: Optional[str], safe_mode: bool = True) -> None:
@@ -889,7 +890,7 @@ def _open(edge_model_path, keras_model, method, target_layer, safe_mode: bool = 
         from converters.onnx_in.host import OnnxHostModel
 
         return edge, OnnxHostModel(keras_model, method, target_layer)
-    host = _HostModel(keras_model, method, target_layer, safe_mode)
+    host = HostModel(keras_model, method, target_layer, safe_mode)
     return edge, host
 
 

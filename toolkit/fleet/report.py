@@ -150,19 +150,33 @@ def read_frame_points(path: Union[str, Path]) -> Tuple[Dict[str, FramePoints], L
         columns = [c for c in ("vehicle", "timestamp", "pearson", "model") if c in names]
         if not {"vehicle", "pearson"} <= set(columns):
             return {}, [f"{path.name} has no vehicle/pearson columns: fidelity is shown per day."]
-        table = pq.read_table(path, columns=columns)
+        # Strings read as dictionaries: no Python object per row (a fleet has 100,000s of frames).
+        table = pq.read_table(path, columns=columns, read_dictionary=[c for c in columns if c in ("vehicle", "model")])
     except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
         return {}, [f"{path.name} could not be read ({exc}): fidelity is shown per day."]
+    return _split_by_vehicle(table, columns), []
+
+
+def _codes(column) -> Tuple[np.ndarray, np.ndarray]:
+    """A string column as ``(codes, values)`` (dictionary-encoded: no Python string per row)."""
+    encoded = column.combine_chunks().dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    values = np.asarray([("" if v is None else str(v)) for v in encoded.dictionary.to_pylist()] + [""], object)
+    return np.where(np.isnan(codes), len(values) - 1, codes).astype(np.int64) if codes.dtype.kind == "f" else codes, values
+
+
+def _split_by_vehicle(table, columns: Sequence[str]) -> Dict[str, FramePoints]:
     n = table.num_rows
-    vehicle = np.asarray(table.column("vehicle").to_pylist(), dtype=object)
+    vehicle, names = _codes(table.column("vehicle"))
     pearson = _floats(table.column("pearson").to_numpy(zero_copy_only=False))
     t = _floats(table.column("timestamp").to_numpy(zero_copy_only=False)) if "timestamp" in columns else np.full(n, np.nan)
-    model = np.asarray(table.column("model").to_pylist(), dtype=object) if "model" in columns else np.full(n, "", object)
+    model, models = _codes(table.column("model")) if "model" in columns else (np.zeros(n, np.int64), np.array([""], object))
+    order = np.argsort(vehicle, kind="stable")
+    starts = np.flatnonzero(np.r_[True, vehicle[order][1:] != vehicle[order][:-1]]) if n else np.zeros(0, np.int64)
     out = {}
-    for name in dict.fromkeys(vehicle.tolist()):
-        keep = vehicle == name
-        out[str(name)] = FramePoints(t=t[keep], pearson=pearson[keep], model=model[keep])
-    return out, []
+    for rows in np.split(order, starts[1:]) if n else []:
+        out[str(names[vehicle[rows[0]]])] = FramePoints(t=t[rows], pearson=pearson[rows], model=models[model[rows]])
+    return out
 
 
 def _floats(values) -> np.ndarray:
@@ -644,7 +658,7 @@ def _days_table(vehicle: Mapping) -> str:
     rows = "".join(
         f'<tr><td class="k">{_e(d.get("day"))}</td><td class="k" title="{_e(d.get("model"))}">{_short(d.get("model"))}</td>'
         f'<td class="k">{_e(d.get("plan") or "–")}</td>' + "".join(f"<td>{_num(d.get(c))}</td>" for c in cols)
-        + f'<td class="k">{_counts(d.get("class_histogram"), zeros=False)}</td>'
+        + f'<td class="k">{_counts(d.get("class_histogram"))}</td>'
         f'<td class="k">{_counts(d.get("skipped"), zeros=False)}</td></tr>'
         for d in days[:MAX_DAY_ROWS]
     )
