@@ -327,6 +327,7 @@ def test_image_requests_never_leave_the_folder(hostile_server, path):
     assert status == 200 or _one_line_4xx(status, body), (path, status, body)
     if status == 200:
         route = path.split("?", 1)[0]
+        route = "/" + route.lstrip("/") if route.startswith("//") else route  # http.server folds leading //
         assert route in ("/", "/api/state") or re.fullmatch(r"/image/[0-2]", route), path
 
 
