@@ -18,6 +18,7 @@ from firmware_host import __version__
 COMMANDS = {
     "convert": ("toolkit.cli.convert:convert", "Export a Keras CNN to LiteRT/ONNX with an explanation head."),
     "dataset": ("toolkit.cli.dataset:dataset", "Generate a dataset (fog levels) without downloading."),
+    "label": ("toolkit.cli.label:label", "Label frames by keyboard in a local web page; export a dataset."),
     "explain": ("toolkit.cli.explain:explain_cmd", "Explain images with a Keras model on the host (all methods)."),
     "inspect": ("toolkit.cli.inspect:inspect_cmd", "Show a converted model's edgecam metadata."),
     "predict": ("toolkit.cli.predict:predict", "Explain images with a converted model (device path)."),
@@ -26,6 +27,7 @@ COMMANDS = {
     "run": ("toolkit.cli.run:run_cmd", "Explain a camera, video, folder or stream live (device path)."),
     "bench": ("toolkit.cli.bench:bench_cmd", "Latency, fps and memory of a model vs its plain baseline (device path)."),
     "validate": ("toolkit.cli.validate:validate_cmd", "Compare edge heatmaps with full Grad-CAM; gate CI on it."),
+    "fleet": ("toolkit.cli.fleet:fleet", "Validate many vehicles' run logs at once (one machine or Ray)."),
     "demo": ("toolkit.cli.demo:demo", "The whole story on built-in fog data, in one command."),
     "bundle": ("toolkit.cli.bundle:bundle", "Package a model + edgecam + installer for a Raspberry Pi/Jetson."),
     "deploy": ("toolkit.cli.deploy:deploy", "Install a bundle on a device over SSH (or roll it back)."),
