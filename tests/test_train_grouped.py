@@ -277,3 +277,25 @@ def test_more_folds_than_videos_without_times_is_one_error_line(labelled, tmp_pa
     lines = result.output.strip().splitlines()
     assert lines[-1] == (f"Error: Grouped 7-fold needs at least 7 source videos (groups); the data has "
                          f"{N_VIDEOS}. Lower --kfold to {N_VIDEOS}, or extract frames from more videos.")
+
+
+def test_label_export_carries_the_video_of_every_frame(labelled, tmp_path):
+    """The real `edgecam label` store and export (no browser) between `frames` and `train`."""
+    label = pytest.importorskip("toolkit.label.store")
+    from toolkit.label.export import export_labels
+
+    frames_dir = labelled.parent / "frames"
+    index = json.loads((frames_dir / FRAMES_JSON).read_text())["frames"]
+    work = tmp_path / "frames"
+    shutil.copytree(frames_dir, work)
+    store = label.LabelStore(work, CLASSES, [e["file"] for e in index])
+    for e in index[::2]:  # every other frame labelled; the rest left out of the export
+        store.set(e["file"], "fog" if e["index"] % 4 else "clear")
+    export_labels(work, tmp_path / "ds")
+    data = load_folder_dataset(tmp_path / "ds", 32)
+    found = video_groups(tmp_path / "ds", data.paths)
+    assert found.ungrouped == 0 and len(data.paths) == len(index[::2])
+    by_file = {e["file"]: e for e in index}
+    for path, key, t in zip(data.paths, found.groups.tolist(), found.times.tolist()):
+        entry = by_file[Path(path).name]
+        assert key == entry["video_id"] and t == entry["time"]
