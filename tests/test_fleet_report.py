@@ -332,3 +332,45 @@ def test_verdict_and_missing_figures_put_a_vehicle_first():
     order = [table.index(f'">{n}</a>') for n in ("named", "none", "low", "good")]
     assert order == sorted(order)
     assert re.search(r'named</a></td><td class="k"><span class="tag fail">FAIL', table)
+
+
+def test_parquet_row_groups_and_nulls_are_grouped_per_vehicle(tmp_path):
+    n = 1000
+    vehicles = [f"v{i // 300}" for i in range(n)]
+    models = [None if i % 7 == 0 else f"m{i // 500}" for i in range(n)]
+    pq.write_table(pa.table({"vehicle": vehicles, "timestamp": np.arange(n, dtype=float), "pearson": np.arange(n) / n,
+                             "model": models}), tmp_path / "p.parquet", row_group_size=128)
+    points, notes = fleet_report.read_frame_points(tmp_path / "p.parquet")
+    assert notes == [] and sorted(points) == ["v0", "v1", "v2", "v3"]
+    for name, got in points.items():
+        rows = [i for i in range(n) if vehicles[i] == name]
+        np.testing.assert_array_equal(got.t, np.array(rows, float))
+        np.testing.assert_allclose(got.pearson, np.array(rows) / n)
+        assert got.model.tolist() == [models[i] or "" for i in rows]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+_PATHS = [("engine",), ("options",), ("class_names",), ("models",), ("totals",), ("totals", "skipped"), ("vehicles",),
+          ("vehicles", 0), ("vehicles", 0, "timeline"), ("vehicles", 0, "timeline", 0), ("vehicles", 1, "model_changes"),
+          ("vehicles", 1, "model_changes", 0), ("vehicles", 0, "days"), ("vehicles", 0, "days", 0),
+          ("vehicles", 0, "models"), ("vehicles", 0, "pearson_p05"), ("vehicles", 0, "failures"), ("logs",),
+          ("logs", 0), ("verdict",), ("verdict", "thresholds"), ("worst_frames",), ("worst_frames", 0)]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(where=st.sampled_from(_PATHS), value=_JSON)
+def test_a_hand_edited_summary_never_crashes_the_report(tmp_path_factory, where, value):
+    out = tmp_path_factory.mktemp("fleet")
+    summary = make_fleet(out, parquet=False)
+    target = summary
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = value
+    (out / "fleet_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    page = write_report(out).read_text(encoding="utf-8")
+    _assert_self_contained(page)

@@ -402,3 +402,48 @@ def test_export_refuses_unsafe_destinations_and_rows(frames, tmp_path):
     _write_png(fresh / "a.png", 1)
     refused = CliRunner().invoke(cli, ["label", str(fresh)])  # no --classes and no earlier session
     assert refused.exit_code == 2 and "Pass --classes" in refused.output
+
+
+# -- the fog path end to end: drive videos → frames → labelling in Chromium → export → train ------
+@needs_chromium
+@pytest.mark.slow
+def test_drive_videos_to_frames_to_labels_to_grouped_kfold(browser, tmp_path):
+    """The issue's acceptance path. Five short drives rendered like the demo's drive.mp4 (grouped
+    5-fold needs five videos); a scripted labeller reads the file name on screen and presses the
+    key of that frame's true fog class, from the renderer's per-frame truth."""
+    pytest.importorskip("keras")
+    from toolkit.datasets.drive import render_drive_video
+    from toolkit.datasets.fog import CLASS_NAMES
+
+    drives = {}
+    for seed in range(5):
+        video = render_drive_video(tmp_path / f"drive{seed}.avi", seconds=4.0, fps=5.0, size=(48, 64),
+                                   seed=seed, progress=False)
+        drives[str(video.path)] = video
+    result = CliRunner().invoke(cli, ["frames", *drives, "--out", str(tmp_path / "frames"), "--every", "0.4",
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    index = {e["file"]: e for e in json.loads((tmp_path / "frames" / "frames.json").read_text())["frames"]}
+    truth = {file: drives[e["video"]].classes[e["index"]] for file, e in index.items()}
+    classes = list(CLASS_NAMES)  # the talk's four classes, in the renderer's order
+
+    with LabelServer(tmp_path / "frames", classes) as server:
+        page = _open(browser, server.url)
+        for _ in range(len(index)):
+            file = page.evaluate("document.getElementById('file').textContent")
+            page.press(str(classes.index(truth[file]) + 1))
+        _settle(page)
+        assert page.evaluate("document.getElementById('done').textContent") == "all frames labelled"
+        assert page.errors() == []
+    labels = {r["file"]: r["label"] for r in _csv_rows(tmp_path / "frames" / "labels.csv")}
+    assert labels == truth
+
+    out = tmp_path / "labelled"
+    assert CliRunner().invoke(cli, ["label", str(tmp_path / "frames"), "--export", str(out)]).exit_code == 0
+    result = CliRunner().invoke(cli, ["train", str(out), "--out", str(tmp_path / "run"), "--epochs", "1",
+                                      "--kfold", "5", "--size", "32", "--no-augment", "--batch-size", "16"])
+    assert result.exit_code == 0, result.output
+    assert "Folds grouped by source video (5 videos" in result.output
+    per_video = json.loads((tmp_path / "run" / "training.json").read_text())["per_video"]
+    assert {r["video"]: r["images"] for r in per_video} == {
+        v: sum(1 for e in index.values() if e["video"] == v) for v in drives}
