@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import sys
 from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
@@ -374,3 +375,11 @@ def test_a_hand_edited_summary_never_crashes_the_report(tmp_path_factory, where,
     (out / "fleet_summary.json").write_text(json.dumps(summary), encoding="utf-8")
     page = write_report(out).read_text(encoding="utf-8")
     _assert_self_contained(page)
+
+
+def test_without_pyarrow_the_report_says_so_and_charts_days(tmp_path, monkeypatch):
+    make_fleet(tmp_path)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # import raises ImportError
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "per_frame.parquet not read (pyarrow is not installed): fidelity is shown per day." in page
+    assert "median per day" in _section(page, "degraded")
