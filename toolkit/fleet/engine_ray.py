@@ -87,19 +87,27 @@ def ray_session(address: Optional[str] = None, num_cpus: Optional[int] = None) -
         if address:
             kwargs["address"] = address
         else:
-            kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+            kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count() or 1)
         try:
             ray.init(**kwargs)
         except ConnectionError as exc:
-            raise InputError(
-                f"Cannot join the Ray cluster at {address}: {exc}. Start it with `ray start --head` "
-                "and pass the address it prints (or `auto` on one of its nodes)."
-            ) from exc
+            raise InputError(_join_hint(address, exc)) from exc
     try:
         yield max(1, int(ray.cluster_resources().get("CPU", 1)))
     finally:
         if started:
             ray.shutdown()
+
+
+def _join_hint(address: Optional[str], exc: BaseException) -> str:
+    """One line: why joining ``address`` failed and what to do."""
+    auth = "Authentication" in repr(exc) or "auth" in str(getattr(exc, "__cause__", "") or "").lower()
+    if auth:
+        return (f"The Ray cluster at {address} refused this driver's token ({exc}). Ray clusters use token "
+                "authentication: export RAY_AUTH_MODE=token and the cluster's token (copy the head's "
+                "~/.ray/auth_token, or set RAY_AUTH_TOKEN) before running fleet validate.")
+    return (f"Cannot join the Ray cluster at {address}: {exc}. Start it with `ray start --head` and pass the "
+            "address it prints as --ray-address (or `auto` on one of its nodes).")
 
 
 class ScoringActor:
