@@ -1,0 +1,171 @@
+"""Fleet data: ``edgecam run --vehicle-id`` and the run header, and the synthetic fleet generator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests._run_helpers import frame_pattern, write_video
+from firmware_host import ExplainableModel
+from firmware_host.errors import InputError
+from firmware_host.options import RunOptions
+from firmware_host.runner import run
+from firmware_host.sinks import RunContext, TelemetryLog, read_jsonl
+from firmware_host.telemetry import (
+    HEADER_SCHEMA, BadRecord, RunHeader, TelemetryRecord, check_vehicle_id, read_header, read_records,
+)
+
+DATA = Path(__file__).parent / "data"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_fog_model):
+    return ExplainableModel(tiny_fog_model)
+
+
+@pytest.fixture
+def headed_log(tmp_path, model):
+    """A run of 6 frames on vehicle van-07, every 2nd frame saved (a headed log)."""
+    video = write_video(tmp_path / "drive.avi", 6, size=(40, 48))
+    log = tmp_path / "van-07" / "run.jsonl"
+    summary = run(model, video, log=log, save_frames=2, frame_format="png", vehicle_id="van-07")
+    assert summary.frames == 6
+    return log
+
+
+# -- --vehicle-id and the run header ---------------------------------------------------------------
+
+
+def test_run_writes_a_header_and_tags_every_record(headed_log, tiny_fog_model):
+    lines = [json.loads(line) for line in headed_log.read_text().splitlines()]
+    header, records = lines[0], lines[1:]
+    source_sha = _sha256(DATA / "tiny_fog.keras")  # what the converter stored as metadata.source
+    assert header["header"] == HEADER_SCHEMA == "edgecam.run/1"
+    assert header["vehicle"] == "van-07"
+    assert header["model_sha256"] == _sha256(tiny_fog_model)
+    assert header["source_model_sha256"] == source_sha
+    assert header["model_name"] == "tiny_fog.tflite" and header["plan"] == "none"
+    assert abs(header["started"] - records[0]["timestamp"]) < 60
+    assert len(records) == 6
+    assert all(r["vehicle"] == "van-07" and r["model"] == source_sha for r in records)
+    assert [r["frame"] for r in records if "frame_path" in r] == [0, 2, 4]
+
+
+def test_readers_skip_and_expose_the_header(headed_log, tiny_fog_model):
+    items = list(read_records(headed_log))
+    assert len(items) == 6 and all(isinstance(r, TelemetryRecord) for r in items)  # not a BadRecord
+    assert {r.vehicle for r in items} == {"van-07"} and {r.model for r in items} == {_sha256(DATA / "tiny_fog.keras")}
+    first, *rest = read_records(headed_log, headers=True)
+    assert isinstance(first, RunHeader) and first.line == 1 and len(rest) == 6
+    header = read_header(headed_log)
+    assert header == first and header.model == header.source_model_sha256
+    assert header.model_sha256 == _sha256(tiny_fog_model)
+    records = read_jsonl(headed_log)
+    assert len(records) == 6 and records.header == header and not records.truncated
+    assert RunHeader.from_dict(json.loads(header.to_json()), 1) == header  # round trip
+
+
+def test_old_logs_without_header_read_as_before(tmp_path, model):
+    log = TelemetryLog(tmp_path / "old.jsonl")  # no RunContext header: the format before this change
+    exp = model.explain(frame_pattern(0, (32, 32)))
+    log.write(frame=0, timestamp=1.0, explanation=exp)
+    log.close()
+    assert read_header(tmp_path / "old.jsonl") is None
+    (rec,) = read_records(tmp_path / "old.jsonl")
+    assert rec.vehicle is None and rec.model is None and "vehicle" not in rec.to_dict()
+    assert read_jsonl(tmp_path / "old.jsonl").header is None
+
+
+def test_every_rotated_segment_starts_with_the_header(tmp_path, model):
+    header = RunHeader(vehicle="bus_12", model_sha256="a" * 64, source_model_sha256=None, started=5.0)
+    log = TelemetryLog(tmp_path / "run.jsonl", save_frames=1, max_mb=1)
+    log.open(RunContext(classes=model.classes, header=header))
+    noise = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)  # ~30 KB frames
+    exp = model.explain(noise[..., ::-1].copy())
+    for i in range(40):
+        log.write(frame=i, timestamp=float(i), explanation=exp, image_bgr=noise)
+    log.close()
+    segments = sorted(tmp_path.glob("run*.jsonl"))
+    assert len(segments) >= 2
+    for segment in segments:
+        assert read_header(segment) == RunHeader(vehicle="bus_12", model_sha256="a" * 64, started=5.0, line=1)
+        assert all(r.vehicle == "bus_12" and r.model == "a" * 64 for r in read_records(segment))
+
+
+def test_a_broken_header_is_an_invalid_line_not_a_crash(tmp_path):
+    path = tmp_path / "run.jsonl"
+    path.write_text('{"header": "edgecam.run/1", "vehicle": 7}\n')
+    (bad,) = read_records(path)
+    assert isinstance(bad, BadRecord) and bad.reason == "invalid" and "vehicle" in bad.detail
+    assert read_header(path) is None
+    with pytest.raises(InputError, match="line 1 is a broken run header"):
+        read_jsonl(path)
+
+
+@pytest.mark.parametrize("good", ["van-07", "bus_12", "fleet:0042", "A", "x" * 64, "v1.2"])
+def test_vehicle_ids_accepted(good):
+    assert RunOptions(vehicle_id=good).vehicle_id == good == check_vehicle_id(good)
+
+
+@pytest.mark.parametrize("bad", ["", " van", "van 07", "x" * 65, "-van", "../etc", "van/07", "vän", "a\nb", 7])
+def test_vehicle_ids_refused_with_the_rule(bad):
+    with pytest.raises(InputError, match=r"--vehicle-id ID must be 1 to 64 ASCII letters.*Got: "):
+        RunOptions(vehicle_id=bad)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=80))
+def test_vehicle_id_rule_matches_an_independent_check(text):
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
+    expected = 1 <= len(text) <= 64 and set(text) <= allowed and text[0].isascii() and text[0].isalnum()
+    try:
+        check_vehicle_id(text)
+        ok = True
+    except InputError:
+        ok = False
+    assert ok == expected
+
+
+def test_cli_vehicle_id(tmp_path, tiny_fog_model):
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+
+    video = write_video(tmp_path / "v.avi", 3, size=(32, 32))
+    bad = CliRunner().invoke(cli, ["run", str(tiny_fog_model), "--source", str(video), "--vehicle-id", "a b"])
+    assert bad.exit_code == 2 and "--vehicle-id ID must be 1 to 64" in bad.output
+    ok = CliRunner().invoke(cli, ["run", str(tiny_fog_model), "--source", str(video), "--vehicle-id", "car-3",
+                                  "--log", str(tmp_path / "r.jsonl"), "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert read_header(tmp_path / "r.jsonl").vehicle == "car-3"
+
+
+def test_validate_from_log_is_unchanged_by_the_header(headed_log, tmp_path):
+    """The same log with and without its header line gives the same validation figures."""
+    pytest.importorskip("tensorflow")
+    from toolkit.validate import validate_log
+
+    bare = headed_log.with_name("bare.jsonl")
+    lines = headed_log.read_text().splitlines(keepends=True)
+    bare.write_text("".join(lines[1:]))  # frame paths are relative to the same folder
+    out = {}
+    for name, log in (("headed", headed_log), ("bare", bare)):
+        result = validate_log(DATA / "tiny_fog.keras", DATA / "tiny_fog.tflite", log, tmp_path / name,
+                              faithfulness=False, progress=False)
+        out[name] = result.summary
+    headed, plain = out["headed"], out["bare"]
+    assert headed["images"] == plain["images"] == 3
+    assert headed["skipped"] == plain["skipped"] and headed["skipped"].get("malformed", 0) == 0
+    assert headed["pearson"] == plain["pearson"] and headed["top1_agreement"] == plain["top1_agreement"]
+    assert re.fullmatch(r"[0-9a-f]{64}", read_header(headed_log).source_model_sha256)
