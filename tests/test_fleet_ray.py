@@ -61,24 +61,27 @@ def fleet(tmp_path_factory) -> Path:
 
 
 @pytest.mark.ray
-def test_ray_engine_gives_the_local_summary(fleet):
+def test_ray_engine_gives_the_local_summary(fleet, tmp_path):
     pytest.importorskip("ray.data")
-    from toolkit.fleet.engine_local import run_local
-    from toolkit.fleet.engine_ray import run_ray
-    from toolkit.fleet.plan import build_plan
+    import pyarrow.parquet as pq
 
-    plan = build_plan([fleet], [TINY_MODEL], batch_size=4)
-    local = run_local(plan, progress=False)
-    ray = run_ray(plan, num_cpus=2)
-    a = json.loads(json.dumps(local.summary(plan.class_names)))
-    b = json.loads(json.dumps(ray.summary(plan.class_names)))
-    _close(a, b)
-    totals = a["totals"]
+    from toolkit.fleet import fleet_validate
+
+    runs = {engine: fleet_validate([fleet], [TINY_MODEL], tmp_path / engine, engine=engine, batch_size=4,
+                                   progress=False, **({"num_cpus": 2} if engine == "ray" else {}))
+            for engine in ("local", "ray")}
+    summaries = {e: json.loads((tmp_path / e / "fleet_summary.json").read_text(encoding="utf-8")) for e in runs}
+    assert summaries["local"].pop("engine") == "local" and summaries["ray"].pop("engine") == "ray"
+    for s in summaries.values():
+        s.pop("created")
+    _close(summaries["local"], summaries["ray"])
+    totals = summaries["local"]["totals"]
     assert totals["logs"] == 7 and totals["validated"] > 20
     assert totals["skipped"]["malformed"] == 2  # the corrupt line and the cut one
     assert totals["skipped"]["unreadable"] > 0 and totals["skipped"]["no_model"] > 0
-    worst_a = [(w["log"], w["line"]) for w in local.worst_frames()]
-    assert worst_a == [(w["log"], w["line"]) for w in ray.worst_frames()]
+    tables = {e: pq.read_table(tmp_path / e / "per_frame.parquet").to_pydict() for e in runs}
+    assert tables["local"].keys() == tables["ray"].keys() and len(tables["local"]["pearson"]) == totals["validated"]
+    _close(tables["local"], tables["ray"])
 
 
 def test_missing_ray_names_the_extra(monkeypatch):
