@@ -34,6 +34,7 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "GuardedHandler",
     "GuardedServer",
+    "Served",
     "allowed_hosts",
     "host_allowed",
     "is_loopback",
@@ -224,6 +225,11 @@ class GuardedHandler(BaseHTTPRequestHandler):
         """A one-line plain-text error answer."""
         self.send(status, "text/plain; charset=utf-8", (message.rstrip("\n") + "\n").encode("utf-8"))
 
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """The standard handler's errors (501 method, 400 bad request line, …) as one text line."""
+        self.close_connection = True
+        self.refuse(code, message or self.responses.get(code, ("error",))[0])
+
     def admit(self, settle: bool = True) -> bool:
         """Check the ``Host`` header; answer 400/421 and return False when it does not name this server.
 
@@ -384,3 +390,28 @@ def server_url(host: str, port: int) -> str:
 def is_loopback(host: str) -> bool:
     """Whether a bound address is reachable from this machine only."""
     return str(host).startswith("127.") or host in ("::1", "localhost")
+
+
+class Served:
+    """Mixin for an object that serves with :func:`serve`: its :attr:`url`, whether it is
+    :attr:`loopback`, and a context manager that calls ``close()``. Set ``host`` and ``port``."""
+
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return server_url(self.host, self.port)
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

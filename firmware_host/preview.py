@@ -38,8 +38,7 @@ from typing import FrozenSet, Iterable, Optional, Tuple
 import numpy as np
 
 from .errors import InputError
-from .localserver import (ALLOWED_HOSTS_ENV, MAX_REQUEST_BYTES, GuardedHandler, host_allowed, is_loopback, serve,
-                          server_url)
+from .localserver import ALLOWED_HOSTS_ENV, MAX_REQUEST_BYTES, GuardedHandler, Served, host_allowed, serve
 from .localserver import allowed_hosts as allowed_hosts_from
 
 __all__ = ["PreviewServer", "parse_bind", "host_allowed", "ALLOWED_HOSTS_ENV", "MAX_REQUEST_BYTES"]
@@ -54,8 +53,10 @@ img{{max-width:100%;height:auto;margin-top:8px}}</style></head>
 """
 
 
-def parse_bind(text: str, default_host: str = "127.0.0.1") -> Tuple[str, int]:
+def parse_bind(text: str, default_host: str = "127.0.0.1", option: str = "--preview") -> Tuple[str, int]:
     """``"PORT"`` or ``"HOST:PORT"`` (``[v6]:PORT`` too) → ``(host, port)``; host defaults to loopback.
+
+    ``option`` names the flag in the error message.
 
     Raises:
         InputError: not of that form, or port outside 0–65535.
@@ -66,9 +67,9 @@ def parse_bind(text: str, default_host: str = "127.0.0.1") -> Tuple[str, int]:
     try:
         port = int(port_text)
     except ValueError:
-        raise InputError(f"--preview takes PORT or HOST:PORT, e.g. 127.0.0.1:8080. Got: {text!r}") from None
+        raise InputError(f"{option} takes PORT or HOST:PORT, e.g. 127.0.0.1:8080. Got: {text!r}") from None
     if not 0 <= port <= 65535:
-        raise InputError(f"--preview port must be 0-65535. Got: {port}")
+        raise InputError(f"{option} port must be 0-65535. Got: {port}")
     return host, port
 
 
@@ -159,7 +160,7 @@ class _Handler(GuardedHandler):
             preview._slots.release()
 
 
-class PreviewServer:
+class PreviewServer(Served):
     """The MJPEG preview, serving from a daemon thread (see the module docstring).
 
     Args:
@@ -201,14 +202,6 @@ class PreviewServer:
             timeout=timeout, allowed=self.allowed_hosts, what="preview", hint="--preview 127.0.0.1:PORT")
         self.host, self.port = self._server.server_address[:2]
 
-    @property
-    def url(self) -> str:
-        return server_url(self.host, self.port)
-
-    @property
-    def loopback(self) -> bool:
-        return is_loopback(self.host)
-
     def publish(self, image_bgr: np.ndarray) -> None:
         """Offer the newest BGR frame to viewers; returns at once."""
         self._latest.publish(image_bgr)
@@ -223,8 +216,3 @@ class PreviewServer:
             self._latest.cond.notify_all()
         self._server.stop(self._thread)
 
-    def __enter__(self) -> "PreviewServer":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -90,8 +90,11 @@ def make_fleet(out: Path, parquet: bool = True) -> dict:
     for i in range(3):
         _write_npz(out / "worst" / f"{i}.npz", i)
     (out / "worst" / "3.npz").write_bytes(b"not a zip")
+    with np.load(out / "worst" / "2.npz") as data:  # fleet validate keeps no image for an unreadable frame
+        np.savez(out / "worst" / "2.npz", edge=data["edge"], full=data["full"])
     worst = [{"vehicle": "degraded", "day": "2026-12-01", "log": "logs/degraded/run1.jsonl", "frame": 40 + i,
-              "pearson": 0.1 * i, "recorded_class": 3, "host_class": 3, "edge_class": 0, "file": f"worst/{i}.npz"}
+              "pearson": 0.1 * i, "recorded_class": 3, "host_class": 3, "edge_class": 0, "model": SHA_A,
+              "file": f"worst/{i}.npz"}
              for i in range(4)]
     worst.append(dict(worst[0], file="../outside.npz", frame=99))
     summary = {
@@ -100,11 +103,11 @@ def make_fleet(out: Path, parquet: bool = True) -> dict:
         "class_names": CLASSES,
         "models": {SHA_A: {"keras": "models/v1.keras", "name": "fog-v1"}, SHA_B: {"keras": "models/v2.keras", "name": "fog-v2"}},
         "totals": {"logs": 6, "records": 600, "frames": 560, "validated": 290,
-                   "skipped": {"corrupt": 3, "no_model": 17, "unreadable": 2, "sampled_out": 248, "truncated": 1}},
+                   "skipped": {"malformed": 3, "invalid": 4, "no_model": 17, "unreadable": 2, "weird": 1}},
         "vehicles": vehicles,
         "logs": [{"log": f"logs/{v['vehicle']}/run1.jsonl", "vehicle": v["vehicle"], "run": "run1", "sha256": "c" * 64,
                   "model": SHA_A, "records": 100, "validated": 48, "pearson_median": v["pearson_median"],
-                  "pearson_p05": v["pearson_p05"], "top1": 0.95, "skipped": {"corrupt": 1}} for v in vehicles],
+                  "pearson_p05": v["pearson_p05"], "top1": 0.95, "skipped": {"malformed": 1, "unreadable": 0}} for v in vehicles],
         "worst_frames": worst,
         "verdict": {"pass": False, "failing_vehicles": ["degraded"], "thresholds": {"min_pearson": 0.9, "min_top1": 0.8}},
     }
@@ -164,11 +167,13 @@ def test_report_orders_flags_and_charts_the_fleet(tmp_path):
     assert max(a) < line_x <= min(b)  # the change is stamped with the first record of model B
     # The threshold line is drawn at --min-pearson.
     assert '<title>--min-pearson 0.900</title>' in fidelity
-    # Totals: every skip reason, the four named ones always, the unknown one as found.
-    for label, n in (("corrupt or truncated records", 3), ("records with no matching --keras model", 17),
-                     ("frames whose image could not be read", 2), ("frames left out by --sample", 248),
-                     ("truncated", 1)):
+    # Totals: every skip reason found, the four an operator asks about even at 0, unknown ones by key.
+    for label, n in (("corrupt or truncated records", 3), ("records with invalid fields", 4),
+                     ("records with no matching --keras model", 17), ("frames whose image could not be read", 2),
+                     ("frames left out by --sample", 0), ("weird", 1)):
         assert f'skipped: {label}</th><td>{n}</td>' in page
+    # Zero counts are left out of the per-log cells.
+    assert '<td class="k">malformed: 1</td></tr>' in page
 
 
 def test_class_strip_follows_the_timeline(tmp_path):
@@ -189,7 +194,8 @@ def test_worst_frames_use_the_validation_panels_and_skip_bad_files(tmp_path):
     assert page.count('src="data:image/png;base64,') == 12
     for panel in ("original", "edge map", "full Grad-CAM", "|difference|"):
         assert page.count(f"<figcaption>{html.escape(panel)}") == 3
-    assert "recorded dense fog · host dense fog · edge no fog" in page
+    assert "recorded dense fog · host dense fog · edge no fog · model aaaaaaaaaaaa" in page
+    assert page.count("frame image not available") == 1
     assert 'href="#wf0"' in _section(page, "degraded") and 'id="wf0"' in page
     # The damaged file and the path outside the folder are named, never fatal, never read.
     assert "worst frame worst/3.npz: not shown (not a readable .npz with image, edge and full" in page
@@ -295,7 +301,7 @@ def test_no_gate_and_pass_banners(tmp_path):
     no_gate = dict(summary, verdict={"pass": True, "failing_vehicles": [], "thresholds": {"min_pearson": None}})
     assert 'class="banner none"' in render_fleet_report(no_gate)
     passing = dict(summary, vehicles=[dict(v, status="pass", failures=[]) for v in summary["vehicles"]],
-                   verdict=dict(summary["verdict"], **{"pass": True}))
+                   verdict=dict(summary["verdict"], failing_vehicles=[], **{"pass": True}))
     assert 'class="banner pass"><strong>PASS: every vehicle meets min_pearson ≥ 0.900, min_top1 ≥ 0.800' in \
         render_fleet_report(passing)
 
@@ -312,3 +318,59 @@ def test_fleet_report_renders_in_headless_chromium(tmp_path):
     assert len(page["images"]) == 12
     assert all(img["complete"] and img["w"] > 0 and img["h"] > 0 for img in page["images"])
     assert all(u.startswith("file://") or u.startswith("data:") for u in page["urls"])
+
+
+def test_verdict_and_missing_figures_put_a_vehicle_first():
+    def v(name, p05, status="pass"):
+        return {"vehicle": name, "status": status, "pearson_p05": p05, "top1": 0.9, "failures": []}
+
+    summary = {"schema": fleet_report.SCHEMA, "vehicles": [v("good", 0.99), v("low", 0.5), v("none", None),
+                                                           v("named", 0.98)],
+               "verdict": {"pass": False, "failing_vehicles": ["named"], "thresholds": {"min_pearson": 0.9}}}
+    page = render_fleet_report(summary)
+    table = page[page.index("Vehicles, worst first"):]
+    order = [table.index(f'">{n}</a>') for n in ("named", "none", "low", "good")]
+    assert order == sorted(order)
+    assert re.search(r'named</a></td><td class="k"><span class="tag fail">FAIL', table)
+
+
+def test_parquet_row_groups_and_nulls_are_grouped_per_vehicle(tmp_path):
+    n = 1000
+    vehicles = [f"v{i // 300}" for i in range(n)]
+    models = [None if i % 7 == 0 else f"m{i // 500}" for i in range(n)]
+    pq.write_table(pa.table({"vehicle": vehicles, "timestamp": np.arange(n, dtype=float), "pearson": np.arange(n) / n,
+                             "model": models}), tmp_path / "p.parquet", row_group_size=128)
+    points, notes = fleet_report.read_frame_points(tmp_path / "p.parquet")
+    assert notes == [] and sorted(points) == ["v0", "v1", "v2", "v3"]
+    for name, got in points.items():
+        rows = [i for i in range(n) if vehicles[i] == name]
+        np.testing.assert_array_equal(got.t, np.array(rows, float))
+        np.testing.assert_allclose(got.pearson, np.array(rows) / n)
+        assert got.model.tolist() == [models[i] or "" for i in rows]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+_PATHS = [("engine",), ("options",), ("class_names",), ("models",), ("totals",), ("totals", "skipped"), ("vehicles",),
+          ("vehicles", 0), ("vehicles", 0, "timeline"), ("vehicles", 0, "timeline", 0), ("vehicles", 1, "model_changes"),
+          ("vehicles", 1, "model_changes", 0), ("vehicles", 0, "days"), ("vehicles", 0, "days", 0),
+          ("vehicles", 0, "models"), ("vehicles", 0, "pearson_p05"), ("vehicles", 0, "failures"), ("logs",),
+          ("logs", 0), ("verdict",), ("verdict", "thresholds"), ("worst_frames",), ("worst_frames", 0)]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(where=st.sampled_from(_PATHS), value=_JSON)
+def test_a_hand_edited_summary_never_crashes_the_report(tmp_path_factory, where, value):
+    out = tmp_path_factory.mktemp("fleet")
+    summary = make_fleet(out, parquet=False)
+    target = summary
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = value
+    (out / "fleet_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    page = write_report(out).read_text(encoding="utf-8")
+    _assert_self_contained(page)

@@ -57,6 +57,7 @@ __all__ = [
     "SourceItem",
     "ImageFolderSource",
     "RunLogSource",
+    "HostModel",
     "validate",
     "validate_log",
     "validate_source",
@@ -64,6 +65,7 @@ __all__ = [
     "read_rgb",
     "CSV_COLUMNS",
     "csv_cell",
+    "csv_text",
     "SCHEMA_VERSION",
 ]
 
@@ -270,7 +272,7 @@ class RunLogReader:
 
 
 # -- the host (Keras) side ---------------------------------------------------------------------
-class _HostModel:
+class HostModel:
     """The Keras model: probabilities and full Grad-CAM maps at the explanation layer."""
 
     def __init__(self, keras_model, method: str, target_layer: Optional[str], safe_mode: bool = True) -> None:
@@ -826,13 +828,21 @@ def csv_cell(v: Any) -> Any:
     """A per_image.csv cell: floats in full precision, text made inert for spreadsheets.
 
     Numbers stay numbers (``-0.5`` is written as is); only text that starts with ``= + - @``
-    (or a tab / carriage return) is prefixed with ``'``.
+    (or a tab / carriage return) is prefixed with ``'``, and so is text that starts with ``'``
+    itself, so that :func:`csv_text` can undo it exactly.
     """
     if isinstance(v, float):
         return "nan" if math.isnan(v) else repr(v)
-    if isinstance(v, str) and v.startswith(_FORMULA_START):
+    if isinstance(v, str) and v.startswith(_FORMULA_START + ("'",)):
         return "'" + v
     return v
+
+
+def csv_text(cell: str) -> str:
+    """The text :func:`csv_cell` was given, from the cell it wrote (for reading a CSV back)."""
+    if cell.startswith("'") and cell[1:].startswith(_FORMULA_START + ("'",)):
+        return cell[1:]
+    return cell
 
 
 def _p05_by_class(records: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
@@ -880,7 +890,7 @@ def _open(edge_model_path, keras_model, method, target_layer, safe_mode: bool = 
         from converters.onnx_in.host import OnnxHostModel
 
         return edge, OnnxHostModel(keras_model, method, target_layer)
-    host = _HostModel(keras_model, method, target_layer, safe_mode)
+    host = HostModel(keras_model, method, target_layer, safe_mode)
     return edge, host
 
 

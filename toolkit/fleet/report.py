@@ -40,6 +40,7 @@ __all__ = [
     "FramePoints",
     "WorstFrame",
     "load_summary",
+    "clean_summary",
     "read_frame_points",
     "load_worst_frames",
     "render_fleet_report",
@@ -53,16 +54,21 @@ MAX_SEGMENTS = 400  # rectangles per class strip; beyond that, the most frequent
 MAX_VEHICLE_SECTIONS = 100  # vehicles with charts (worst first); the rest are in the table
 MAX_WORST = 16  # worst frames drawn (4 PNGs each)
 MAX_TABLE_ROWS = 500  # rows of the vehicle and log tables
+MAX_DAY_ROWS = 62  # rows of a vehicle's per-day table (a month of days with one model change each)
 MAX_FAILURES_SHOWN = 20  # failing vehicles named in the banner
 THUMB = 192  # longest side of a worst frame's image, as in the validation report
 
-# Skip reasons every report lists (0 when absent), with what they mean; others are listed as found.
-SKIP_REASONS = (
-    ("corrupt", "corrupt or truncated records"),
-    ("no_model", "records with no matching --keras model"),
-    ("unreadable", "frames whose image could not be read"),
-    ("sampled_out", "frames left out by --sample"),
-)
+# What each skip reason of fleet_summary.json means; unknown reasons are shown by their key.
+SKIP_LABELS = {
+    "malformed": "corrupt or truncated records",
+    "invalid": "records with invalid fields",
+    "no_frame_path": "records without a saved frame",
+    "unreadable": "frames whose image could not be read",
+    "no_model": "records with no matching --keras model",
+    "sampled_out": "frames left out by --sample",
+}
+# Reasons the totals always list, 0 when absent: an operator asks about these first.
+ALWAYS_SHOWN = ("malformed", "no_model", "unreadable", "sampled_out")
 # Class colours along a fog scale (viridis stops: clear → dense); unknown classes are grey.
 CLASS_COLOURS = ("#fde725", "#a0da39", "#4ac16d", "#1fa187", "#277f8e", "#365c8d", "#46327e", "#440154")
 MODEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -78,7 +84,7 @@ svg.chart{display:block;max-width:100%;height:auto;font-size:11px;font-family:sy
 .legend span{display:inline-block;margin-right:12px;font-size:.85em}
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle;border:1px solid #999}
 ul.failures{margin:2px 0 6px 18px;color:#c62828;font-size:.9em}
-.note{color:#555;font-size:.85em}
+.note{color:#555;font-size:.85em} table.days{font-size:.8em}
 """
 
 
@@ -145,19 +151,33 @@ def read_frame_points(path: Union[str, Path]) -> Tuple[Dict[str, FramePoints], L
         columns = [c for c in ("vehicle", "timestamp", "pearson", "model") if c in names]
         if not {"vehicle", "pearson"} <= set(columns):
             return {}, [f"{path.name} has no vehicle/pearson columns: fidelity is shown per day."]
-        table = pq.read_table(path, columns=columns)
+        # Strings read as dictionaries: no Python object per row (a fleet has 100,000s of frames).
+        table = pq.read_table(path, columns=columns, read_dictionary=[c for c in columns if c in ("vehicle", "model")])
     except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
         return {}, [f"{path.name} could not be read ({exc}): fidelity is shown per day."]
+    return _split_by_vehicle(table, columns), []
+
+
+def _codes(column) -> Tuple[np.ndarray, np.ndarray]:
+    """A string column as ``(codes, values)`` (dictionary-encoded: no Python string per row)."""
+    encoded = column.combine_chunks().dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    values = np.asarray([("" if v is None else str(v)) for v in encoded.dictionary.to_pylist()] + [""], object)
+    return np.where(np.isnan(codes), len(values) - 1, codes).astype(np.int64) if codes.dtype.kind == "f" else codes, values
+
+
+def _split_by_vehicle(table, columns: Sequence[str]) -> Dict[str, FramePoints]:
     n = table.num_rows
-    vehicle = np.asarray(table.column("vehicle").to_pylist(), dtype=object)
+    vehicle, names = _codes(table.column("vehicle"))
     pearson = _floats(table.column("pearson").to_numpy(zero_copy_only=False))
     t = _floats(table.column("timestamp").to_numpy(zero_copy_only=False)) if "timestamp" in columns else np.full(n, np.nan)
-    model = np.asarray(table.column("model").to_pylist(), dtype=object) if "model" in columns else np.full(n, "", object)
+    model, models = _codes(table.column("model")) if "model" in columns else (np.zeros(n, np.int64), np.array([""], object))
+    order = np.argsort(vehicle, kind="stable")
+    starts = np.flatnonzero(np.r_[True, vehicle[order][1:] != vehicle[order][:-1]]) if n else np.zeros(0, np.int64)
     out = {}
-    for name in dict.fromkeys(vehicle.tolist()):
-        keep = vehicle == name
-        out[str(name)] = FramePoints(t=t[keep], pearson=pearson[keep], model=model[keep])
-    return out, []
+    for rows in np.split(order, starts[1:]) if n else []:
+        out[str(names[vehicle[rows[0]]])] = FramePoints(t=t[rows], pearson=pearson[rows], model=models[model[rows]])
+    return out
 
 
 def _floats(values) -> np.ndarray:
@@ -184,7 +204,7 @@ def _thumbnail(image: np.ndarray) -> np.ndarray:
 def _class_name(names: Sequence[str], index: Any) -> str:
     try:
         i = int(index)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return "?"
     return str(names[i]) if 0 <= i < len(names) else f"class {i}"
 
@@ -195,17 +215,22 @@ def _worst_case(out_dir: Path, entry: Mapping, names: Sequence[str]) -> ReportCa
         raise InputError("the path leaves the output folder")
     try:
         with np.load(path, allow_pickle=False) as data:
-            image, edge, full = data["image"], data["edge"], data["full"]
+            edge, full = data["edge"], data["full"]
+            image = data["image"] if "image" in data.files else None
     except (ValueError, EOFError, zipfile.BadZipFile) as exc:  # numpy: "contains pickled data" for any non-npz
         raise InputError(f"not a readable .npz with image, edge and full ({type(exc).__name__})") from exc
+    missing = image is None  # the frame was unreadable when fleet validate ran: maps over grey
+    if missing:
+        h, w = np.shape(edge)[:2] if np.ndim(edge) == 2 else (1, 1)
+        image = np.full((max(1, round(THUMB * h / max(h, w))), max(1, round(THUMB * w / max(h, w))), 3), 128, np.uint8)
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise InputError(f"image is {image.dtype} {image.shape}, expected uint8 (H, W, 3)")
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
-    caption = (
+    caption = ("frame image not available · " if missing else "") + (
         f"{entry.get('day', '')} · recorded {_class_name(names, entry.get('recorded_class'))} · "
         f"host {_class_name(names, entry.get('host_class'))} · edge {_class_name(names, entry.get('edge_class'))}"
-        f" · {entry.get('log', '')}"
+        f" · model {str(entry.get('model') or 'unknown')[:12]} · {entry.get('log', '')}"
     )
     return ReportCase(
         name=f"{entry.get('vehicle', '?')} · frame {entry.get('frame', '?')}",
@@ -224,8 +249,8 @@ def load_worst_frames(out_dir: Union[str, Path], summary: Mapping) -> Tuple[List
     A missing, damaged or out-of-folder file is a note, never an error.
     """
     out_dir = Path(out_dir)
-    entries = [e for e in summary.get("worst_frames") or [] if isinstance(e, Mapping)]
-    names = [str(n) for n in summary.get("class_names") or []]
+    summary = clean_summary(summary)
+    entries, names = summary["worst_frames"], summary["class_names"]
     frames, notes = [], []
     for i, entry in enumerate(entries[:MAX_WORST]):
         try:
@@ -239,6 +264,49 @@ def load_worst_frames(out_dir: Union[str, Path], summary: Mapping) -> Tuple[List
     return frames, notes
 
 
+# -- the summary's shape -------------------------------------------------------------------------
+def _mapping(value: Any) -> Dict[str, Any]:
+    return {str(k): v for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
+def _maps(value: Any) -> List[Dict[str, Any]]:
+    return [_mapping(v) for v in _list(value) if isinstance(v, Mapping)]
+
+
+def _clean_vehicle(vehicle: Mapping) -> Dict[str, Any]:
+    v = _mapping(vehicle)
+    v.update(failures=[str(f) for f in _list(v.get("failures"))], models=[str(m) for m in _list(v.get("models"))],
+             skipped=_mapping(v.get("skipped")), class_histogram=_mapping(v.get("class_histogram")),
+             model_changes=_maps(v.get("model_changes")),
+             days=[dict(d, class_histogram=_mapping(d.get("class_histogram")), skipped=_mapping(d.get("skipped")))
+                   for d in _maps(v.get("days"))],
+             timeline=[r for r in _list(v.get("timeline")) if isinstance(r, (list, tuple)) and len(r) >= 2])
+    return v
+
+
+def clean_summary(summary: Mapping) -> Dict[str, Any]:
+    """A copy of ``summary`` with every container the report reads of the expected type.
+
+    ``fleet_summary.json`` is data (it can be edited or truncated by hand): a field of the wrong
+    type becomes empty instead of crashing the report; scalars are formatted defensively later.
+    """
+    s = _mapping(summary)
+    totals, verdict = _mapping(s.get("totals")), _mapping(s.get("verdict"))
+    totals["skipped"] = _mapping(totals.get("skipped"))
+    verdict.update(thresholds=_mapping(verdict.get("thresholds")),
+                   failing_vehicles=[str(v) for v in _list(verdict.get("failing_vehicles"))])
+    s.update(options=_mapping(s.get("options")), class_names=[str(n) for n in _list(s.get("class_names"))],
+             models={k: _mapping(m) for k, m in _mapping(s.get("models")).items()}, totals=totals, verdict=verdict,
+             vehicles=[_clean_vehicle(v) for v in _maps(s.get("vehicles"))],
+             logs=[dict(g, skipped=_mapping(g.get("skipped"))) for g in _maps(s.get("logs"))],
+             worst_frames=_maps(s.get("worst_frames")))
+    return s
+
+
 # -- formatting ------------------------------------------------------------------------------------
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
@@ -247,7 +315,7 @@ def _e(value: Any) -> str:
 def _number(value: Any) -> float:
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return math.nan
 
 
@@ -264,10 +332,11 @@ def _short(sha: Any) -> str:
     return _e(str(sha or "unknown")[:12])
 
 
-def _counts(mapping: Any) -> str:
-    if not isinstance(mapping, Mapping) or not mapping:
+def _counts(mapping: Any, zeros: bool = True) -> str:
+    if not isinstance(mapping, Mapping):
         return "–"
-    return ", ".join(f"{_e(k)}: {_num(v)}" for k, v in mapping.items())
+    shown = ", ".join(f"{_e(k)}: {_num(v)}" for k, v in mapping.items() if zeros or _number(v) != 0)
+    return shown or ("–" if zeros else "none")
 
 
 def _utc(t: float, with_date: bool) -> str:
@@ -280,19 +349,26 @@ def _utc(t: float, with_date: bool) -> str:
 
 # -- summary sections ------------------------------------------------------------------------------
 def _vehicles(summary: Mapping) -> List[Mapping]:
-    """Vehicles worst first: failing ones, then by Pearson p05, then top-1 (unknown figures last)."""
+    """Vehicles worst first, as fleetcore orders them: failing ones, then by Pearson p05, then top-1.
+
+    A vehicle with no validated frame (no p05) counts as the worst; one the verdict names as
+    failing is marked failing even if its own ``status`` says otherwise.
+    """
+    failing = set(summary["verdict"]["failing_vehicles"])
 
     def key(v: Mapping):
         p05, top1 = _number(v.get("pearson_p05")), _number(v.get("top1"))
-        return (v.get("status") != "fail", p05 if math.isfinite(p05) else math.inf,
-                top1 if math.isfinite(top1) else math.inf)
+        return (v.get("status") != "fail", p05 if math.isfinite(p05) else -math.inf,
+                top1 if math.isfinite(top1) else -math.inf, str(v.get("vehicle")))
 
-    return sorted((v for v in summary.get("vehicles") or [] if isinstance(v, Mapping)), key=key)
+    vehicles = [dict(v, status="fail") if str(v.get("vehicle")) in failing else v
+                for v in summary["vehicles"]]
+    return sorted(vehicles, key=key)
 
 
 def _banner(summary: Mapping, vehicles: Sequence[Mapping]) -> str:
-    verdict = summary.get("verdict") if isinstance(summary.get("verdict"), Mapping) else {}
-    thresholds = verdict.get("thresholds") if isinstance(verdict.get("thresholds"), Mapping) else {}
+    verdict = summary["verdict"]
+    thresholds = verdict["thresholds"]
     gate = ", ".join(f"{_e(k)} ≥ {_num(v)}" for k, v in thresholds.items() if v is not None)
     failing = [v for v in vehicles if v.get("status") == "fail"]
     if not gate:
@@ -302,7 +378,7 @@ def _banner(summary: Mapping, vehicles: Sequence[Mapping]) -> str:
     else:
         cls, title = "fail", f"FAIL: {len(failing)} of {len(vehicles)} vehicles miss {gate}"
     items = "".join(
-        f"<li>{_e(v.get('vehicle'))}: {_e('; '.join(str(f) for f in v.get('failures') or []) or 'failed')}</li>"
+        f"<li>{_e(v.get('vehicle'))}: {_e('; '.join(v['failures']) or 'failed')}</li>"
         for v in failing[:MAX_FAILURES_SHOWN]
     )
     if len(failing) > MAX_FAILURES_SHOWN:
@@ -311,15 +387,13 @@ def _banner(summary: Mapping, vehicles: Sequence[Mapping]) -> str:
 
 
 def _totals(summary: Mapping) -> str:
-    totals = summary.get("totals") if isinstance(summary.get("totals"), Mapping) else {}
-    skipped = dict(totals.get("skipped") or {}) if isinstance(totals.get("skipped"), Mapping) else {}
+    totals = summary["totals"]
+    skipped = totals["skipped"]
     rows = [(label, totals.get(key)) for key, label in (
         ("logs", "logs"), ("records", "records read"), ("frames", "frames"), ("validated", "frames validated"))]
-    rows += [(f"skipped: {label}", skipped.pop(key, 0)) for key, label in SKIP_REASONS]
-    rows += [(f"skipped: {key}", n) for key, n in skipped.items()]
-    options = summary.get("options") if isinstance(summary.get("options"), Mapping) else {}
+    rows += [(f"skipped: {SKIP_LABELS.get(k, k)}", skipped.get(k, 0)) for k in dict.fromkeys([*skipped, *ALWAYS_SHOWN])]
     rows += [("engine", summary.get("engine")), ("created", summary.get("created"))]
-    rows += [(f"option {k}", v) for k, v in options.items()]
+    rows += [(f"option {k}", v) for k, v in summary["options"].items()]
     body = "".join(
         f'<tr><th class="k">{_e(label)}</th><td>{_cell(value)}</td></tr>'
         for label, value in rows
@@ -334,20 +408,19 @@ def _cell(value: Any) -> str:
 
 
 def _models(summary: Mapping) -> str:
-    models = summary.get("models") if isinstance(summary.get("models"), Mapping) else {}
+    models = summary["models"]
     if not models:
         return ""
     rows = "".join(
         f'<tr><td class="k" title="{_e(sha)}"><i style="background:{_model_colour(summary, sha)}">&nbsp;&nbsp;</i> '
-        f'{_short(sha)}</td><td class="k">{_e((m or {}).get("name", ""))}</td><td class="k">{_e((m or {}).get("keras", ""))}</td></tr>'
+        f'{_short(sha)}</td><td class="k">{_e(m.get("name", ""))}</td><td class="k">{_e(m.get("keras", ""))}</td></tr>'
         for sha, m in list(models.items())[:MAX_TABLE_ROWS]
-        if isinstance(m, Mapping) or m is None
     )
     return f'<h2>Models</h2><table class="legend"><tr><th class="k">source sha256</th><th class="k">name</th><th class="k">Keras file</th></tr>{rows}</table>'
 
 
 def _model_colour(summary: Mapping, sha: Any) -> str:
-    models = list((summary.get("models") or {}).keys()) if isinstance(summary.get("models"), Mapping) else []
+    models = list(summary["models"])
     return MODEL_COLOURS[models.index(sha) % len(MODEL_COLOURS)] if sha in models else UNKNOWN_COLOUR
 
 
@@ -359,14 +432,14 @@ def _vehicle_table(vehicles: Sequence[Mapping]) -> str:
         status = "fail" if v.get("status") == "fail" else "pass"
         name = _e(v.get("vehicle"))
         link = f'<a href="#v{i}">{name}</a>' if i < MAX_VEHICLE_SECTIONS else name
-        failures = "; ".join(str(f) for f in v.get("failures") or [])
+        failures = "; ".join(v["failures"])
         rows.append(
             f'<tr><td class="k">{link}</td><td class="k"><span class="tag {status}">{status.upper()}</span>'
             f'{" " + _e(failures) if failures else ""}</td><td>{_num(v.get("frames"))}</td>'
             f'<td>{_num(v.get("validated"))}</td><td>{_num(v.get("pearson_median"))}</td>'
             f'<td>{_num(v.get("pearson_p05"))}</td><td>{_num(v.get("top1"))}</td>'
-            f'<td>{len(v.get("models") or [])}</td><td>{len(v.get("model_changes") or [])}</td>'
-            f'<td class="k">{_counts(v.get("skipped"))}</td></tr>'
+            f'<td>{len(v["models"])}</td><td>{len(v["model_changes"])}</td>'
+            f'<td class="k">{_counts(v.get("skipped"), zeros=False)}</td></tr>'
         )
     more = len(vehicles) - MAX_TABLE_ROWS
     note = f'<p class="note">{more} more vehicles in fleet_summary.json.</p>' if more > 0 else ""
@@ -374,7 +447,7 @@ def _vehicle_table(vehicles: Sequence[Mapping]) -> str:
 
 
 def _log_table(summary: Mapping) -> str:
-    logs = [g for g in summary.get("logs") or [] if isinstance(g, Mapping)]
+    logs = summary["logs"]
     if not logs:
         return ""
     cols = ("records", "validated", "pearson_median", "pearson_p05", "top1")
@@ -383,7 +456,7 @@ def _log_table(summary: Mapping) -> str:
         f'<tr><td class="k">{_e(g.get("vehicle"))}</td><td class="k">{_e(g.get("run"))}</td>'
         f'<td class="k" title="{_e(g.get("sha256"))}">{_e(g.get("log"))}</td><td class="k">{_short(g.get("model"))}</td>'
         + "".join(f"<td>{_num(g.get(c))}</td>" for c in cols)
-        + f'<td class="k">{_counts(g.get("skipped"))}</td></tr>'
+        + f'<td class="k">{_counts(g.get("skipped"), zeros=False)}</td></tr>'
         for g in logs[:MAX_TABLE_ROWS]
     )
     more = len(logs) - MAX_TABLE_ROWS
@@ -432,8 +505,8 @@ def _time_grid(axis: _Axis, top: float, bottom: float, labels: bool) -> str:
 def _change_lines(axis: _Axis, changes: Any, top: float, bottom: float, label: bool) -> str:
     """A red dashed line at each model change, its hashes in a tooltip (``<title>``)."""
     parts = []
-    for change in changes or []:
-        t = _number(change.get("t")) if isinstance(change, Mapping) else math.nan
+    for change in changes:
+        t = _number(change.get("t"))
         if not math.isfinite(t) or not axis.t0 <= t <= axis.t1:
             continue
         x = axis.x(t)
@@ -481,8 +554,8 @@ def _day_series(vehicle: Mapping, summary: Mapping) -> Tuple[List[Tuple[np.ndarr
     """Without per-frame rows: one point per day and model (its median), at the mean time of its records."""
     t_line, _, m_line = _timeline(vehicle)
     series: Dict[str, Tuple[list, list]] = {}
-    for day in vehicle.get("days") or []:
-        if not isinstance(day, Mapping) or not math.isfinite(_number(day.get("pearson_median"))):
+    for day in vehicle["days"]:
+        if not math.isfinite(_number(day.get("pearson_median"))):
             continue
         model = str(day.get("model") or "")
         try:
@@ -499,7 +572,7 @@ def _day_series(vehicle: Mapping, summary: Mapping) -> Tuple[List[Tuple[np.ndarr
 
 
 def _timeline(vehicle: Mapping) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows = [r for r in vehicle.get("timeline") or [] if isinstance(r, (list, tuple)) and len(r) >= 2]
+    rows = vehicle["timeline"]
     t = np.array([_number(r[0]) for r in rows], np.float64)
     cls = np.array([_number(r[1]) for r in rows], np.float64)
     model = np.array([str(r[2]) if len(r) > 2 and r[2] is not None else "" for r in rows], object)
@@ -595,7 +668,7 @@ def _strip_svg(axis: _Axis, vehicle: Mapping, names: Sequence[str]) -> str:
     return (f'<svg class="chart strip" viewBox="0 0 {CHART_W} {STRIP_H}" width="{CHART_W}" height="{STRIP_H}" '
             f'role="img" aria-label="class over time"><text x="{LEFT - 4}" y="19" text-anchor="end" fill="#555">'
             f'class</text>{_time_grid(axis, top, bottom, labels=True)}{rects}'
-            f'{_change_lines(axis, vehicle.get("model_changes"), top - 2, bottom + 2, label=False)}</svg>')
+            f'{_change_lines(axis, vehicle["model_changes"], top - 2, bottom + 2, label=False)}</svg>')
 
 
 def _class_legend(names: Sequence[str]) -> str:
@@ -608,35 +681,54 @@ def _class_legend(names: Sequence[str]) -> str:
 def _vehicle_facts(vehicle: Mapping, summary: Mapping) -> str:
     models = " → ".join(
         f'<span title="{_e(m)}"><i style="background:{_model_colour(summary, m)}"></i>{_short(m)} '
-        f'{_e(((summary.get("models") or {}).get(m) or {}).get("name", ""))}</span>'
-        for m in vehicle.get("models") or []
+        f'{_e(summary["models"].get(m, {}).get("name", ""))}</span>'
+        for m in vehicle["models"]
     )
     return (f'<p class="meta legend">frames {_num(vehicle.get("frames"))} · validated {_num(vehicle.get("validated"))}'
             f' · Pearson median {_num(vehicle.get("pearson_median"))} · p05 {_num(vehicle.get("pearson_p05"))}'
             f' · top-1 {_num(vehicle.get("top1"))} · classes {_counts(vehicle.get("class_histogram"))}'
-            f' · skipped {_counts(vehicle.get("skipped"))}</p><p class="meta legend">models: {models or "unknown"}</p>')
+            f' · skipped {_counts(vehicle.get("skipped"), zeros=False)}</p><p class="meta legend">models: {models or "unknown"}</p>')
+
+
+def _days_table(vehicle: Mapping) -> str:
+    """One row per day and model: the figures an operator compares across a model update."""
+    days = vehicle["days"]
+    if not days:
+        return ""
+    cols = ("frames", "validated", "pearson_median", "pearson_p05", "top1")
+    rows = "".join(
+        f'<tr><td class="k">{_e(d.get("day"))}</td><td class="k" title="{_e(d.get("model"))}">{_short(d.get("model"))}</td>'
+        f'<td class="k">{_e(d.get("plan") or "–")}</td>' + "".join(f"<td>{_num(d.get(c))}</td>" for c in cols)
+        + f'<td class="k">{_counts(d.get("class_histogram"))}</td>'
+        f'<td class="k">{_counts(d.get("skipped"), zeros=False)}</td></tr>'
+        for d in days[:MAX_DAY_ROWS]
+    )
+    more = f'<p class="note">{len(days) - MAX_DAY_ROWS} more days in fleet_summary.json.</p>' if len(days) > MAX_DAY_ROWS else ""
+    return ('<table class="days"><tr><th class="k">day (UTC)</th><th class="k">model</th><th class="k">plan</th>'
+            '<th>frames</th><th>validated</th><th>median r</th><th>p05 r</th><th>top-1</th>'
+            f'<th class="k">classes</th><th class="k">skipped</th></tr>{rows}</table>{more}')
 
 
 def _vehicle_section(index: int, vehicle: Mapping, summary: Mapping, points: Optional[FramePoints],
                      worst: Sequence[WorstFrame]) -> str:
     status = "fail" if vehicle.get("status") == "fail" else "pass"
-    failures = "".join(f"<li>{_e(f)}</li>" for f in vehicle.get("failures") or [])
+    failures = "".join(f"<li>{_e(f)}</li>" for f in vehicle["failures"])
     series, how = _frame_series(points, summary) if points is not None else _day_series(vehicle, summary)
     t_line = _timeline(vehicle)[0]
     axis = _axis(t_line, *(s[0] for s in series))
-    thresholds = ((summary.get("verdict") or {}).get("thresholds") or {}) if isinstance(summary.get("verdict"), Mapping) else {}
+    thresholds = summary["verdict"]["thresholds"]
     if axis is None:
         charts = '<p class="note">No timestamps in these records: no charts over time.</p>'
     else:
         fidelity = (_fidelity_svg(axis, series, _number(thresholds.get("min_pearson")), vehicle.get("model_changes"))
                     if any(s[0].size for s in series) else '<p class="note">No validated frames to chart.</p>')
-        charts = f'{fidelity}<p class="note">Fidelity: {_e(how)}. Times are UTC.</p>{_strip_svg(axis, vehicle, summary.get("class_names") or [])}'
+        charts = f'{fidelity}<p class="note">Fidelity: {_e(how)}. Times are UTC.</p>{_strip_svg(axis, vehicle, summary["class_names"])}'
     links = " ".join(f'<a href="#{w.anchor}">{_e(w.case.name)} (r {_num(w.case.metrics.get("pearson"))})</a>'
                      for w in worst)
     return (f'<section class="vehicle" id="v{index}"><h3>{_e(vehicle.get("vehicle"))} '
             f'<span class="tag {status}">{status.upper()}</span></h3>'
             + (f'<ul class="failures">{failures}</ul>' if failures else "")
-            + _vehicle_facts(vehicle, summary) + charts
+            + _vehicle_facts(vehicle, summary) + charts + _days_table(vehicle)
             + (f'<p class="meta">worst frames: {links}</p>' if links else "") + "</section>")
 
 
@@ -660,12 +752,13 @@ def render_fleet_report(summary: Mapping, points: Optional[Mapping[str, FramePoi
         notes: lines for the warnings box (what could not be read or shown).
         title: page title and heading.
     """
+    summary = clean_summary(summary)
     vehicles = _vehicles(summary)
     notes = list(notes)
     if len(vehicles) > MAX_VEHICLE_SECTIONS:
         notes.append(f"Charts for the {MAX_VEHICLE_SECTIONS} worst vehicles; the other "
                      f"{len(vehicles) - MAX_VEHICLE_SECTIONS} are in the table and fleet_summary.json.")
-    names = [str(n) for n in summary.get("class_names") or []]
+    names = summary["class_names"]
     sections = "".join(
         _vehicle_section(i, v, summary, (points or {}).get(str(v.get("vehicle"))),
                          [w for w in worst if w.vehicle == str(v.get("vehicle"))])
