@@ -304,3 +304,36 @@ def test_generation_is_deterministic_and_the_cli_writes_it(fleet, tmp_path):
 def test_fleet_spec_is_checked(bad, match):
     with pytest.raises(InputError, match=match):
         synth.FleetSpec(**bad)
+
+
+# -- acceptance: edgecam fleet validate on the generated fleet -------------------------------------
+
+
+@pytest.mark.slow  # about 40 s of full Grad-CAM on 2 busy cores, after the fleet fixture
+def test_fleet_validate_flags_the_degraded_camera_and_the_model_change(fleet, tmp_path):
+    api = pytest.importorskip("toolkit.fleet.api", reason="needs fleet validation (toolkit.fleet.api)")
+    from toolkit.validate import validate_log
+
+    result = api.fleet_validate([fleet.logs_dir], [fleet.keras["a"], fleet.keras["b"]], tmp_path / "report",
+                                [fleet.edge["a"], fleet.edge["b"]], min_p05=0.99, progress=False)
+    summary = result.summary
+    assert not result.passed and summary["verdict"]["failing_vehicles"] == [fleet.degraded_vehicle] == ["veh-06"]
+    vehicles = {v["vehicle"]: v for v in summary["vehicles"]}
+    assert summary["vehicles"][0]["vehicle"] == "veh-06"  # worst first
+    changes = vehicles[fleet.changing_vehicle]["model_changes"]
+    assert [(c["from"], c["to"]) for c in changes] == [(fleet.sha256["a"], fleet.sha256["b"])]
+    assert changes[0]["t"] == pytest.approx(fleet.model_change_at, abs=1.0)
+    assert all(not v["model_changes"] for name, v in vehicles.items() if name != fleet.changing_vehicle)
+    # The injected faults are counted, not fatal.
+    skipped = summary["totals"]["skipped"]
+    assert skipped["malformed"] == 2 and skipped["invalid"] == 1 and skipped["unreadable"] == 1
+    # Per log, the same figures as `edgecam validate --from-log`.
+    logs = {Path(entry["log"]).resolve(): entry for entry in summary["logs"]}
+    faulty = {f.log for f in fleet.faults}
+    for run_ in (fleet.runs[-1], next(r for r in fleet.runs if r.model == "b"),
+                 next(r for r in fleet.runs if r.log in faulty)):
+        one = validate_log(fleet.keras[run_.model], fleet.edge[run_.model], run_.log, tmp_path / run_.log.stem,
+                           faithfulness=False, progress=False).summary
+        entry = logs[run_.log.resolve()]
+        assert entry["validated"] == one["images"]
+        assert entry["pearson_median"] == pytest.approx(one["pearson"]["median"], abs=1e-4)
