@@ -341,3 +341,35 @@ def test_no_model_and_no_log_are_clear_errors(fleet, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="No .jsonl run log"):
         fleet_validate([tmp_path / "empty"], [KERAS], tmp_path / "o", edges=[EDGE])
+
+
+def test_an_interrupted_run_keeps_the_logs_it_finished(fleet, tmp_path, monkeypatch):
+    """The cache is written after each chunk of logs: a crash loses the current chunk only."""
+    import pyarrow.parquet as pq
+
+    from toolkit.fleet import api, scoring
+
+    root, _ = fleet
+    inputs = [root / "van-1", root / "van-2", root / "van-4"]
+    monkeypatch.setitem(api.CHECKPOINT_FRAMES, "local", 3)  # a chunk per log here (3+ saved frames each)
+    real, calls = scoring.FrameScorer.__call__, []
+
+    def crash_on_the_third_log(self, batch):
+        calls.append(str(batch["log"][0]))
+        if len(set(calls)) == 3:
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    monkeypatch.setattr(scoring.FrameScorer, "__call__", crash_on_the_third_log)
+    with pytest.raises(KeyboardInterrupt):
+        api.fleet_validate(inputs, [KERAS], tmp_path, edges=[EDGE], progress=False)
+    monkeypatch.setattr(scoring.FrameScorer, "__call__", real)
+    resumed = api.fleet_validate(inputs, [KERAS], tmp_path, edges=[EDGE], progress=False)
+    assert resumed.reused == 2
+    fresh = api.fleet_validate(inputs, [KERAS], tmp_path / "fresh", edges=[EDGE], progress=False, resume=False)
+    strip = lambda s: {k: v for k, v in s.items() if k != "created"}  # noqa: E731
+    assert strip(resumed.summary) == strip(fresh.summary)
+    key = lambda r: (r["log"], r["line"])  # noqa: E731
+    rows = sorted(pq.read_table(resumed.per_frame_path).to_pylist(), key=key)
+    assert rows == sorted(pq.read_table(fresh.per_frame_path).to_pylist(), key=key)
+    assert len(rows) == resumed.summary["totals"]["validated"] == 6 + 3 + 5 + 6

@@ -11,11 +11,12 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from firmware_host import cam as _cam
-from firmware_host._io import atomic_open, atomic_path, atomic_write_text
+from firmware_host._io import atomic_open, atomic_write_text
 
-from .aggregate import ROW_COLUMNS, FleetAggregator
+from .aggregate import FleetAggregator
+from .spool import spool_sources, write_per_frame
 
-__all__ = ["write_outputs", "write_per_frame", "write_worst"]
+__all__ = ["write_outputs", "write_worst"]
 
 _THUMB = 256  # longest side of the frame kept in worst/<n>.npz
 
@@ -39,29 +40,6 @@ def _summary(plan, opts, aggregator: FleetAggregator) -> Dict[str, Any]:
         "worst_frames": [],
         "verdict": figures["verdict"],
     }
-
-
-def write_per_frame(path: Path, aggregator: FleetAggregator) -> Path:
-    """``per_frame.parquet``: one row per validated frame, sorted by vehicle, log and line."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    parts = sorted(aggregator.parts.values(), key=lambda p: (p.vehicle, p.log))
-    columns = {name: [v for p in parts for v in p.rows[name]] for name in ROW_COLUMNS}
-    types = _arrow_types()
-    table = pa.table({name: pa.array(values, type=types[name]()) for name, values in columns.items()})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, str(tmp))
-    return path
-
-
-def _arrow_types() -> Dict[str, Any]:
-    import pyarrow as pa
-
-    kinds = {"frame": pa.int64, "line": pa.int64, "recorded_class": pa.int32, "edge_class": pa.int32,
-             "host_class": pa.int32, "timestamp": pa.float64, "host_probability": pa.float64,
-             "pearson": pa.float64, "top1_agree": pa.bool_}
-    return {name: kinds.get(name, pa.string) for name in ROW_COLUMNS}
 
 
 def _thumbnail(path: str) -> Optional[np.ndarray]:
@@ -118,7 +96,8 @@ def write_outputs(out_dir: Path, plan, opts, aggregator: FleetAggregator, reused
 
     summary = _summary(plan, opts, aggregator)
     summary["worst_frames"] = write_worst(out_dir, aggregator)
-    per_frame = write_per_frame(out_dir / "per_frame.parquet", aggregator)
+    per_frame = write_per_frame(out_dir / "per_frame.parquet",
+                                spool_sources(aggregator.parts.values(), out_dir / "cache"))
     summary_path = atomic_write_text(out_dir / "fleet_summary.json",
                                      json.dumps(summary, indent=1, allow_nan=False) + "\n")
     report = _report(out_dir)

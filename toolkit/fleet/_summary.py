@@ -44,16 +44,16 @@ def _reasons(counts: Counter, parts: Sequence[LogPart], where=lambda key: True) 
         k: int(v) for k, v in sorted(counts.items()) if k not in SKIP_REASONS}
 
 
-def _rows(parts: Sequence[LogPart], where=lambda day, model: True) -> Tuple[List[float], List[bool], List[str]]:
-    pearson, top1, plans = [], [], []
+def _rows(parts: Sequence[LogPart], where=lambda day, model: True) -> Tuple[List[float], int, List[str]]:
+    """The Pearson values, top-1 agreements and plans of the validated frames in ``where``'s groups."""
+    pearson, agree, plans = [], 0, set()
     for part in parts:
-        r = part.rows
-        for i, (day, model) in enumerate(zip(r["day"], r["model"])):
+        for (day, model), group in part.groups.items():
             if where(day, model):
-                pearson.append(r["pearson"][i])
-                top1.append(r["top1_agree"][i])
-                plans.append(r["plan"][i])
-    return pearson, top1, plans
+                pearson.extend(group.pearson)
+                agree += group.agree
+                plans |= group.plans
+    return pearson, agree, sorted(plans)
 
 
 def _histogram(parts: Sequence[LogPart], class_names: Sequence[str], where=lambda day, model: True) -> Dict[str, int]:
@@ -70,7 +70,7 @@ def _day(parts: Sequence[LogPart], day: str, model: str, class_names: Sequence[s
     where = lambda d, m: (d, m) == (day, model)  # noqa: E731
     pearson, top1, plans = _rows(parts, where)
     hist = _histogram(parts, class_names, where)
-    return {"day": day, "model": model, "plan": ",".join(sorted(set(p for p in plans if p))),
+    return {"day": day, "model": model, "plan": ",".join(plans),
             "frames": sum(hist.values()), **group_stats(pearson, top1),
             "class_histogram": hist, "skipped": _reasons(Counter(), parts, lambda k: (k[0], k[1]) == (day, model))}
 
@@ -91,7 +91,7 @@ def _vehicle(name: str, parts: Sequence[LogPart], class_names: Sequence[str],
     pearson, top1, _ = _rows(parts)
     stats = group_stats(pearson, top1)
     keys = {(d, m) for p in parts for (d, m, _) in list(p.classes) + list(p.skipped)}
-    keys |= {(d, m) for p in parts for d, m in zip(p.rows["day"], p.rows["model"])}
+    keys |= {key for p in parts for key in p.groups}
     failures = _failures(stats, thresholds)
     hist = _histogram(parts, class_names)
     _, timeline = merge_timelines((p.level, p.timeline) for p in parts)

@@ -1,9 +1,10 @@
 """Fleet figures from scored rows, in any order: per vehicle, per day and model, per log.
 
-A :class:`FleetAggregator` keeps one :class:`LogPart` per log: the scalar columns of its
-validated frames (the Pearson lists the medians need, and ``per_frame.parquet``), its skips by
-reason, its class counts, a thinned class timeline and its k worst frames with their maps. Nothing
-else grows with the number of records. Every figure of :meth:`FleetAggregator.summary` is
+A :class:`FleetAggregator` keeps one :class:`LogPart` per log: per day and model, the Pearson
+values of its validated frames (8 bytes each: the medians need them) and counts; its skips by
+reason, its class counts, a thinned class timeline and its k worst frames with their maps. The
+per-frame rows go to a :class:`~toolkit.fleet.spool.RowSpool` on disk (``per_frame.parquet``).
+Nothing else grows with the number of records. Every figure of :meth:`FleetAggregator.summary` is
 computed from sorted values or exact counts, so both engines, which add rows in different orders,
 give the same ``fleet_summary.json``. A part is also the unit of the resume cache
 (:meth:`LogPart.to_json`).
@@ -14,7 +15,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
-import sys
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -22,25 +23,28 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .logs import SKIP_REASONS, TIMELINE_POINTS, LogTally, keep_point, thin
+from .spool import ROW_COLUMNS, RowSpool
 
-__all__ = ["FleetAggregator", "LogPart", "ROW_COLUMNS", "group_stats"]
+__all__ = ["FleetAggregator", "LogPart", "Group", "ROW_COLUMNS", "SKIP_REASONS", "group_stats", "merge_timelines"]
 
-#: The scalar columns kept per validated frame (``per_frame.parquet``), in order.
-ROW_COLUMNS = ("vehicle", "run", "log", "log_sha256", "day", "model", "plan", "frame", "line", "timestamp",
-               "frame_path", "recorded_class", "edge_class", "host_class", "host_probability", "pearson",
-               "top1_agree", "status")
-_TEXT = {"vehicle", "run", "log", "log_sha256", "day", "model", "plan", "frame_path", "status"}
-_INT = {"frame", "line", "recorded_class", "edge_class", "host_class"}
+#: What a worst frame keeps besides its maps (the summary's ``worst_frames`` entries).
+_WORST_KEYS = ("vehicle", "day", "log", "frame", "line", "pearson", "recorded_class", "host_class", "edge_class",
+               "model", "frame_path")
 
 
-def _cell(name: str, value: Any) -> Any:
-    if name in _TEXT:
-        return sys.intern(str(value))
-    if name in _INT:
-        return int(value)
-    if name == "top1_agree":
-        return bool(value)
-    return float(value)
+@dataclass
+class Group:
+    """The validated frames of one log, day and model: their Pearson values (8 bytes each) and counts."""
+
+    pearson: array = field(default_factory=lambda: array("d"))
+    agree: int = 0
+    plans: set = field(default_factory=set)
+
+    def add(self, pearson: float, agree: bool, plan: str) -> None:
+        self.pearson.append(float(pearson))
+        self.agree += bool(agree)
+        if plan:
+            self.plans.add(str(plan))
 
 
 @dataclass
@@ -58,21 +62,22 @@ class LogPart:
     changes: List[Tuple[float, str]] = field(default_factory=list)  # (t, model) where a model starts
     timeline: List[Tuple[float, int, str]] = field(default_factory=list)
     level: int = 0
-    rows: Dict[str, list] = field(default_factory=lambda: {c: [] for c in ROW_COLUMNS})
+    groups: Dict[Tuple[str, str], Group] = field(default_factory=dict)  # (day, model) → validated frames
     worst: List[tuple] = field(default_factory=list)  # heap of (-pearson, line, frame dict)
+    spool: str = ""  # the RowSpool file (in the cache folder) holding this log's per-frame rows
 
     def add_row(self, row: Mapping[str, Any], k: int) -> None:
-        """A validated frame: its scalar columns, and a place among the ``k`` worst if it earns one."""
-        for name in ROW_COLUMNS:
-            self.rows[name].append(_cell(name, row[name]))
+        """A validated frame: its group's figures, and a place among the ``k`` worst if it earns one."""
+        key = (str(row["day"]), str(row["model"]))
+        self.groups.setdefault(key, Group()).add(row["pearson"], row["top1_agree"], str(row["plan"]))
         pearson = float(row["pearson"])
         if k <= 0 or not math.isfinite(pearson):
             return
-        key = (-pearson, int(row["line"]))
-        if len(self.worst) < k or key > self.worst[0][:2]:
-            entry = key + ({name: _cell(name, row[name]) for name in ROW_COLUMNS}
-                           | {"edge_cam": np.asarray(row["edge_cam"], np.float32),
-                              "full_cam": np.asarray(row["full_cam"], np.float32)},)
+        rank = (-pearson, int(row["line"]))
+        if len(self.worst) < k or rank > self.worst[0][:2]:
+            entry = rank + ({name: _plain(row[name]) for name in _WORST_KEYS}
+                            | {"edge_cam": np.array(row["edge_cam"], np.float32),
+                               "full_cam": np.array(row["full_cam"], np.float32)},)
             (heapq.heappush if len(self.worst) < k else heapq.heapreplace)(self.worst, entry)
 
     def add_tally(self, tally: LogTally) -> None:
@@ -86,18 +91,19 @@ class LogPart:
 
     @property
     def validated(self) -> int:
-        return len(self.rows["pearson"])
+        return sum(len(g.pearson) for g in self.groups.values())
 
     # -- the resume cache ----------------------------------------------------------------------
     def to_json(self) -> str:
         """This part as JSON (floats exact, NaN allowed: only this module reads it back)."""
         worst = [[w[0], w[1], {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in w[2].items()}]
                  for w in self.worst]
+        groups = [[d, m, g.pearson.tolist(), g.agree, sorted(g.plans)] for (d, m), g in sorted(self.groups.items())]
         return json.dumps({
             "log": self.log, "vehicle": self.vehicle, "run": self.run, "sha256": self.sha256, "model": self.model,
             "records": self.records, "skipped": [[*k, n] for k, n in sorted(self.skipped.items())],
             "classes": [[*k, n] for k, n in sorted(self.classes.items())], "changes": self.changes,
-            "timeline": self.timeline, "level": self.level, "rows": self.rows, "worst": worst,
+            "timeline": self.timeline, "level": self.level, "groups": groups, "worst": worst, "spool": self.spool,
         })
 
     @classmethod
@@ -111,8 +117,14 @@ class LogPart:
             records=d["records"], skipped=Counter({tuple(x[:3]): x[3] for x in d["skipped"]}),
             classes=Counter({tuple(x[:3]): x[3] for x in d["classes"]}),
             changes=[tuple(c) for c in d["changes"]], timeline=[tuple(p) for p in d["timeline"]],
-            level=d["level"], rows=d["rows"], worst=worst,
+            level=d["level"], groups={(g[0], g[1]): Group(array("d", g[2]), g[3], set(g[4])) for g in d["groups"]},
+            worst=worst, spool=d["spool"],
         )
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar as the Python value JSON writes."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def merge_timelines(items: Iterable[Tuple[int, List[tuple]]], limit: int = TIMELINE_POINTS):
@@ -123,10 +135,11 @@ def merge_timelines(items: Iterable[Tuple[int, List[tuple]]], limit: int = TIMEL
     return thin(points, level, limit)
 
 
-def group_stats(pearson: Sequence[float], top1: Sequence[bool]) -> Dict[str, Any]:
+def group_stats(pearson: Sequence[float], agree: int) -> Dict[str, Any]:
     """``validated``, ``pearson_median``, ``pearson_p05`` (numpy's linear percentile) and ``top1``.
 
-    Computed from sorted values and exact counts: the same whatever order frames came in.
+    ``agree`` is how many of the ``len(pearson)`` frames agree on the top-1 class. Computed from
+    sorted values and exact counts: the same whatever order frames came in.
     """
     values = np.sort(np.asarray(pearson, dtype=np.float64))
     finite = values[np.isfinite(values)]
@@ -135,7 +148,7 @@ def group_stats(pearson: Sequence[float], top1: Sequence[bool]) -> Dict[str, Any
         "validated": n,
         "pearson_median": None if finite.size == 0 else float(np.median(finite)),
         "pearson_p05": None if finite.size == 0 else float(np.percentile(finite, 5)),
-        "top1": None if n == 0 else int(np.sum(np.asarray(top1, dtype=bool))) / n,
+        "top1": None if n == 0 else int(agree) / n,
     }
 
 
@@ -144,11 +157,23 @@ class FleetAggregator:
 
     Args:
         k_worst: how many worst frames (lowest Pearson) the summary lists, with their maps.
+        spool: where the rows of validated frames are streamed (None: not kept).
     """
 
-    def __init__(self, k_worst: int = 12) -> None:
+    def __init__(self, k_worst: int = 12, spool: Optional[RowSpool] = None) -> None:
         self.k_worst = int(k_worst)
+        self.spool = spool
         self.parts: Dict[str, LogPart] = {}
+
+    @classmethod
+    def for_plan(cls, plan) -> "FleetAggregator":
+        """The aggregator an engine fills for ``plan`` (its ``k_worst``; rows to ``plan.spool`` if set)."""
+        return cls(plan.k_worst, RowSpool(plan.spool) if plan.spool else None)
+
+    def close(self) -> None:
+        """Finish the row spool (call once the engine is done). Idempotent."""
+        if self.spool is not None:
+            self.spool.close()
 
     def part(self, log: str) -> LogPart:
         if log not in self.parts:
@@ -163,6 +188,9 @@ class FleetAggregator:
             part.vehicle, part.run, part.sha256 = str(row["vehicle"]), str(row["run"]), str(row["log_sha256"])
             if row["status"] == "ok":
                 part.add_row(row, self.k_worst)
+                if self.spool is not None:
+                    self.spool.write(row)
+                    part.spool = self.spool.name
             else:
                 part.skipped[(str(row["day"]), str(row["model"]), str(row["status"]))] += 1
 
@@ -201,5 +229,3 @@ class FleetAggregator:
 
         return fleet_figures(list(self.parts.values()), class_names, dict(thresholds or {}))
 
-
-__all__ += ["merge_timelines", "SKIP_REASONS"]

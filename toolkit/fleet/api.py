@@ -21,7 +21,7 @@ from firmware_host.errors import InputError, MissingDependencyError
 
 from .aggregate import FleetAggregator, LogPart
 from .logs import LogRef
-from .plan import FleetPlan, build_plan
+from .plan import FleetPlan, build_plan, frames_of
 
 __all__ = ["FleetOptions", "FleetPlan", "FleetResult", "ENGINES", "engine_names", "fleet_validate",
            "SUMMARY_SCHEMA"]
@@ -31,13 +31,13 @@ _CACHE_VERSION = 1
 
 
 # -- engines -----------------------------------------------------------------------------------
-def _local(plan: FleetPlan, options: "FleetOptions") -> FleetAggregator:
+def _local(plan: FleetPlan, options: "FleetOptions", bar=None) -> FleetAggregator:
     from .engine_local import run_local
 
-    return run_local(plan, progress=options.progress)
+    return run_local(plan, progress=bar if bar is not None else options.progress)
 
 
-def _ray(plan: FleetPlan, options: "FleetOptions") -> FleetAggregator:
+def _ray(plan: FleetPlan, options: "FleetOptions", bar=None) -> FleetAggregator:
     try:
         import ray  # noqa: F401
     except ImportError as exc:
@@ -51,11 +51,13 @@ def _ray(plan: FleetPlan, options: "FleetOptions") -> FleetAggregator:
             raise
         raise MissingDependencyError("This edgecam has no Ray engine (toolkit/fleet/engine_ray.py). Use "
                                      "--engine local.") from exc
-    return module.run_ray(plan, address=options.ray_address, num_cpus=options.num_cpus)
+    return module.run_ray(plan, address=options.ray_address, num_cpus=options.num_cpus, progress=options.progress)
 
 
-#: ``--engine`` name → ``(plan, options) → FleetAggregator``.
-ENGINES: Dict[str, Callable[[FleetPlan, "FleetOptions"], FleetAggregator]] = {"local": _local, "ray": _ray}
+#: ``--engine`` name → ``(plan, options, progress bar or None) → FleetAggregator``.
+ENGINES: Dict[str, Callable[..., FleetAggregator]] = {"local": _local, "ray": _ray}
+#: Frames scored between two writes of the resume cache, per engine (None: all logs in one go).
+CHECKPOINT_FRAMES = {"local": 2048, "ray": None}
 
 
 def engine_names() -> Tuple[str, ...]:
@@ -195,9 +197,47 @@ class _PartCache:
                 todo.append(ref)
         return todo
 
+    def spool(self, refs: Sequence[LogRef]) -> str:
+        """The row spool of an engine run over ``refs`` (its own name: earlier spools stay valid)."""
+        key = json.dumps([self.salt] + [asdict(ref) for ref in refs], sort_keys=True, default=str)
+        return str(self.folder / f"rows-{hashlib.sha256(key.encode()).hexdigest()[:24]}.parquet")
+
     def store(self, refs: Iterable[LogRef], aggregator: FleetAggregator) -> None:
         for ref in refs:
             atomic_write_text(self.path(ref), aggregator.part(ref.path).to_json())
+
+
+def _chunks(plan: FleetPlan, refs: Sequence[LogRef], budget: Optional[int]) -> Iterable[FleetPlan]:
+    """``plan`` over consecutive groups of ``refs`` of about ``budget`` frames (one group if None)."""
+    if budget is None:
+        yield plan.with_logs(refs)
+        return
+    chunk: List[LogRef] = []
+    frames = 0
+    for ref in refs:
+        chunk.append(ref)
+        frames += frames_of(ref)
+        if frames >= budget:
+            yield plan.with_logs(chunk, frames)
+            chunk, frames = [], 0
+    if chunk:
+        yield plan.with_logs(chunk, frames)
+
+
+def _score(plan: FleetPlan, todo: Sequence[LogRef], opts: "FleetOptions", cache: _PartCache,
+           aggregator: FleetAggregator) -> None:
+    """Run the engine over the logs still to score, writing the cache after each chunk of logs."""
+    from tqdm.auto import tqdm
+
+    local = opts.engine == "local"
+    with tqdm(total=plan.with_logs(todo).frames, unit="frame", desc="fleet validate",
+              disable=not (opts.progress and local)) as bar:
+        for sub in _chunks(plan, todo, CHECKPOINT_FRAMES.get(opts.engine)):
+            sub = replace(sub, spool=cache.spool(sub.logs))
+            fresh = ENGINES[opts.engine](sub, opts, bar if local else None)
+            fresh.close()
+            cache.store(sub.logs, fresh)
+            aggregator.merge(fresh)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -248,9 +288,7 @@ def fleet_validate(
     aggregator = FleetAggregator(plan.k_worst)
     todo = cache.load(plan.logs, aggregator) if opts.resume else list(plan.logs)
     if todo:
-        fresh = ENGINES[opts.engine](plan.with_logs(todo), opts)
-        cache.store(todo, fresh)
-        aggregator.merge(fresh)
+        _score(plan, todo, opts, cache, aggregator)
     from ._outputs import write_outputs
 
     return write_outputs(out_dir, plan, opts, aggregator, reused=len(plan.logs) - len(todo))

@@ -20,7 +20,7 @@ from firmware_host.errors import InputError
 from .logs import FleetLog, LogRef, discover_logs, read_header, vehicle_and_run
 from .models import ModelSpec, file_sha256, load_specs
 
-__all__ = ["FleetPlan", "build_plan", "sample_picks", "to_columns", "model_batches"]
+__all__ = ["FleetPlan", "build_plan", "frames_of", "sample_picks", "to_columns", "model_batches"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class FleetPlan:
         safe_mode: load Keras files with Keras' safe_mode.
         k_worst: worst frames kept for the report.
         frames: frames to score (with ``sample``), else an upper bound (the progress bar's total).
+        spool: where engines stream the per-frame rows (:meth:`FleetAggregator.for_plan`); "" none.
     """
 
     logs: Tuple[LogRef, ...]
@@ -48,6 +49,7 @@ class FleetPlan:
     safe_mode: bool = True
     k_worst: int = 12
     frames: int = 0
+    spool: str = ""
 
     def resolve(self, model_hash: str) -> Optional[str]:
         """The ``models`` key a logged model hash names; a log without hash gets the only model, if one."""
@@ -76,16 +78,17 @@ class FleetPlan:
         """The class names of the first model (by hash); fleets share their classes."""
         return self.models[min(self.models)].classes if self.models else ()
 
-    def with_logs(self, logs: Iterable[LogRef]) -> "FleetPlan":
-        """The same plan over other logs (``frames`` recounted)."""
+    def with_logs(self, logs: Iterable[LogRef], frames: Optional[int] = None) -> "FleetPlan":
+        """The same plan over other logs (``frames`` recounted unless given)."""
         logs = tuple(logs)
-        return replace(self, logs=logs, frames=sum(_frames_of(ref) for ref in logs))
+        return replace(self, logs=logs, frames=sum(map(frames_of, logs)) if frames is None else frames)
 
 
-def _frames_of(ref: LogRef) -> int:
+def frames_of(ref: LogRef) -> int:
+    """Frames of a log to score: its picks with ``--sample``, else its lines naming a saved frame (a bound)."""
     if ref.picks is not None:
         return sum(len(ix) for _, ix in ref.picks)
-    with open(ref.path, "rb") as handle:  # an upper bound: lines naming a saved frame
+    with open(ref.path, "rb") as handle:
         return sum(1 for line in handle if b'"frame_path"' in line)
 
 
