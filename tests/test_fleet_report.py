@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import sys
 from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
@@ -183,7 +184,7 @@ def test_class_strip_follows_the_timeline(tmp_path):
     # Two days of 08:00–12:00 "no fog" then 12:00–16:00 "dense fog": four runs, in this order.
     titles = re.findall(r"<rect [^>]*><title>([^<]*)</title>", strip)
     assert [t.split(" 1")[0] for t in titles] == ["no fog", "dense fog", "no fog", "dense fog"]
-    assert titles[0].endswith("11-30 08:00–12:00 UTC")
+    assert titles[0].endswith("11-30 08:00–12:00")
     assert 'fill="#fde725"' in strip and 'fill="#440154"' in strip  # first and last class colours
 
 
@@ -361,16 +362,45 @@ _PATHS = [("engine",), ("options",), ("class_names",), ("models",), ("totals",),
           ("logs", 0), ("verdict",), ("verdict", "thresholds"), ("worst_frames",), ("worst_frames", 0)]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@pytest.fixture(scope="module")
+def shared_fleet(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fleet")
+    return out, make_fleet(out, parquet=False)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(where=st.sampled_from(_PATHS), value=_JSON)
-def test_a_hand_edited_summary_never_crashes_the_report(tmp_path_factory, where, value):
-    out = tmp_path_factory.mktemp("fleet")
-    summary = make_fleet(out, parquet=False)
+def test_a_hand_edited_summary_never_crashes_the_report(shared_fleet, where, value):
+    out, original = shared_fleet
+    summary = json.loads(json.dumps(original))
     target = summary
     for key in where[:-1]:
         target = target[key]
     target[where[-1]] = value
-    (out / "fleet_summary.json").write_text(json.dumps(summary), encoding="utf-8")
-    page = write_report(out).read_text(encoding="utf-8")
-    _assert_self_contained(page)
+    worst, notes = fleet_report.load_worst_frames(out, summary)
+    _assert_self_contained(render_fleet_report(summary, None, worst, notes))
+
+
+def test_without_pyarrow_the_report_says_so_and_charts_days(tmp_path, monkeypatch):
+    make_fleet(tmp_path)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # import raises ImportError
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "per_frame.parquet not read (pyarrow is not installed): fidelity is shown per day." in page
+    assert "median per day" in _section(page, "degraded")
+
+
+def test_binning_matches_a_per_bin_reference():
+    rng = np.random.default_rng(0)
+    t, y = np.sort(rng.random(5000) * 1000), rng.random(5000)
+    tb, yb = fleet_report._binned(t, y, 50)
+    edges = np.linspace(t.min(), t.max(), 51)
+    ref = []
+    for i in range(50):
+        inside = (t >= edges[i]) & ((t < edges[i + 1]) if i < 49 else (t <= edges[i + 1]))
+        if inside.any():
+            ref.append((t[inside].mean(), np.median(y[inside])))
+    np.testing.assert_allclose(np.c_[tb, yb], np.array(ref), rtol=1e-12)
+    # The class strip's bins take the most frequent class; what is not a class counts as unknown (-1).
+    runs = fleet_report._coarse_runs(np.arange(10.0), np.array([0, 0, 0, 1, 1, 1, 1, 2, np.nan, 1e30]), 3)
+    assert runs == [(0.0, 3.0, 0), (3.0, 6.0, 1), (6.0, 9.0, -1)]

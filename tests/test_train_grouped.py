@@ -221,11 +221,81 @@ def test_without_frames_json_folds_are_plain_stratified_with_a_note(labelled, tm
     assert json.loads((tmp_path / "o" / "training.json").read_text())["per_video"] is None
 
 
+def one_video_dataset(labelled, out):
+    """``labelled`` reduced to the frames of its first video (frames.json filtered alike)."""
+    shutil.copytree(labelled, out)
+    index = json.loads((out / FRAMES_JSON).read_text())
+    first = index["frames"][0]["video"]
+    keep = [e for e in index["frames"] if e["video"] == first]
+    for e in index["frames"]:
+        if e["video"] != first:
+            (out / e["file"]).unlink()
+    (out / FRAMES_JSON).write_text(json.dumps({**index, "frames": keep}))
+    return out, keep
+
+
+def test_one_long_video_is_cut_into_contiguous_time_blocks(labelled, tmp_path):
+    data_dir, entries = one_video_dataset(labelled, tmp_path / "one")
+    data = load_folder_dataset(data_dir, 32)
+    whole = video_groups(data_dir, data.paths)
+    assert len(set(whole.groups.tolist())) == 1
+    blocks = whole.in_blocks(5)
+    assert "Only 1 source video(s) for 5 folds" in blocks.note
+    keys = blocks.groups.tolist()
+    assert 10 <= len(set(keys)) <= 11  # 2·5 blocks over the span (the last frame may open one more)
+    spans = {}
+    for key, t in zip(keys, blocks.times.tolist()):
+        lo, hi = spans.get(key, (t, t))
+        spans[key] = (min(lo, t), max(hi, t))
+    ordered = sorted(spans.values())
+    assert all(a[1] < b[0] for a, b in zip(ordered, ordered[1:]))  # blocks are disjoint time ranges
+    assert set(blocks.names[k] for k in keys) == {entries[0]["video"]}
+    assert whole.in_blocks(1) is whole  # enough videos for the folds: unchanged
+
+
 @needs_keras
-def test_more_folds_than_videos_is_one_error_line(labelled, tmp_path):
-    result = CliRunner().invoke(cli, ["train", str(labelled), "--out", str(tmp_path), "--kfold", "7",
+def test_train_kfold_on_a_single_video_uses_time_blocks(labelled, tmp_path):
+    data_dir, entries = one_video_dataset(labelled, tmp_path / "one")
+    result = CliRunner().invoke(cli, ["train", str(data_dir), "--out", str(tmp_path / "run"), "--epochs", "1",
+                                      "--kfold", "3", "--size", "32", "--no-augment", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "Only 1 source video(s) for 3 folds: folds grouped by" in result.output
+    rows = json.loads((tmp_path / "run" / "training.json").read_text())["per_video"]
+    assert [(r["video"], r["images"]) for r in rows] == [(entries[0]["video"], len(entries))]
+
+
+@needs_keras
+def test_more_folds_than_videos_without_times_is_one_error_line(labelled, tmp_path):
+    data_dir = tmp_path / "untimed"
+    shutil.copytree(labelled, data_dir)
+    index = json.loads((data_dir / FRAMES_JSON).read_text())
+    (data_dir / FRAMES_JSON).write_text(json.dumps({**index, "frames": [
+        {k: v for k, v in e.items() if k != "time"} for e in index["frames"]]}))
+    result = CliRunner().invoke(cli, ["train", str(data_dir), "--out", str(tmp_path), "--kfold", "7",
                                       "--epochs", "1", "--quiet"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     lines = result.output.strip().splitlines()
     assert lines[-1] == (f"Error: Grouped 7-fold needs at least 7 source videos (groups); the data has "
                          f"{N_VIDEOS}. Lower --kfold to {N_VIDEOS}, or extract frames from more videos.")
+
+
+def test_label_export_carries_the_video_of_every_frame(labelled, tmp_path):
+    """The real `edgecam label` store and export (no browser) between `frames` and `train`."""
+    label = pytest.importorskip("toolkit.label.store")
+    from toolkit.label.export import export_labels
+
+    frames_dir = labelled.parent / "frames"
+    index = json.loads((frames_dir / FRAMES_JSON).read_text())["frames"]
+    work = tmp_path / "frames"
+    shutil.copytree(frames_dir, work)
+    store = label.LabelStore(work, CLASSES, [e["file"] for e in index])
+    for e in index[::2]:  # every other frame labelled; the rest left out of the export
+        store.set(e["file"], "fog" if e["index"] % 4 else "clear")
+    export_labels(work, tmp_path / "ds")
+    data = load_folder_dataset(tmp_path / "ds", 32)
+    found = video_groups(tmp_path / "ds", data.paths)
+    assert found.ungrouped == 0 and len(data.paths) == len(index[::2])
+    by_file = {e["file"]: e for e in index}
+    for path, key, t in zip(data.paths, found.groups.tolist(), found.times.tolist()):
+        entry = by_file[Path(path).name]
+        assert key == entry["video_id"] and t == entry["time"]

@@ -629,12 +629,45 @@ class VideoGroups:
         names: group key → the video as given to ``edgecam frames`` (for reports).
         ungrouped: images without an entry.
         note: one line saying how folds are grouped.
+        times: ``(N,)`` seconds into the video of each image (NaN when unknown), or ``None``.
     """
 
     groups: Optional[np.ndarray]
     names: Dict[str, str]
     ungrouped: int
     note: str
+    times: Optional[np.ndarray] = field(default=None, repr=False)
+
+    def in_blocks(self, folds: int) -> "VideoGroups":
+        """Split each video into contiguous time blocks, ``2 · folds`` blocks in all, when there are
+        fewer videos than ``folds`` (one long drive cannot fill five folds by itself).
+
+        Blocks are whole seconds of one video, so only frames at a block's edges can still be
+        near-duplicates across folds (blocked cross-validation for time series). Images of unknown
+        time keep their video's group. Returns ``self`` when there are enough videos or no times.
+        """
+        n_videos = len(set(self.names.values()))
+        if self.groups is None or self.times is None or n_videos >= folds:
+            return self
+        spans: Dict[str, Tuple[float, float]] = {}
+        for key, t in zip(self.groups.tolist(), self.times.tolist()):
+            if key in self.names and math.isfinite(t):
+                lo, hi = spans.get(key, (t, t))
+                spans[key] = (min(lo, t), max(hi, t))
+        total = sum(hi - lo for lo, hi in spans.values())
+        if total <= 0:
+            return self
+        seconds = total / (2 * folds)
+        groups, names = [], dict(self.names)
+        for key, t in zip(self.groups.tolist(), self.times.tolist()):
+            if key in spans and math.isfinite(t):
+                block = f"{key}@{int((t - spans[key][0]) // seconds)}"
+                names[block] = self.names[key]
+                key = block
+            groups.append(key)
+        note = (f"Only {n_videos} source video(s) for {folds} folds: folds grouped by {seconds:.3g}-second "
+                "blocks of video (frames at block edges may still leak; extract frames from more videos).")
+        return VideoGroups(np.asarray(groups, dtype=object), names, self.ungrouped, note, self.times)
 
 
 def video_groups(root: Union[str, os.PathLike], paths: Sequence[Union[str, os.PathLike]]) -> VideoGroups:
@@ -657,7 +690,7 @@ def video_groups(root: Union[str, os.PathLike], paths: Sequence[Union[str, os.Pa
     names_seen: Dict[str, list] = {}
     for e in entries:
         names_seen.setdefault(Path(e["file"]).name, []).append(e)
-    groups, names, ungrouped = [], {}, 0
+    groups, names, ungrouped, times = [], {}, 0, []
     for p in paths:
         path = Path(p)
         try:
@@ -668,6 +701,8 @@ def video_groups(root: Union[str, os.PathLike], paths: Sequence[Union[str, os.Pa
         entry = by_file.get(rel) or (same_name[0] if len(same_name) == 1 else None)
         video = entry.get("video") if entry else None
         key = (entry.get("video_id") or video) if entry else None
+        time = entry.get("time") if entry else None
+        times.append(float(time) if isinstance(time, (int, float)) and not isinstance(time, bool) else math.nan)
         if not isinstance(key, str) or not key:
             ungrouped += 1
             groups.append(f"image:{rel}")
@@ -678,4 +713,5 @@ def video_groups(root: Union[str, os.PathLike], paths: Sequence[Union[str, os.Pa
     note = f"Folds grouped by source video ({n_videos} videos, from {index_path})"
     if ungrouped:
         note += f"; {ungrouped} image(s) not in it are each their own group"
-    return VideoGroups(np.asarray(groups, dtype=object), names, ungrouped, note + ".")
+    return VideoGroups(np.asarray(groups, dtype=object), names, ungrouped, note + ".",
+                       np.asarray(times, dtype=np.float64))

@@ -634,7 +634,9 @@ def train(
 def _video_grouping(data, paths, groups, n: int, announce: bool = False, kfold=None):
     """The source video of each image: ``groups`` if given, else the data folder's ``frames.json``.
 
-    ``announce`` prints how folds are grouped (when there are folds, or videos to group by).
+    With fewer videos in ``frames.json`` than folds (``kfold``, or the held-out split's 5), videos
+    are cut into time blocks (:meth:`~toolkit.frames.VideoGroups.in_blocks`). ``announce`` prints
+    how folds are grouped (when there are folds, or videos to group by).
     """
     from toolkit.frames import VideoGroups, video_groups
 
@@ -645,7 +647,7 @@ def _video_grouping(data, paths, groups, n: int, announce: bool = False, kfold=N
         found = VideoGroups(keys, {k: k for k in keys.tolist()}, 0,
                             f"Folds grouped by the given groups ({len(set(keys.tolist()))} videos).")
     elif isinstance(data, (str, os.PathLike)) and paths:
-        found = video_groups(Path(data), paths)
+        found = video_groups(Path(data), paths).in_blocks(int(kfold) if kfold else 5)
     else:
         found = VideoGroups(None, {}, n, "No source videos known (no frames.json): folds are stratified but "
                             "not grouped by video.")
@@ -657,19 +659,21 @@ def _video_grouping(data, paths, groups, n: int, announce: bool = False, kfold=N
 def _video_figures(grouping, y, eval_idx, p_eval, class_names) -> dict:
     """Per-class support of the whole data and held-out accuracy per source video (worst first)."""
     known = grouping.groups is not None
+    # The video of each image ("" when unknown); time blocks of one video count as that video.
+    video = np.asarray([grouping.names.get(g, "") for g in grouping.groups.tolist()], dtype=object) if known else None
     support = []
     for c, name in enumerate(class_names):
-        videos = len({g for g in grouping.groups[y == c].tolist() if g in grouping.names}) if known else None
+        videos = len(set(video[y == c].tolist()) - {""}) if known else None
         support.append(ClassSupport(name, int(np.sum(y == c)), videos))
     per_video = None
     if known:
-        held = grouping.groups[eval_idx]
+        held = video[eval_idx]
         correct = np.asarray(p_eval) == y[eval_idx]
         rows = []
-        for key in sorted(set(held.tolist()) & set(grouping.names)):
-            mask = held == key
+        for name in sorted(set(held.tolist()) - {""}):
+            mask = held == name
             hits = int(correct[mask].sum())
-            rows.append(VideoAccuracy(grouping.names[key], int(mask.sum()), hits, hits / int(mask.sum())))
+            rows.append(VideoAccuracy(name, int(mask.sum()), hits, hits / int(mask.sum())))
         per_video = tuple(sorted(rows, key=lambda r: (r.accuracy, r.video)))
     return {"grouping": grouping.note, "class_support": tuple(support), "per_video": per_video}
 

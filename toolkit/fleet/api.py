@@ -51,7 +51,7 @@ def _ray(plan: FleetPlan, options: "FleetOptions", bar=None) -> FleetAggregator:
             raise
         raise MissingDependencyError("This edgecam has no Ray engine (toolkit/fleet/engine_ray.py). Use "
                                      "--engine local.") from exc
-    return module.run_ray(plan, address=options.ray_address, num_cpus=options.num_cpus)
+    return module.run_ray(plan, address=options.ray_address, num_cpus=options.num_cpus, progress=options.progress)
 
 
 #: ``--engine`` name → ``(plan, options, progress bar or None) → FleetAggregator``.

@@ -50,10 +50,11 @@ __all__ = [
 SCHEMA = "edgecam.fleet_summary/1"
 REPORT_NAME = "fleet_report.html"
 MAX_POINTS = 240  # fidelity points per vehicle chart; beyond that, medians over time bins
-MAX_SEGMENTS = 400  # rectangles per class strip; beyond that, the most frequent class per bin
+MAX_SEGMENTS = 240  # rectangles per class strip; beyond that, the most frequent class per bin
 MAX_VEHICLE_SECTIONS = 100  # vehicles with charts (worst first); the rest are in the table
 MAX_WORST = 16  # worst frames drawn (4 PNGs each)
 MAX_TABLE_ROWS = 500  # rows of the vehicle and log tables
+MAX_CLASSES = 256  # class indices drawn in the strip; others are "unknown"
 MAX_DAY_ROWS = 62  # rows of a vehicle's per-day table (a month of days with one model change each)
 MAX_FAILURES_SHOWN = 20  # failing vehicles named in the banner
 THUMB = 192  # longest side of a worst frame's image, as in the validation report
@@ -524,14 +525,19 @@ def _binned(t: np.ndarray, y: np.ndarray, bins: int) -> Tuple[np.ndarray, np.nda
     """At most ``bins`` points: the mean time and median value of each non-empty time bin."""
     if t.size <= bins:
         return t, y
-    edges = np.linspace(t.min(), t.max(), bins + 1)
-    idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, bins - 1)
-    order = np.argsort(idx, kind="stable")
+    idx = _bin_index(t, bins)
+    order = np.lexsort((y, idx))  # by bin, then value: each bin's median is its middle element(s)
     idx, t, y = idx[order], t[order], y[order]
     starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
-    tb = np.add.reduceat(t, starts) / np.diff(np.r_[starts, t.size])
-    yb = np.array([np.median(part) for part in np.split(y, starts[1:])])
-    return tb, yb
+    counts = np.diff(np.r_[starts, t.size])
+    median = (y[starts + (counts - 1) // 2] + y[starts + counts // 2]) / 2
+    return np.add.reduceat(t, starts) / counts, median
+
+
+def _bin_index(t: np.ndarray, bins: int) -> np.ndarray:
+    """The index of each time among ``bins`` equal bins spanning ``[t.min(), t.max()]``."""
+    span = float(t.max() - t.min()) or 1.0
+    return np.clip(((t - t.min()) / span * bins).astype(np.int64), 0, bins - 1)
 
 
 def _frame_series(points: FramePoints, summary: Mapping) -> Tuple[List[Tuple[np.ndarray, np.ndarray, str, str]], str]:
@@ -634,12 +640,14 @@ def _coarse_runs(t: np.ndarray, cls: np.ndarray, bins: int) -> List[Tuple[float,
     runs = _runs(t, cls)
     if len(runs) <= bins:
         return runs
-    edges = np.linspace(float(t.min()), float(t.max()) + 1e-6, bins + 1)
-    idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, bins - 1)
+    edges = np.linspace(float(t.min()), float(t.max()), bins + 1)
+    idx = _bin_index(t, bins)
+    # Class k counts in column k + 1, anything that is not a class (NaN, < 0, huge) in column 0.
+    c = np.where(np.isfinite(cls) & (cls >= 0) & (cls < MAX_CLASSES), cls, -1).astype(np.int64) + 1
+    counts = np.bincount(idx * (MAX_CLASSES + 1) + c, minlength=bins * (MAX_CLASSES + 1)).reshape(bins, -1)
     out: List[Tuple[float, float, int]] = []
-    for b in np.unique(idx).tolist():
-        c = np.where(np.isfinite(cls[idx == b]), cls[idx == b], -1).astype(np.int64)
-        mode = int(np.bincount(c + 1).argmax()) - 1
+    for b in np.flatnonzero(counts.sum(axis=1)).tolist():
+        mode = int(counts[b].argmax()) - 1
         if out and out[-1][2] == mode and out[-1][1] >= edges[b]:
             out[-1] = (out[-1][0], float(edges[b + 1]), mode)
         else:
@@ -662,7 +670,7 @@ def _strip_svg(axis: _Axis, vehicle: Mapping, names: Sequence[str]) -> str:
     rects = "".join(
         f'<rect x="{axis.x(a):.1f}" y="{top}" width="{max(axis.x(b) - axis.x(a), 0.6):.1f}" height="{bottom - top}" '
         f'fill="{_class_colour(c, len(names))}"><title>{_e(_class_name(names, c))} '
-        f"{_utc(a, True)}–{_utc(b, False)} UTC</title></rect>"
+        f"{_utc(a, True)}–{_utc(b, False)}</title></rect>"
         for a, b, c in _coarse_runs(t, cls, MAX_SEGMENTS)
     )
     return (f'<svg class="chart strip" viewBox="0 0 {CHART_W} {STRIP_H}" width="{CHART_W}" height="{STRIP_H}" '

@@ -20,9 +20,8 @@ header{display:flex;gap:18px;align-items:center;padding:8px 14px;background:#202
 #bar{height:100%;width:0;background:#3fb37f}
 main{display:flex;gap:12px;justify-content:center;align-items:flex-start;padding:10px}
 figure{margin:0;text-align:center} figcaption{margin-top:6px;font-size:1.1em}
-#frame{max-width:100%;max-height:calc(100vh - 150px);image-rendering:auto;background:#000}
-main.guessing #frame,#heat{max-width:49vw}
-#heat{max-height:calc(100vh - 150px)}
+#frame,#heat{display:block;height:calc(100vh - 190px);max-width:calc(100vw - 24px);object-fit:contain}
+main.guessing #frame,main.guessing #heat{max-width:calc(50vw - 18px)}
 #current{font-weight:600;padding:2px 10px;border-radius:4px;background:#33373d}
 #current.set{background:#2d6a4f} #current.skipped{background:#6c584c}
 footer{display:flex;flex-wrap:wrap;gap:8px 18px;padding:6px 14px;color:#aaa}

@@ -81,8 +81,9 @@ class LabelServer(Served):
         progress: a progress bar while the model guesses.
 
     Raises:
-        InputError: ``order`` is not known or needs a model; ``labels.csv`` is unreadable or has
-            labels outside ``classes``.
+        InputError: ``order`` is not known or needs a model; no images; ``labels.csv`` is
+            unreadable or has labels outside ``classes``; another session labels the folder.
+        ModelFileError, MetadataError: ``model`` cannot be loaded.
         OutputError: the address cannot be bound.
     """
 
@@ -95,8 +96,18 @@ class LabelServer(Served):
             raise InputError("--order uncertain serves the frames the model is least sure of first: pass --model.")
         self.folder = Path(folder)
         files = list_frames(self.folder)
-        self.store = LabelStore(self.folder, classes, files)
+        if not files:
+            raise InputError(f"'{self.folder}' has no images to label (PNG/JPEG/BMP/TIFF/WebP/PNM). Extract "
+                             "frames from videos with: edgecam frames VIDEO --out " + str(self.folder))
+        self.store = LabelStore(self.folder, classes, files)  # first: a second session fails at once
         self.classes = self.store.classes
+        try:
+            self._start(files, model, order, host, port, allowed_hosts(allowed), max_connections, timeout, progress)
+        except BaseException:
+            self.store.close()
+            raise
+
+    def _start(self, files, model, order, host, port, allowed, max_connections, timeout, progress) -> None:
         write_classes(self.folder, self.classes)  # a restart needs no --classes; export keeps the key order
         self.model: Optional[ExplainableModel] = None
         guesses: Optional[List[Optional[Explanation]]] = None
@@ -109,7 +120,7 @@ class LabelServer(Served):
         self.token = secrets.token_urlsafe(24)
         self._server, self._thread = serve(
             host, port, _Handler, owner=self, max_connections=max_connections, timeout=timeout,
-            allowed=allowed_hosts(allowed), what="labelling page", hint="--bind 127.0.0.1:PORT")
+            allowed=allowed, what="labelling page", hint="--bind 127.0.0.1:PORT")
         self.host, self.port = self._server.server_address[:2]
 
     # -- state -------------------------------------------------------------------------------
@@ -161,6 +172,7 @@ class LabelServer(Served):
         if self._server is not None:
             self._server.stop(self._thread)
             self._server = None
+        self.store.close()
 
 
 class _Handler(GuardedHandler):
@@ -185,8 +197,8 @@ class _Handler(GuardedHandler):
             self.refuse(exc.status, str(exc))
         except EdgecamError as exc:
             self.refuse(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        except TimeoutError:
-            raise  # the client is gone or too slow: the standard handler drops the connection
+        except (TimeoutError, ConnectionError):
+            raise  # the client is gone or too slow (a browser cancels images it no longer needs): dropped quietly
         except Exception as exc:  # noqa: BLE001 - one line to the client and the terminal, never a traceback
             log.error("labelling page: %s on %s: %s", type(exc).__name__, self.path[:200], exc)
             self.refuse(500, f"internal error ({type(exc).__name__}); see the terminal running edgecam label")

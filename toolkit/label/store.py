@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -170,8 +171,33 @@ def format_labels(rows: Iterable[LabelRow], extra: Optional[Mapping[str, str]] =
     return out.getvalue()
 
 
+def _lock_folder(folder: Path) -> Optional[int]:
+    """An exclusive lock on the folder for this session (released when the process ends, even killed).
+
+    Two sessions on one folder would each rewrite ``labels.csv`` from their own memory, and the
+    last one would erase the other's labels.
+
+    Raises:
+        InputError: another session holds it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise InputError(f"Another edgecam label session is labelling '{folder}'; two would overwrite each "
+                         "other's labels. Use that one, or stop it first.") from None
+    return fd
+
+
 class LabelStore:
     """The labels of one folder's frames, saved after every change (thread-safe).
+
+    The store locks the folder while it is open (:meth:`close`): one session per folder.
 
     Args:
         folder: the labelled folder; ``labels.csv`` is read from and written to it.
@@ -179,7 +205,8 @@ class LabelStore:
         files: the frames that may be labelled (relative POSIX names).
 
     Raises:
-        InputError: ``labels.csv`` is unreadable, or names a label that is not in ``classes``.
+        InputError: ``labels.csv`` is unreadable, or names a label that is not in ``classes``, or
+            another session has the folder open.
     """
 
     def __init__(self, folder: Folder, classes: Sequence[str], files: Sequence[str]) -> None:
@@ -194,6 +221,19 @@ class LabelStore:
                 f"--classes (now {','.join(self.classes)}) or edit the file.")
         self._undo: List[Tuple[str, Optional[LabelRow]]] = []
         self._lock = threading.Lock()
+        self._folder_lock = _lock_folder(Path(folder))
+
+    def close(self) -> None:
+        """Let another session label the folder (every change is already saved). Idempotent."""
+        if self._folder_lock is not None:
+            os.close(self._folder_lock)
+            self._folder_lock = None
+
+    def __enter__(self) -> "LabelStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def label(self, file: str) -> Optional[str]:
         """The label of ``file`` (a class or :data:`SKIPPED`), None when it has none."""
