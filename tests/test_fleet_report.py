@@ -453,3 +453,16 @@ def test_a_real_fleet_run_draws_its_model_change(tmp_path):
     assert f"model {tf_fleet.SHA} → {sha2} at 12-02 00:00 UTC" in _section(page, "van-up")
     shown = min(len(result.summary["worst_frames"]), fleet_report.MAX_WORST)
     assert page.count('src="data:image/png;base64,') == 4 * shown > 0
+
+
+def test_pearson_axis_is_shared_by_healthy_vehicles_and_widened_for_drift(tmp_path):
+    make_fleet(tmp_path)
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+
+    def y_labels(name):
+        svg = _section(page, name).split('class="chart fidelity"')[1].split("</svg>")[0]
+        return [float(v) for v in re.findall(r'text-anchor="end" fill="#555">(-?[\d.]+)</text>', svg)]
+
+    assert y_labels("update") == y_labels(EVIL) == [1.0, 0.95, 0.9, 0.85, 0.8]
+    degraded = y_labels("degraded")  # its frames fall to ~0.4: the axis reaches below them
+    assert degraded[0] == 1.0 and degraded[-1] <= 0.4

@@ -590,12 +590,23 @@ def _timeline(vehicle: Mapping) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return t[keep], cls[keep], model[keep]
 
 
-def _fidelity_svg(axis: _Axis, series: Sequence[Tuple], threshold: float, changes: Any) -> str:
-    """Pearson over time: one dot per frame (or bin), colour = model, dashed line = --min-pearson."""
+def _pearson_range(values: np.ndarray, gates: Mapping[str, float]) -> Tuple[float, float]:
+    """``(low, tick step)`` of the Pearson axis: [0.8, 1] unless a value or gate is lower.
+
+    One range for every healthy vehicle (so they compare at a glance), wide enough that a drift
+    from 0.99 to 0.89 spans half the chart; a vehicle far off gets the range it needs.
+    """
+    finite = [v for v in [*values.tolist(), *gates.values()] if math.isfinite(v)]
+    low = max(-1.0, min(0.8, math.floor(min(finite, default=1.0) * 10) / 10))
+    span = 1.0 - low
+    step = 0.05 if span <= 0.25 else 0.1 if span <= 0.6 else 0.25
+    return max(-1.0, math.floor(round(low / step, 9)) * step), step  # the bottom is a labelled tick
+
+
+def _fidelity_svg(axis: _Axis, series: Sequence[Tuple], gates: Mapping[str, float], changes: Any) -> str:
+    """Pearson over time: one dot per frame (or bin), colour = model, dashed lines = the gates."""
     top, bottom = 8.0, FID_H - 22.0
-    values = np.concatenate([s[1] for s in series] or [np.zeros(0)])
-    low = min(0.0, math.floor(float(values.min()) * 4) / 4) if values.size else 0.0
-    low = max(low, -1.0)
+    low, step = _pearson_range(np.concatenate([s[1] for s in series] or [np.zeros(0)]), gates)
 
     def y(v: float) -> float:
         return bottom - (min(max(v, low), 1.0) - low) / (1.0 - low) * (bottom - top)
@@ -604,13 +615,14 @@ def _fidelity_svg(axis: _Axis, series: Sequence[Tuple], threshold: float, change
              f'role="img" aria-label="Pearson over time">',
              f'<rect x="{LEFT}" y="{top}" width="{CHART_W - LEFT - RIGHT}" height="{bottom - top}" fill="#fafafa"/>',
              _time_grid(axis, top, bottom, labels=True)]
-    for v in np.arange(low, 1.0001, 0.25):
+    for v in np.arange(1.0, low - 1e-9, -step):
         parts.append(f'<line x1="{LEFT}" y1="{y(v):.1f}" x2="{CHART_W - RIGHT}" y2="{y(v):.1f}" stroke="#e4e4e4"/>'
                      f'<text x="{LEFT - 4}" y="{y(v) + 4:.1f}" text-anchor="end" fill="#555">{v:.2f}</text>')
-    if math.isfinite(threshold):
-        parts.append(f'<line class="threshold" x1="{LEFT}" y1="{y(threshold):.1f}" x2="{CHART_W - RIGHT}" '
-                     f'y2="{y(threshold):.1f}" stroke="#c62828" stroke-dasharray="2 2"><title>--min-pearson '
-                     f"{threshold:.3f}</title></line>")
+    for (flag, gate), dash in zip(gates.items(), ("2 2", "6 3")):
+        if math.isfinite(gate):
+            parts.append(f'<line class="threshold" x1="{LEFT}" y1="{y(gate):.1f}" x2="{CHART_W - RIGHT}" '
+                         f'y2="{y(gate):.1f}" stroke="#c62828" stroke-dasharray="{dash}"><title>{flag} '
+                         f"{gate:.3f}</title></line>")
     parts.append(_change_lines(axis, changes, top, bottom, label=True))
     for t, v, colour, model in series:
         dots = "".join(f'<circle cx="{axis.x(a):.1f}" cy="{y(b):.1f}" r="2.2"/>' for a, b in zip(t.tolist(), v.tolist()))
@@ -732,7 +744,8 @@ def _vehicle_section(index: int, vehicle: Mapping, summary: Mapping, points: Opt
     if axis is None:
         charts = '<p class="note">No timestamps in these records: no charts over time.</p>'
     else:
-        fidelity = (_fidelity_svg(axis, series, _number(thresholds.get("min_pearson")), vehicle["model_changes"])
+        gates = {"--min-pearson": _number(thresholds.get("min_pearson")), "--min-p05": _number(thresholds.get("min_p05"))}
+        fidelity = (_fidelity_svg(axis, series, gates, vehicle["model_changes"])
                     + f'<p class="note">Fidelity: {_e(how)}. Times are UTC.</p>' if any(s[0].size for s in series)
                     else '<p class="note">No validated frames to chart.</p>')
         charts = fidelity + _strip_svg(axis, vehicle, summary["class_names"])
