@@ -339,7 +339,7 @@ def run(
         context = RunContext(
             classes=tuple(model.classes), source_fps=src.fps, title=title,
             smoothed=options.smooth > 0, notify=notify, stop=stop.set, plan=plan,
-            header=_run_header(model, title, plan, options.vehicle_id),
+            header=_run_header(model, title, plan, options.vehicle_id, _start_time(src)),
         )
         opened, outputs = _open_sinks(stack, itertools.chain(sinks_for(options), sinks), context)
         if on_start is not None:
@@ -354,7 +354,7 @@ def run(
     return summary
 
 
-def _run_header(model, title: str, plan: Optional[str], vehicle: Optional[str]) -> RunHeader:
+def _run_header(model, title: str, plan: Optional[str], vehicle: Optional[str], started: float) -> RunHeader:
     """Which vehicle and which model this run is: the log's first line (fleet validation keys on it).
 
     The source hash is the metadata's ``source["sha256"]`` (the Keras file the model was
@@ -369,8 +369,14 @@ def _run_header(model, title: str, plan: Optional[str], vehicle: Optional[str]) 
         source_model_sha256=source_sha if isinstance(source_sha, str) and source_sha else None,
         model_name=title,
         plan=plan if isinstance(plan, str) else None,
-        started=round(time.time(), 6),
+        started=round(started, 6),
     )
+
+
+def _start_time(src: FrameSource) -> float:
+    """When the run started: the source's clock at frame 0 (a replay's recorded time), else now."""
+    clock = getattr(src, "clock", None)
+    return time.time() if clock is None else float(clock(0))
 
 
 def _open_source(source, options: RunOptions, source_options: Optional[Mapping[str, Any]]) -> FrameSource:

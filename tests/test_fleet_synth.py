@@ -169,3 +169,171 @@ def test_validate_from_log_is_unchanged_by_the_header(headed_log, tmp_path):
     assert headed["skipped"] == plain["skipped"] and headed["skipped"].get("malformed", 0) == 0
     assert headed["pearson"] == plain["pearson"] and headed["top1_agreement"] == plain["top1_agreement"]
     assert re.fullmatch(r"[0-9a-f]{64}", read_header(headed_log).source_model_sha256)
+
+
+# -- the synthetic fleet ---------------------------------------------------------------------------
+
+synth = pytest.importorskip("toolkit.fleet.synth")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """The acceptance fleet: 6 vehicles × 2 days × 2 drives (model B made and converted once)."""
+    pytest.importorskip("tensorflow")
+    return synth.synthesize_fleet(tmp_path_factory.mktemp("fleet"), DATA / "tiny_fog.keras", seed=3)
+
+
+def _headers(fleet):
+    return {run.log: read_header(run.log) for run in fleet.runs}
+
+
+def test_fleet_layout_headers_and_clock(fleet):
+    spec = synth.FleetSpec(seed=3)
+    assert len(fleet.runs) == 6 * 2 * 2 and fleet.seconds > 0
+    assert sorted(p.name for p in fleet.logs_dir.iterdir()) == list(spec.vehicle_ids) == [f"veh-0{i}" for i in range(1, 7)]
+    day1 = 1772409600.0  # 2026-03-02T00:00Z, computed independently
+    for run_, header in _headers(fleet).items():
+        vehicle = run_.parent.name
+        records = [r for r in read_records(run_) if isinstance(r, TelemetryRecord)]
+        assert header.vehicle == vehicle and all(r.vehicle == vehicle for r in records)
+        stamps = np.array([r.timestamp for r in records])
+        assert header.started == stamps[0]
+        assert np.allclose(np.diff(stamps)[np.diff([r.frame for r in records]) == 1], 60.0)
+        hours = (stamps - day1) % 86400 / 3600
+        assert (hours >= 6).all() and (hours <= 20).all()
+        assert set(((stamps - day1) // 86400).astype(int)) <= {0, 1}
+    by_day = {(r.vehicle, r.day) for r in fleet.runs}
+    assert by_day == {(v, d) for v in spec.vehicle_ids for d in ("2026-03-02", "2026-03-03")}
+    truth = json.loads(fleet.truth.read_text())
+    assert [r["log"] for r in truth["runs"]] == [r.log.relative_to(fleet.out_dir).as_posix() for r in fleet.runs]
+
+
+def test_one_vehicle_switches_model_mid_way(fleet):
+    sha_a, sha_b = _sha256(DATA / "tiny_fog.keras"), _sha256(fleet.keras["b"])
+    assert sha_a != sha_b and fleet.sha256 == {"a": sha_a, "b": sha_b}
+    assert ExplainableModel(fleet.edge["b"]).metadata.source["sha256"] == sha_b  # B was converted from B
+    models = {}
+    for run_, header in sorted(_headers(fleet).items(), key=lambda kv: kv[1].started):
+        models.setdefault(header.vehicle, []).append(header.source_model_sha256)
+        assert {r.model for r in read_records(run_) if isinstance(r, TelemetryRecord)} == {header.source_model_sha256}
+    assert fleet.changing_vehicle == "veh-01" and models.pop("veh-01") == [sha_a, sha_a, sha_b, sha_b]
+    assert all(seq == [sha_a] * 4 for seq in models.values())
+    first_b = min(r.started for r in fleet.runs if r.model == "b")
+    assert fleet.model_change_at == first_b
+
+
+def test_injected_faults_are_where_the_truth_says(fleet):
+    from firmware_host.imageio import read_image
+
+    kinds = {f.kind: f for f in fleet.faults}
+    assert set(kinds) == set(synth.FAULT_KINDS)
+    assert not {f.log.parent.name for f in fleet.faults} & {fleet.changing_vehicle, fleet.degraded_vehicle}
+    for kind in ("malformed", "invalid", "truncated"):
+        fault = kinds[kind]
+        bad = [r for r in read_records(fault.log) if isinstance(r, BadRecord)]
+        assert [b.line for b in bad] == [fault.line]
+        assert bad[0].reason == ("invalid" if kind == "invalid" else "malformed")
+        assert bad[0].last == (kind == "truncated")
+    assert read_jsonl(kinds["truncated"].log).truncated
+    frame = kinds["unreadable_frame"].frame
+    assert frame.is_file() and read_image(frame) is None
+    healthy = [run_.log for run_ in fleet.runs if run_.log not in {f.log for f in fleet.faults}]
+    assert all(not any(isinstance(r, BadRecord) for r in read_records(log)) for log in healthy)
+
+
+def test_degraded_camera_maps_drift_from_full_gradcam(fleet, tmp_path):
+    """Validated per log with `edgecam validate --from-log`: the degraded vehicle drifts, the others do not."""
+    from toolkit.validate import validate_log
+
+    def median(run_):
+        res = validate_log(fleet.keras[run_.model], fleet.edge[run_.model], run_.log, tmp_path / run_.log.stem,
+                           faithfulness=False, progress=False)
+        return res.summary["pearson"]["median"]
+
+    degraded = [r for r in fleet.runs if r.vehicle == fleet.degraded_vehicle == "veh-06"]
+    assert [r.severity for r in degraded] == sorted(r.severity for r in degraded) and degraded[0].severity > 0
+    assert median(degraded[-1]) < 0.97 < 0.995 < median(degraded[0])
+    healthy = next(r for r in fleet.runs if r.vehicle == "veh-03")
+    assert healthy.severity == 0 and median(healthy) > 0.995
+
+
+def test_degrade_frame():
+    rng = np.random.default_rng(0)
+    image = frame_pattern(3, (40, 48))
+    before = image.copy()
+    assert np.array_equal(synth.degrade_frame(image, 0.0, rng), image)
+    dim = synth.degrade_frame(image, 1.0, rng)
+    np.testing.assert_array_equal(image, before)  # the input is not modified
+    assert dim.dtype == np.uint8 and dim.shape == image.shape
+    assert dim.mean() == pytest.approx(image.mean() * 0.07, abs=2.0)
+
+
+def test_generation_is_deterministic_and_the_cli_writes_it(fleet, tmp_path):
+    from click.testing import CliRunner
+
+    from toolkit.cli.fleet_synth import synth_cmd
+
+    args = ["--model", str(DATA / "tiny_fog.keras"), "--model-b", str(fleet.keras["b"]), "--vehicles", "2",
+            "--days", "1", "--frames", "6", "--seed", "5"]
+    outs = []
+    for name in ("one", "two"):
+        result = CliRunner().invoke(synth_cmd, [*args, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert "degraded camera: veh-02" in result.output and "edgecam fleet validate" in result.output
+        outs.append(json.loads((tmp_path / name / "fleet.json").read_text()))
+    # Saved frames sit in a folder named after the wall-clock segment start, and latencies are
+    # measured: the only differences.
+    def same(item):
+        if isinstance(item, TelemetryRecord):
+            return {**item.to_dict(), "frame_path": Path(item.frame_path).name if item.frame_path else None,
+                    "latency_ms": None}
+        return {k: Path(v).name if k == "frame" else v for k, v in item.items()} if isinstance(item, dict) else item.line
+
+    assert outs[0]["runs"] == outs[1]["runs"] and list(map(same, outs[0]["faults"])) == list(map(same, outs[1]["faults"]))
+    for run_ in outs[0]["runs"]:
+        a, b = (read_records(tmp_path / name / run_["log"]) for name in ("one", "two"))
+        assert list(map(same, a)) == list(map(same, b))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(vehicles=0), r"FleetSpec.vehicles must be in \[1, 1000\]"),
+    (dict(frames=1), r"FleetSpec.frames must be"),
+    (dict(first_day="March"), r"first_day must be a date YYYY-MM-DD"),
+    (dict(frames=400, drives_per_day=4), r"does not fit in 210 min"),
+])
+def test_fleet_spec_is_checked(bad, match):
+    with pytest.raises(InputError, match=match):
+        synth.FleetSpec(**bad)
+
+
+# -- acceptance: edgecam fleet validate on the generated fleet -------------------------------------
+
+
+@pytest.mark.slow  # about 40 s of full Grad-CAM on 2 busy cores, after the fleet fixture
+def test_fleet_validate_flags_the_degraded_camera_and_the_model_change(fleet, tmp_path):
+    api = pytest.importorskip("toolkit.fleet.api", reason="needs fleet validation (toolkit.fleet.api)")
+    from toolkit.validate import validate_log
+
+    result = api.fleet_validate([fleet.logs_dir], [fleet.keras["a"], fleet.keras["b"]], tmp_path / "report",
+                                [fleet.edge["a"], fleet.edge["b"]], min_p05=0.99, progress=False)
+    summary = result.summary
+    assert not result.passed and summary["verdict"]["failing_vehicles"] == [fleet.degraded_vehicle] == ["veh-06"]
+    vehicles = {v["vehicle"]: v for v in summary["vehicles"]}
+    assert summary["vehicles"][0]["vehicle"] == "veh-06"  # worst first
+    changes = vehicles[fleet.changing_vehicle]["model_changes"]
+    assert [(c["from"], c["to"]) for c in changes] == [(fleet.sha256["a"], fleet.sha256["b"])]
+    assert changes[0]["t"] == pytest.approx(fleet.model_change_at, abs=1.0)
+    assert all(not v["model_changes"] for name, v in vehicles.items() if name != fleet.changing_vehicle)
+    # The injected faults are counted, not fatal.
+    skipped = summary["totals"]["skipped"]
+    assert skipped["malformed"] == 2 and skipped["invalid"] == 1 and skipped["unreadable"] == 1
+    # Per log, the same figures as `edgecam validate --from-log`.
+    logs = {Path(entry["log"]).resolve(): entry for entry in summary["logs"]}
+    faulty = {f.log for f in fleet.faults}
+    for run_ in (fleet.runs[-1], next(r for r in fleet.runs if r.model == "b"),
+                 next(r for r in fleet.runs if r.log in faulty)):
+        one = validate_log(fleet.keras[run_.model], fleet.edge[run_.model], run_.log, tmp_path / run_.log.stem,
+                           faithfulness=False, progress=False).summary
+        entry = logs[run_.log.resolve()]
+        assert entry["validated"] == one["images"]
+        assert entry["pearson_median"] == pytest.approx(one["pearson"]["median"], abs=1e-4)

@@ -58,3 +58,8 @@ def validate_cmd(logs, keras, edges, out_dir, vehicle_from, sample, min_pearson,
         failing = ", ".join(result.summary["verdict"]["failing_vehicles"])
         click.echo(f"failing vehicles: {failing}", err=True)
         click.get_current_context().exit(1)
+
+
+from .fleet_synth import synth_cmd  # noqa: E402  (its imports are lazy too)
+
+fleet.add_command(synth_cmd)
