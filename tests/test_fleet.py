@@ -214,6 +214,13 @@ def test_a_second_run_reuses_finished_logs(fleet, tmp_path, monkeypatch):
     _write_log(copy / "d1.jsonl", 3, DAY1)
     again = api.fleet_validate([root / "van-1", copy], [KERAS], tmp_path, edges=[EDGE], progress=False)
     assert again.reused == 2 and again.summary["totals"]["logs"] == 3
+    # A damaged cache entry, or one whose rows are gone, is scored again (not trusted, not fatal).
+    entries = sorted((tmp_path / "cache").glob("*.json"))
+    entries[0].write_text("{not json")
+    for spool in (tmp_path / "cache").glob("rows-*.parquet"):
+        spool.unlink()
+    last = api.fleet_validate([root / "van-1", copy], [KERAS], tmp_path, edges=[EDGE], progress=False)
+    assert last.reused == 0 and strip(last.summary)["totals"] == strip(again.summary)["totals"]
 
 
 def test_sample_spreads_frames_evenly_per_vehicle_and_day(fleet, tmp_path):
