@@ -74,6 +74,8 @@ ALWAYS_SHOWN = ("malformed", "no_model", "unreadable", "sampled_out")
 CLASS_COLOURS = ("#fde725", "#a0da39", "#4ac16d", "#1fa187", "#277f8e", "#365c8d", "#46327e", "#440154")
 MODEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 UNKNOWN_COLOUR = "#bbbbbb"
+# Timestamps drawn on time axes (unix seconds, 2000-01-01 to 2100-01-01 UTC); others are counted.
+CLOCK_RANGE = (946684800.0, 4102444800.0)
 # Tick spacings for time axes, in seconds (1 min … 1 week).
 TICK_STEPS = (60, 300, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800)
 CHART_W, FID_H, STRIP_H, LEFT, RIGHT = 900, 170, 46, 52, 12
@@ -481,9 +483,14 @@ class _Axis:
         return LEFT + (t - self.t0) / (self.t1 - self.t0) * (CHART_W - LEFT - RIGHT)
 
 
+def _clock_ok(t: np.ndarray) -> np.ndarray:
+    """Timestamps a device clock could have written: 2000 to 2100 (a clock reset to 1970 is not one)."""
+    return np.isfinite(t) & (t >= CLOCK_RANGE[0]) & (t <= CLOCK_RANGE[1])
+
+
 def _axis(*times: np.ndarray) -> Optional[_Axis]:
     t = np.concatenate([np.asarray(a, np.float64).ravel() for a in times] or [np.zeros(0)])
-    t = t[np.isfinite(t) & (np.abs(t) < 1e11)]  # beyond year 5000: not a timestamp
+    t = t[_clock_ok(t)]
     if not t.size:
         return None
     lo, hi = float(t.min()), float(t.max())
@@ -495,7 +502,8 @@ def _axis(*times: np.ndarray) -> Optional[_Axis]:
 
 def _time_grid(axis: _Axis, top: float, bottom: float, labels: bool) -> str:
     """Vertical grid lines with UTC labels; midnight lines are darker (one day ends, one begins)."""
-    step = next((s for s in TICK_STEPS if (axis.t1 - axis.t0) / s <= 8), TICK_STEPS[-1])
+    span = axis.t1 - axis.t0
+    step = next((s for s in TICK_STEPS if span / s <= 8), math.ceil(span / 8 / 86400) * 86400)
     parts = []
     for i, t in enumerate(np.arange(math.ceil(axis.t0 / step) * step, axis.t1, step)):
         x, midnight = axis.x(float(t)), float(t) % 86400 == 0
@@ -546,7 +554,7 @@ def _bin_index(t: np.ndarray, bins: int) -> np.ndarray:
 
 def _frame_series(points: FramePoints, summary: Mapping) -> Tuple[List[Tuple[np.ndarray, np.ndarray, str, str]], str]:
     """(t, pearson, colour, model) per model, binned to :data:`MAX_POINTS` in all; and a note."""
-    ok = np.isfinite(points.t) & np.isfinite(points.pearson)
+    ok = _clock_ok(points.t) & np.isfinite(points.pearson)
     total = int(ok.sum())
     series = []
     for model in dict.fromkeys(points.model[ok].tolist()):
@@ -556,8 +564,8 @@ def _frame_series(points: FramePoints, summary: Mapping) -> Tuple[List[Tuple[np.
         series.append((t, y, _model_colour(summary, model), str(model)))
     shown = sum(s[0].size for s in series)
     note = f"{total} validated frames" + (f", shown as {shown} medians over time bins" if shown < total else "")
-    untimed = int((~np.isfinite(points.t) & np.isfinite(points.pearson)).sum())
-    return series, note + (f"; {untimed} without a timestamp are not drawn" if untimed else "")
+    untimed = int((~_clock_ok(points.t) & np.isfinite(points.pearson)).sum())
+    return series, note + (f"; {untimed} without a plausible timestamp (2000–2100) are not drawn" if untimed else "")
 
 
 def _day_series(vehicle: Mapping, summary: Mapping) -> Tuple[List[Tuple[np.ndarray, np.ndarray, str, str]], str]:
@@ -586,7 +594,7 @@ def _timeline(vehicle: Mapping) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     t = np.array([_number(r[0]) for r in rows], np.float64)
     cls = np.array([_number(r[1]) for r in rows], np.float64)
     model = np.array([str(r[2]) if len(r) > 2 and r[2] is not None else "" for r in rows], object)
-    keep = np.isfinite(t)
+    keep = _clock_ok(t)
     return t[keep], cls[keep], model[keep]
 
 
