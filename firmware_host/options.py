@@ -208,6 +208,12 @@ def _parse_preview(value: Any) -> Tuple[str, int]:
     return parse_bind(value)
 
 
+def _parse_vehicle_id(value: Any) -> str:
+    from .telemetry import check_vehicle_id
+
+    return check_vehicle_id(value)
+
+
 def _opt(flag: str, kind: str, help: str, default: Any = None, **more: Any) -> Any:
     """A :class:`RunOptions` field described by its :class:`OptionSpec` (the name is filled in)."""
     return field(default=default, metadata={"spec": dict(flag=flag, kind=kind, help=help, default=default, **more)})
@@ -284,6 +290,10 @@ class RunOptions:
     threads: Optional[int] = _opt("--threads", "int", "Interpreter threads (default: the runtime's).",
                                   metavar="N", low=1, high=256, doc_default="runtime's")
     max_frames: Optional[int] = _opt("--max-frames", "int", "Stop after N frames.", metavar="N", low=1, high=_BIG)
+    vehicle_id: Optional[str] = _opt(
+        "--vehicle-id", "text",
+        "Vehicle id written into the log's header and every record (letters, digits, . _ : -; up to 64).",
+        metavar="ID", parse=_parse_vehicle_id)
 
     def __post_init__(self) -> None:
         for option in OPTIONS:
