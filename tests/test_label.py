@@ -405,7 +405,7 @@ def test_export_writes_the_layout_train_reads_with_provenance(frames, tmp_path):
     assert (out / "no-fog" / "f0.png").read_bytes() == (frames / "f0.png").read_bytes()
 
 
-def test_export_refuses_unsafe_destinations_and_rows(frames, tmp_path):
+def test_export_refuses_unsafe_destinations_and_rows(frames, tmp_path, monkeypatch):
     _label(frames, {"f0.png": "no-fog"})
     with pytest.raises(InputError, match="must not contain each other"):
         export_labels(frames, frames / "dataset")
@@ -422,6 +422,17 @@ def test_export_refuses_unsafe_destinations_and_rows(frames, tmp_path):
     result = export_labels(frames, tmp_path / "ds")
     assert result.missing == ("../outside.png",) and result.counts["no-fog"] == 1
     assert sorted(p.name for p in (tmp_path / "ds").rglob("*.png")) == ["f0.png"]
+    # A disk that fills up half-way: one line, no OUT, no stage left behind.
+    import errno
+    import shutil
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    with pytest.raises(OutputError, match="No space left on device.*nothing was changed"):
+        export_labels(frames, tmp_path / "full", copy=True)
+    assert not (tmp_path / "full").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".full")]
     fresh = tmp_path / "fresh"
     _write_png(fresh / "a.png", 1)
     refused = CliRunner().invoke(cli, ["label", str(fresh)])  # no --classes and no earlier session

@@ -93,8 +93,11 @@ def export_labels(folder, out, copy: bool = False, classes: Optional[Sequence[st
         provenance = _carry_frames_index(folder, stage, written)
         (stage / EXPORT_MARKER).write_text("edgecam label --export\n", encoding="utf-8")
         _swap_into_place(stage, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk, a folder that vanished: one line, nothing half-written
+            raise OutputError(f"Writing the export to '{out}' failed: {exc.strerror or exc}. Check free space "
+                              "and permissions; nothing was changed there.") from exc
         raise
     counts = {name: sum(1 for r in written if r.label == name) for name in classes}
     return ExportResult(out=out, counts=counts, linked=linked, copied=len(written) - linked,
@@ -176,11 +179,7 @@ def _link_or_copy(source: Path, target: Path, copy: bool) -> bool:
             return True
         except OSError:  # another file system, or links not allowed: copy instead
             pass
-    try:
-        shutil.copyfile(source, target)
-    except OSError as exc:
-        raise OutputError(f"Copying '{source}' to '{target}' failed: {exc.strerror or exc}. "
-                          "Check free space and permissions.") from exc
+    shutil.copyfile(source, target)  # an OSError is reported by export_labels, naming OUT
     return False
 
 
@@ -210,9 +209,9 @@ def _swap_into_place(stage: Path, out: Path) -> None:
         os.rename(out, old)
     try:
         os.rename(stage, out)
-    except OSError as exc:
+    except OSError:
         if old is not None:
             os.rename(old, out)
-        raise OutputError(f"Cannot move the export into '{out}': {exc.strerror or exc}.") from exc
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -197,8 +197,8 @@ class _Handler(GuardedHandler):
             self.refuse(exc.status, str(exc))
         except EdgecamError as exc:
             self.refuse(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        except TimeoutError:
-            raise  # the client is gone or too slow: the standard handler drops the connection
+        except (TimeoutError, ConnectionError):
+            raise  # the client is gone or too slow (a browser cancels images it no longer needs): dropped quietly
         except Exception as exc:  # noqa: BLE001 - one line to the client and the terminal, never a traceback
             log.error("labelling page: %s on %s: %s", type(exc).__name__, self.path[:200], exc)
             self.refuse(500, f"internal error ({type(exc).__name__}); see the terminal running edgecam label")
