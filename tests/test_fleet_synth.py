@@ -104,6 +104,19 @@ def test_every_rotated_segment_starts_with_the_header(tmp_path, model):
         assert all(r.vehicle == "bus_12" and r.model == "a" * 64 for r in read_records(segment))
 
 
+def test_a_run_without_frames_leaves_an_empty_log(tmp_path, model):
+    """The header comes with the first record: an empty log still means "no telemetry" to the
+    deploy health check (install.sh's fresh_telemetry tests for a non-empty file)."""
+    log = TelemetryLog(tmp_path / "run.jsonl")
+    log.open(RunContext(classes=model.classes, header=RunHeader(vehicle="van-07", started=1.0)))
+    log.sync()
+    assert (tmp_path / "run.jsonl").stat().st_size == 0
+    log.write(frame=0, timestamp=2.0, explanation=model.explain(frame_pattern(0, (32, 32))))
+    log.close()
+    first, second = (tmp_path / "run.jsonl").read_text().splitlines()
+    assert json.loads(first)["header"] == HEADER_SCHEMA and json.loads(second)["vehicle"] == "van-07"
+
+
 def test_a_broken_header_is_an_invalid_line_not_a_crash(tmp_path):
     path = tmp_path / "run.jsonl"
     path.write_text('{"header": "edgecam.run/1", "vehicle": 7}\n')
