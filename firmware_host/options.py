@@ -200,6 +200,12 @@ def _parse_hysteresis(value: Any) -> Tuple[float, int]:
     return parse_hysteresis(":".join(str(v) for v in value)) if isinstance(value, (tuple, list)) else parse_hysteresis(str(value))
 
 
+def _parse_tiles(value: Any):
+    from .tiles import parse_tiles
+
+    return parse_tiles(value)
+
+
 def _parse_preview(value: Any) -> Tuple[str, int]:
     from .preview import parse_bind
 
@@ -284,6 +290,10 @@ class RunOptions:
     threads: Optional[int] = _opt("--threads", "int", "Interpreter threads (default: the runtime's).",
                                   metavar="N", low=1, high=256, doc_default="runtime's")
     max_frames: Optional[int] = _opt("--max-frames", "int", "Stop after N frames.", metavar="N", low=1, high=_BIG)
+    tiles: Optional[Any] = _opt(
+        "--tiles", "text", "Explain each frame as SIZE-px tiles every STRIDE px (default SIZE/2) and stitch "
+        "their maps into one heatmap, overlaps averaged (whole wood boards; docs/wood.md).",
+        metavar="SIZE[:STRIDE]", parse=_parse_tiles)
 
     def __post_init__(self) -> None:
         for option in OPTIONS:

@@ -393,7 +393,7 @@ def _save_model(model, path: Path) -> Path:
     return path
 
 
-def _fit_and_evaluate(keras, tf, x, y, kfold, test_fraction, seed, progress, common):
+def _fit_and_evaluate(keras, tf, x, y, kfold, test_fraction, seed, progress, common, groups=None):
     """Fit on a stratified split (or K folds) and predict the held-out images.
 
     Returns:
@@ -402,7 +402,12 @@ def _fit_and_evaluate(keras, tf, x, y, kfold, test_fraction, seed, progress, com
         out-of-fold predictions of every image.
     """
     if not kfold:
-        tr, te = stratified_split(y, test_fraction, seed)
+        if groups is None:
+            tr, te = stratified_split(y, test_fraction, seed)
+        else:  # crops: every board on one side (toolkit.datasets.crops)
+            from toolkit.datasets.crops import group_holdout
+
+            tr, te = group_holdout(y, groups, test_fraction, seed)
         model, p_eval = _fit_one(keras, tf, x[tr], y[tr], x[te], seed=seed, **common)
         return model, y[te], p_eval, None, len(tr), len(te)
     folds = stratified_folds(y, int(kfold), seed)
@@ -461,6 +466,8 @@ def train(
     augment: bool = True,
     width: int = 16,
     progress: bool = True,
+    crop: Optional[int] = None,
+    crops_per_image: int = 8,
 ) -> TrainResult:
     """Train the talk's classifier and write ``model.keras``, ``labels.txt``, ``confusion.png``
     and ``training.json`` to ``out_dir``.
@@ -489,6 +496,10 @@ def train(
         augment: apply :func:`build_augmentation` to training batches.
         width: filters of the small CNN's first block (see :func:`build_model`).
         progress: show Keras' per-epoch progress.
+        crop: train on ``crop``-px crops of the images instead (cropping data augmentation,
+            :func:`toolkit.datasets.crops.load_crops`: labels from the folder's ``boxes.json``,
+            a board's crops all on one side of the held-out split).
+        crops_per_image: crops cut from each image with ``crop``.
 
     Returns:
         A :class:`TrainResult`.
@@ -502,6 +513,14 @@ def train(
     if int(epochs) < 1 or int(batch_size) < 1:
         raise InputError(f"epochs and batch_size must be >= 1. Got {epochs}, {batch_size}.")
     out = ensure_writable_dir(out_dir)
+    groups = None
+    if crop is not None:
+        if kfold:
+            raise InputError("--crop goes with the held-out split; K-fold over crops is not supported yet.")
+        from toolkit.datasets.crops import load_crops
+
+        crops = load_crops(data, int(crop), per_image=int(crops_per_image), seed=seed)
+        data, groups, size = (crops.x, crops.y, crops.class_names), crops.groups, None
     x, y, class_names, input_size = _load_data(data, size)
     num_classes = len(class_names)
     keras, tf = _keras(), _tf()
@@ -510,13 +529,14 @@ def train(
                   batch_size=int(batch_size), learning_rate=learning_rate, balanced=balanced,
                   augment=augment, verbose=verbose)
     start = time.perf_counter()
-    fitted = _fit_and_evaluate(keras, tf, x, y, kfold, test_fraction, seed, progress, common)
+    fitted = _fit_and_evaluate(keras, tf, x, y, kfold, test_fraction, seed, progress, common, groups)
     model, y_eval, p_eval, fold_acc, n_train, n_test = fitted
     seconds = time.perf_counter() - start
 
     settings = dict(arch=arch, width=int(width), input_size=list(input_size), epochs=int(epochs),
                     batch_size=int(batch_size), learning_rate=learning_rate, balanced_class_weights=balanced,
-                    augmentation=augment, seed=int(seed), kfold=kfold)
+                    augmentation=augment, seed=int(seed), kfold=kfold,
+                    crop=None if crop is None else {"size": int(crop), "per_image": int(crops_per_image)})
     cm = confusion_matrix(y_eval, p_eval, num_classes)
     return _write_outputs(out, model, cm, class_names, settings, fold_acc, (len(y), n_train, n_test), seconds,
                           keras.__version__)
