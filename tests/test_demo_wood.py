@@ -50,7 +50,7 @@ def test_quick_wood_demo_end_to_end(wood_demo):
     # The device run: one record per board, each map stitched over the whole board.
     records = list(read_records(out / "run.jsonl"))
     assert len(records) == WOOD_QUICK.n_device_boards == summary["run"]["frames"]
-    cells = WOOD_QUICK.board * 8 // WOOD_QUICK.crop  # the small CNN's map is 1/8 of its input
+    cells = WOOD_QUICK.board // 8  # the small CNN's map is 1/8 of its input; tiles stitch at that scale
     assert all(r.cam.shape == (cells, cells) for r in records)
 
     # The pointing game, recomputed here from the log and the generator's boxes.
@@ -86,7 +86,7 @@ def test_predict_and_run_with_tiles_on_the_demo_model(wood_demo, tmp_path):
     res = CliRunner().invoke(cli, ["predict", str(out / "wood_int8.tflite"), str(board), "--tiles", tiles,
                                    "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
-    cells = WOOD_QUICK.board * 8 // WOOD_QUICK.crop
+    cells = WOOD_QUICK.board // 8
     assert f"of ({cells}, {cells})" in res.output
     assert (tmp_path / "o" / f"{board.stem}.overlay.png").is_file()
     # The runner with tiles gives the same map as the TiledModel on its own.
