@@ -6,6 +6,7 @@ TensorFlow: only the interpreter, numpy and OpenCV.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import time
@@ -178,6 +179,7 @@ class ExplainableModel:
                  providers: Optional[Sequence[str]] = None) -> None:
         file = read_model_file(path)
         self.path = file.path or Path("<in-memory model>")
+        self.sha256 = hashlib.sha256(file.data).hexdigest()  # which model a run log came from
         self.backend, self.metadata = open_model(file, num_threads=num_threads, providers=providers)
         meta = self.metadata
         if meta.low_fidelity:

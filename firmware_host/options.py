@@ -214,6 +214,12 @@ def _parse_preview(value: Any) -> Tuple[str, int]:
     return parse_bind(value)
 
 
+def _parse_vehicle_id(value: Any) -> str:
+    from .telemetry import check_vehicle_id
+
+    return check_vehicle_id(value)
+
+
 def _opt(flag: str, kind: str, help: str, default: Any = None, **more: Any) -> Any:
     """A :class:`RunOptions` field described by its :class:`OptionSpec` (the name is filled in)."""
     return field(default=default, metadata={"spec": dict(flag=flag, kind=kind, help=help, default=default, **more)})
@@ -290,6 +296,10 @@ class RunOptions:
     threads: Optional[int] = _opt("--threads", "int", "Interpreter threads (default: the runtime's).",
                                   metavar="N", low=1, high=256, doc_default="runtime's")
     max_frames: Optional[int] = _opt("--max-frames", "int", "Stop after N frames.", metavar="N", low=1, high=_BIG)
+    vehicle_id: Optional[str] = _opt(
+        "--vehicle-id", "text",
+        "Vehicle id written into the log's header and every record (letters, digits, . _ : -; up to 64).",
+        metavar="ID", parse=_parse_vehicle_id)
     tiles: Optional[Any] = _opt(
         "--tiles", "text", "Explain each frame as SIZE-px tiles every STRIDE px (default SIZE/2) and stitch "
         "their maps into one heatmap, overlaps averaged (whole wood boards; docs/wood.md).",

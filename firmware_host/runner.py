@@ -35,6 +35,7 @@ from .errors import EdgecamError, SourceError
 from .options import RunOptions
 from .sinks import FrameResult, FrameTimings, RunContext, Sink, SnapshotSink, sinks_for
 from .sources import Frame, FrameSource, SourceSpec, SourceStats, open_source
+from .telemetry import RunHeader
 from .temporal import TemporalFilter, TemporalState
 
 __all__ = ["RunSummary", "FrameResult", "RunOptions", "run"]
@@ -337,10 +338,12 @@ def run(
             stack.enter_context(_stop_on_signals(stop))
         # The source first: a wrong --source must not leave empty logs behind.
         src = stack.enter_context(_open_source(source, options, source_options))
+        title = Path(str(getattr(model, "path", "model"))).name
+        plan = getattr(getattr(model, "metadata", None), "quantization", None)
         context = RunContext(
-            classes=tuple(model.classes), source_fps=src.fps, title=Path(str(getattr(model, "path", "model"))).name,
-            smoothed=options.smooth > 0, notify=notify, stop=stop.set,
-            plan=getattr(getattr(model, "metadata", None), "quantization", None),
+            classes=tuple(model.classes), source_fps=src.fps, title=title,
+            smoothed=options.smooth > 0, notify=notify, stop=stop.set, plan=plan,
+            header=_run_header(model, title, plan, options.vehicle_id, _start_time(src)),
         )
         opened, outputs = _open_sinks(stack, itertools.chain(sinks_for(options), sinks), context)
         if on_start is not None:
@@ -353,6 +356,31 @@ def run(
         error.summary = summary  # type: ignore[attr-defined]
         raise error
     return summary
+
+
+def _run_header(model, title: str, plan: Optional[str], vehicle: Optional[str], started: float) -> RunHeader:
+    """Which vehicle and which model this run is: the log's first line (fleet validation keys on it).
+
+    The source hash is the metadata's ``source["sha256"]`` (the Keras file the model was
+    converted from); the model hash is the converted file's, computed when it was read.
+    """
+    source = getattr(getattr(model, "metadata", None), "source", None) or {}
+    source_sha = source.get("sha256") if isinstance(source, Mapping) else None
+    model_sha = getattr(model, "sha256", None)
+    return RunHeader(
+        vehicle=vehicle,
+        model_sha256=model_sha if isinstance(model_sha, str) else None,
+        source_model_sha256=source_sha if isinstance(source_sha, str) and source_sha else None,
+        model_name=title,
+        plan=plan if isinstance(plan, str) else None,
+        started=round(started, 6),
+    )
+
+
+def _start_time(src: FrameSource) -> float:
+    """When the run started: the source's clock at frame 0 (a replay's recorded time), else now."""
+    clock = getattr(src, "clock", None)
+    return time.time() if clock is None else float(clock(0))
 
 
 def _open_source(source, options: RunOptions, source_options: Optional[Mapping[str, Any]]) -> FrameSource:

@@ -44,7 +44,7 @@ import numpy as np
 from ._io import atomic_write_bytes, ensure_writable_dir
 from .errors import InputError, OutputError
 from .options import RunOptions  # the defaults of the sinks' options
-from .telemetry import LogLine, TelemetryRecord, read_objects
+from .telemetry import LogLine, RunHeader, TelemetryRecord, read_objects
 from .temporal import TemporalState
 
 __all__ = [
@@ -190,6 +190,8 @@ class RunContext:
         title: the model's file name.
         smoothed: True when ``--smooth`` > 0 (the log then records the smoothed probabilities).
         plan: the model's precision plan (metadata ``quantization``), logged with every record.
+        header: the run's :class:`~firmware_host.telemetry.RunHeader` (vehicle, model hashes):
+            the telemetry log writes it first and tags every record with its vehicle and model.
         notify: prints a warning (stderr by default).
         stop: asks the loop to stop cleanly after this frame (a window's q/Esc).
     """
@@ -199,6 +201,7 @@ class RunContext:
     title: str = "model"
     smoothed: bool = False
     plan: Optional[str] = None
+    header: Optional[RunHeader] = None
     notify: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True)
     stop: Callable[[], None] = lambda: None
 
@@ -338,7 +341,9 @@ class TelemetryLog:
 
     Layout beside ``path`` (say ``run.jsonl``):
 
-    * ``run.jsonl`` — the current segment (what ``edgecam validate --from-log`` reads);
+    * ``run.jsonl`` — the current segment (what ``edgecam validate --from-log`` reads); when the
+      run has a :class:`~firmware_host.telemetry.RunHeader` (``edgecam run`` always does), every
+      segment starts with it;
     * ``run.<SEGMENT>.jsonl`` — older segments after rotation (or an earlier run's log found
       at start, which is never overwritten);
     * ``run_frames/<SEGMENT>/<frame>.jpg`` — frames saved for validation; ``frame_path`` in
@@ -381,6 +386,7 @@ class TelemetryLog:
         ensure_writable_dir(self.dir)
         self.save_frames = int(save_frames)
         self.plan: Optional[str] = None  # the model's precision plan, from RunContext
+        self.header: Optional[RunHeader] = None  # the run's header, from RunContext
         self.suffix = "." + frame_format.lower().lstrip(".").replace("jpeg", "jpg")
         self.fsync_every = int(fsync_every)
         self.budget = None if max_mb is None else int(max_mb * _MB)
@@ -432,6 +438,20 @@ class TelemetryLog:
         except OSError as exc:
             raise OutputError(f"Cannot create log '{self.path}': {exc}. Check the --log path.") from exc
         self._frames_dir = self.frames_root / self.sid
+        self._write_header()
+
+    def _write_header(self) -> None:
+        """The run's header as the segment's first line (durable before any record)."""
+        if self.header is None:
+            return
+        line = self.header.to_json() + "\n"
+        try:
+            self._fh.write(line)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise OutputError(f"Writing log '{self.path}' failed: {exc}. Check free space.") from exc
+        self.segment_bytes += len(line.encode("utf-8"))
 
     def _rotate(self) -> None:
         self._sync()
@@ -456,6 +476,9 @@ class TelemetryLog:
     def open(self, context: RunContext) -> str:
         self.smoothed = context.smoothed
         self.plan = context.plan
+        if context.header is not None and self.header is None:
+            self.header = context.header
+            self._write_header()
         return str(self.path)
 
     def on_frame(self, result: FrameResult) -> None:
@@ -466,6 +489,8 @@ class TelemetryLog:
             shown_index=state.class_index, shown_label=result.label,
             smoothed_probabilities=state.probabilities if self.smoothed else None,
             plan=self.plan,
+            vehicle=None if self.header is None else self.header.vehicle,
+            model=None if self.header is None else self.header.model,
         )
         self.write_record(record, result.image)
 
@@ -501,6 +526,8 @@ class TelemetryLog:
             explanation, frame=frame, timestamp=timestamp, cam_digits=self.cam_digits,
             shown_index=extra.pop("shown_index", None), shown_label=extra.pop("shown_label", None),
             smoothed_probabilities=extra.pop("smoothed_probabilities", None),
+            vehicle=None if self.header is None else self.header.vehicle,
+            model=None if self.header is None else self.header.model,
         )
         if extra:
             record = replace(record, extra=extra)
@@ -590,9 +617,11 @@ def _segment_of(path: Path, stem: str) -> Optional[str]:
 
 
 class LogRecords(List[Dict[str, Any]]):
-    """Records read by :func:`read_jsonl`; ``truncated`` is True when a cut last line was skipped."""
+    """Records read by :func:`read_jsonl`; ``truncated`` is True when a cut last line was skipped;
+    ``header`` is the log's :class:`~firmware_host.telemetry.RunHeader` (None in older logs)."""
 
     truncated: bool = False
+    header: Optional[RunHeader] = None
 
 
 def read_jsonl(path: PathLike) -> LogRecords:
@@ -606,7 +635,7 @@ def read_jsonl(path: PathLike) -> LogRecords:
 
     Returns:
         The records (JSON objects), in file order (``.truncated`` tells whether the last line
-        was cut).
+        was cut, ``.header`` holds the run header, which is not a record).
 
     Raises:
         InputError: the file cannot be read, or a line other than the last is not a JSON
@@ -614,7 +643,13 @@ def read_jsonl(path: PathLike) -> LogRecords:
     """
     records = LogRecords()
     for item in read_objects(path):
-        if isinstance(item, LogLine):
+        if isinstance(item, LogLine) and RunHeader.is_header(item.value):
+            try:
+                header = RunHeader.from_dict(item.value, item.line)
+            except InputError as exc:
+                raise InputError(f"'{path}' line {item.line} is a broken run header: {exc}") from None
+            records.header = records.header or header
+        elif isinstance(item, LogLine):
             records.append(item.value)
         elif item.reason == "malformed" and item.last:
             records.truncated = True

@@ -300,6 +300,8 @@ class FrameSource:
         failures_before_reconnect: consecutive failed reads that count as "gone".
         capture_factory: ``f(spec, open_timeout_ms) -> capture`` (tests inject fakes).
         queue_size: buffer length of ordered sources.
+        clock: ``clock(index) -> unix seconds``, the timestamp of frame ``index`` (default: the
+            wall-clock time when it was grabbed). Replays and simulations give recorded times.
     """
 
     def __init__(
@@ -315,6 +317,7 @@ class FrameSource:
         capture_factory: Optional[Callable] = None,
         open_timeout_ms: int = 10000,
         queue_size: int = 4,
+        clock: Optional[Callable[[int], float]] = None,
     ) -> None:
         if reconnect_attempts < 0 or backoff[0] <= 0 or backoff[1] < backoff[0]:
             raise InputError(
@@ -325,6 +328,7 @@ class FrameSource:
         self.live = spec.live or realtime if live is None else bool(live)
         self.loop = loop
         self.realtime = realtime
+        self.clock = clock
         self._attempts = reconnect_attempts
         self._backoff = backoff
         self._fail_limit = max(1, failures_before_reconnect)
@@ -455,7 +459,8 @@ class FrameSource:
                     image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=-1)
                 with self._cond:
                     self._counts["grabbed"] += 1
-                self._deliver(Frame(index, image, time.time(), name))
+                stamp = time.time() if self.clock is None else float(self.clock(index))
+                self._deliver(Frame(index, image, stamp, name))
                 index += 1
                 if period:
                     next_due += period

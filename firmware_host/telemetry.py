@@ -21,6 +21,11 @@ API (stable names):
   NaN, wrong types, binary garbage all become :class:`BadRecord`. Blank lines are skipped.
 * :func:`read_objects(path) <read_objects>` — ``Iterator[LogLine | BadRecord]``, the JSON level
   only (no field checks).
+* :class:`RunHeader` — the first line ``edgecam run`` writes in every log (segment): schema
+  ``edgecam.run/1``, ``vehicle``, the model file's ``model_sha256``, its metadata's
+  ``source_model_sha256``, ``model_name``, ``plan`` and ``started``. :func:`read_records` skips
+  header lines (they are not records, and not counted as broken) unless ``headers=True``, which
+  yields them; :func:`read_header` returns a log's header (None for logs written before it).
 
 Both readers raise :class:`~firmware_host.errors.InputError` only when the file itself cannot be
 read (missing, a directory, a FIFO or device, an I/O error).
@@ -30,7 +35,8 @@ Rules of a valid record (:meth:`TelemetryRecord.from_dict`): ``class_index`` (in
 of numbers) are required; ``null`` stands for a non-finite number and reads as NaN;
 ``predicted_index`` defaults to the argmax of ``probabilities`` and ``frame`` to ``line - 1``;
 both indices must lie in ``[0, K)``. Integers are JSON integers (or integral floats), never
-booleans. Unknown keys are kept in ``extra``.
+booleans. ``vehicle`` and ``model`` (the source-model sha256, else the model file's) are
+optional strings. Unknown keys are kept in ``extra``.
 
 No TensorFlow: numpy and the standard library.
 """
@@ -40,6 +46,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -49,7 +56,10 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["TelemetryRecord", "BadRecord", "LogLine", "read_records", "read_objects", "MAX_LINE_CHARS"]
+__all__ = [
+    "TelemetryRecord", "BadRecord", "LogLine", "RunHeader", "read_records", "read_objects", "read_header",
+    "check_vehicle_id", "HEADER_SCHEMA", "MAX_LINE_CHARS",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -61,7 +71,30 @@ MAX_LINE_CHARS = 16 << 20
 _FIELDS = (
     "timestamp", "frame", "class_index", "label", "predicted_index", "confidence", "probabilities",
     "latency_ms", "cam", "peak", "frame_path", "shown_index", "shown_label", "smoothed_probabilities", "plan",
+    "vehicle", "model",
 )
+
+#: ``header`` of the first line of a run log (major version after the slash).
+HEADER_SCHEMA = "edgecam.run/1"
+_HEADER_PREFIX = "edgecam.run/"
+
+# A vehicle id: short, printable, safe as a file or folder name and in a URL.
+_VEHICLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def check_vehicle_id(value: Any) -> str:
+    """``value`` if it is a valid vehicle id (``--vehicle-id``), else :class:`InputError`.
+
+    A vehicle id is 1 to 64 characters: ASCII letters, digits, ``.``, ``_``, ``:`` and ``-``,
+    starting with a letter or digit (``van-07``, ``bus_12``, ``fleet:0042``).
+    """
+    if not isinstance(value, str) or not _VEHICLE_ID.fullmatch(value):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise InputError(
+            "--vehicle-id ID must be 1 to 64 ASCII letters, digits, '.', '_', ':' or '-', starting "
+            f"with a letter or digit (e.g. van-07). Got: {shown}."
+        )
+    return value
 
 
 def _finite_or_none(values: np.ndarray) -> list:
@@ -101,6 +134,9 @@ class TelemetryRecord:
         smoothed_probabilities: ``(K,)`` EMA of the probabilities (``--smooth`` > 0), or None.
         plan: the model's precision plan (``int8``, ``float16`` …), so fleet validation can split
             by it, or None when unknown.
+        vehicle: the ``--vehicle-id`` of the run, or None.
+        model: the sha256 (hex) of the model's source Keras file, else of the model file itself,
+            or None in logs written before it was recorded.
         extra: keys this version does not know, as read.
         line: 1-based line in the file read from (0 when not read from a file).
 
@@ -122,6 +158,8 @@ class TelemetryRecord:
     shown_label: Optional[str] = None
     smoothed_probabilities: Optional[np.ndarray] = None
     plan: Optional[str] = None
+    vehicle: Optional[str] = None
+    model: Optional[str] = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     line: int = 0
 
@@ -138,6 +176,8 @@ class TelemetryRecord:
         smoothed_probabilities: Optional[np.ndarray] = None,
         cam_digits: int = 4,
         plan: Optional[str] = None,
+        vehicle: Optional[str] = None,
+        model: Optional[str] = None,
     ) -> "TelemetryRecord":
         """The record of one explained frame, rounded as it is logged.
 
@@ -150,6 +190,7 @@ class TelemetryRecord:
             smoothed_probabilities: the EMA of the probabilities, logged when given.
             cam_digits: significant digits kept in ``cam``.
             plan: the model's precision plan (its metadata's ``quantization``), logged when given.
+            vehicle / model: the run's vehicle id and model hash (:class:`RunHeader`), when given.
         """
         smoothed = None
         if smoothed_probabilities is not None:
@@ -169,6 +210,8 @@ class TelemetryRecord:
             shown_label=shown_label,
             smoothed_probabilities=smoothed,
             plan=plan,
+            vehicle=vehicle,
+            model=model,
         )
 
     def with_frame_path(self, frame_path: Optional[str]) -> "TelemetryRecord":
@@ -195,6 +238,8 @@ class TelemetryRecord:
                 None if self.smoothed_probabilities is None else _finite_or_none(self.smoothed_probabilities)
             ),
             "plan": self.plan,
+            "vehicle": self.vehicle,
+            "model": self.model,
         }
         # Absent optional fields stay absent (a null confidence is kept: it was logged as null).
         out = {k: v for k, v in values.items() if v is not None or (k == "confidence" and self.confidence is not None)}
@@ -269,6 +314,8 @@ class TelemetryRecord:
             shown_label=_optional(data, "shown_label", (str,)),
             smoothed_probabilities=None if smoothed is None else _numbers(smoothed, 1, "smoothed_probabilities"),
             plan=_optional(data, "plan", (str,)),
+            vehicle=_optional(data, "vehicle", (str,)),
+            model=_optional(data, "model", (str,)),
             extra={key: value for key, value in data.items() if key not in _FIELDS},
             line=int(line),
         )
@@ -292,6 +339,83 @@ class TelemetryRecord:
         except (OSError, ValueError, RuntimeError):
             return None
         return base / rel
+
+
+@dataclass(frozen=True)
+class RunHeader:
+    """The first line of every run log (and of every rotated segment): which run this is.
+
+    On disk: ``{"header": "edgecam.run/1", "vehicle": ..., "model_sha256": ...,
+    "source_model_sha256": ..., "model_name": ..., "plan": ..., "started": ...}``.
+
+    Attributes:
+        vehicle: ``--vehicle-id``, or None.
+        model_sha256: sha256 (hex) of the model file that ran (``.tflite``/``.onnx``), or None.
+        source_model_sha256: sha256 (hex) of the Keras file it was converted from (its
+            metadata's ``source["sha256"]``), or None. Fleet validation matches ``--keras``
+            files by it.
+        model_name: the model file's name, or None.
+        plan: the model's precision plan, or None.
+        started: unix seconds when the run started, or None.
+        schema: ``edgecam.run/<major>``.
+        extra: keys this version does not know, as read.
+        line: 1-based line in the file read from (0 when not read from a file).
+    """
+
+    vehicle: Optional[str] = None
+    model_sha256: Optional[str] = None
+    source_model_sha256: Optional[str] = None
+    model_name: Optional[str] = None
+    plan: Optional[str] = None
+    started: Optional[float] = None
+    schema: str = HEADER_SCHEMA
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    line: int = 0
+
+    _KEYS = ("vehicle", "model_sha256", "source_model_sha256", "model_name", "plan", "started")
+
+    @property
+    def model(self) -> Optional[str]:
+        """The hash frame records carry in ``model``: the source model's, else the model file's."""
+        return self.source_model_sha256 or self.model_sha256
+
+    @staticmethod
+    def is_header(data: Any) -> bool:
+        """Whether a decoded JSON line is a run header (an object whose ``header`` is ``edgecam.run/…``)."""
+        return isinstance(data, Mapping) and isinstance(data.get("header"), str) and data["header"].startswith(
+            _HEADER_PREFIX)
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"header": self.schema}
+        out.update((key, getattr(self, key)) for key in self._KEYS)
+        out.update((k, v) for k, v in self.extra.items() if k not in out)
+        return out
+
+    def to_json(self) -> str:
+        """One line of JSON (no trailing newline)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], line: int = 0) -> "RunHeader":
+        """Parse a header line (:meth:`is_header` must be true).
+
+        Raises:
+            InputError: not a header, or a field of the wrong type (the message names it).
+        """
+        if not cls.is_header(data):
+            raise InputError(f"a run header is an object with \"header\": \"{HEADER_SCHEMA}\".")
+        started = _optional(data, "started", (float,), lambda v, n: _number(v, n))
+        return cls(
+            vehicle=_optional(data, "vehicle", (str,)),
+            model_sha256=_optional(data, "model_sha256", (str,)),
+            source_model_sha256=_optional(data, "source_model_sha256", (str,)),
+            model_name=_optional(data, "model_name", (str,)),
+            plan=_optional(data, "plan", (str,)),
+            started=None if started is None or not math.isfinite(started) else started,
+            schema=data["header"],
+            extra={k: v for k, v in data.items() if k != "header" and k not in cls._KEYS},
+            line=int(line),
+        )
 
 
 # -- field parsers: each raises InputError naming the field ------------------------------------
@@ -468,13 +592,17 @@ def read_records(
     num_classes: Optional[int] = None,
     cam_shape: Optional[Sequence[int]] = None,
     require_finite: bool = False,
-) -> Iterator[Union[TelemetryRecord, BadRecord]]:
+    headers: bool = False,
+) -> Iterator[Union[TelemetryRecord, BadRecord, RunHeader]]:
     """The records of a run log, in file order; broken lines come as :class:`BadRecord`.
 
     Args:
         path: the ``.jsonl`` file.
         num_classes / cam_shape / require_finite: as :meth:`TelemetryRecord.from_dict`; a
             record that fails them is a ``BadRecord`` with reason ``"invalid"``.
+        headers: also yield the :class:`RunHeader` lines (skipped otherwise: a header is not
+            a record, and not a broken one). A header with a field of the wrong type is a
+            ``BadRecord`` with reason ``"invalid"`` either way.
 
     Raises:
         InputError: the file cannot be opened or read.
@@ -487,9 +615,32 @@ def read_records(
             yield item
             continue
         try:
+            if RunHeader.is_header(item.value):
+                header = RunHeader.from_dict(item.value, item.line)
+                if headers:
+                    yield header
+                continue
             yield TelemetryRecord.from_dict(
                 item.value, item.line, num_classes=num_classes, cam_shape=cam_shape,
                 require_finite=require_finite,
             )
         except InputError as exc:
             yield BadRecord(item.line, "invalid", str(exc), item.last)
+
+
+def read_header(path: PathLike) -> Optional[RunHeader]:
+    """The :class:`RunHeader` on the first non-blank line of a run log, or None (older logs).
+
+    Reads one line only. A broken first line gives None; :func:`read_records` reports it.
+
+    Raises:
+        InputError: the file cannot be opened or read.
+    """
+    for item in read_objects(path):
+        if isinstance(item, LogLine) and RunHeader.is_header(item.value):
+            try:
+                return RunHeader.from_dict(item.value, item.line)
+            except InputError:
+                return None
+        return None
+    return None

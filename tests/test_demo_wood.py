@@ -40,7 +40,7 @@ def test_quick_wood_demo_end_to_end(wood_demo):
     summary = json.loads((out / "summary.json").read_text())
     training = json.loads((out / "train" / "training.json").read_text())
     assert summary["crop_accuracy"] == pytest.approx(training["accuracy"])
-    assert training["crop"] == {"size": WOOD_QUICK.crop, "per_image": WOOD_QUICK.crops_per_board}
+    assert training["input_size"] == [WOOD_QUICK.crop, WOOD_QUICK.crop]  # trained on crops
     for tag in ("float32", "int8"):
         stored = json.loads((out / f"validate_{tag}" / "summary.json").read_text())
         assert summary["validation"][tag]["pearson_median"] == pytest.approx(stored["pearson"]["median"])

@@ -8,6 +8,7 @@ agree with them (Pearson ≥ 0.999, top-1 100%) for every head kind.
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -179,6 +180,78 @@ def test_no_tensorflow_needed(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "gradient"
+
+
+def _installed_by(requirements, extras=()) -> set:
+    """Every distribution ``pip install`` of ``requirements`` pulls in, from the installed metadata."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    wanted, seen = [(Requirement(r), "") for r in requirements], set()
+    while wanted:
+        req, extra = wanted.pop()
+        name = canonicalize_name(req.name)
+        if name in seen or (req.marker is not None and not req.marker.evaluate({"extra": extra})):
+            continue
+        seen.add(name)
+        try:
+            wanted += [(Requirement(r), e) for r in metadata.requires(req.name) or () for e in ("", *req.extras)]
+        except metadata.PackageNotFoundError:
+            pass
+    return seen
+
+
+def test_onnx_extra_is_the_whole_onnx_path_without_tensorflow(tmp_path):
+    """`pip install 'edgecam[onnx]'` converts (float and int8), predicts and validates an ONNX model.
+
+    In a subprocess with tensorflow, keras, tf2onnx and torch blocked, the CLI converts, quantizes,
+    predicts and validates; every package it then has loaded must be one that the base install
+    plus the [onnx] extra of pyproject.toml installs (matplotlib, from [host], is blocked too: the
+    report is then written without charts).
+    """
+    import cv2
+    from packaging.utils import canonicalize_name
+
+    tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert {canonicalize_name(r.split(">")[0]) for r in project["optional-dependencies"]["onnx"]} == {"onnx", "onnxruntime"}
+    allowed = _installed_by(project["dependencies"] + project["optional-dependencies"]["onnx"]) | {"edgecam"}
+
+    path, ref = _fixture("mlp")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, image in enumerate(ref["images"]):
+        cv2.imwrite(str(images / f"{i}.png"), image[..., ::-1])
+    commands = [
+        ["convert", str(path), "-o", str(tmp_path / "x.onnx")],
+        ["convert", str(path), "-o", str(tmp_path / "q.onnx"), "--quantize", "int8", "--calibration", str(images)],
+        ["predict", str(tmp_path / "q.onnx"), str(images / "0.png")],
+        ["validate", str(path), str(tmp_path / "x.onnx"), "--images", str(images), "--out", str(tmp_path / "v"),
+         "--quiet", "--min-pearson", "0.999", "--min-top1", "1.0"],
+    ]
+    code = (
+        "import json, sys\n"
+        "startup = set(sys.modules)  # what site.py loaded (e.g. setuptools' .pth hook) is not ours\n"
+        "for name in ('tensorflow', 'keras', 'tf2onnx', 'torch', 'matplotlib'):\n"
+        "    sys.modules[name] = None\n"
+        "from importlib import metadata\n"
+        "from toolkit.cli import cli\n"
+        f"for args in {commands!r}:\n"
+        "    cli.main(args, prog_name='edgecam', standalone_mode=False)\n"
+        "names = metadata.packages_distributions()\n"
+        "tops = {m.split('.')[0] for m, v in list(sys.modules.items()) if v is not None and m not in startup}\n"
+        "print('LOADED', json.dumps(sorted({d for t in tops for d in names.get(t, ())})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert (tmp_path / "q.onnx").is_file() and "predicted class_" in out.stdout
+    assert "PASS: 6 images" in out.stdout and (tmp_path / "v" / "report.html").is_file()
+    loaded = {canonicalize_name(d) for d in json.loads(out.stdout.split("LOADED ", 1)[1])}
+    assert "onnx" in loaded and "onnxruntime" in loaded
+    assert not {"tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "torch", "matplotlib"} & loaded
+    assert loaded <= allowed, f"loaded but not installed by edgecam[onnx]: {sorted(loaded - allowed)}"
 
 
 def test_cli_accepts_onnx(tmp_path):

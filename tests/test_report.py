@@ -6,15 +6,8 @@ NUL-separated JSON): no port, no websocket library, nothing on the network.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import queue
 import re
-import shutil
-import subprocess
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,143 +17,22 @@ from firmware_host import cam
 from firmware_host.errors import InputError
 from toolkit.report import ReportCase, render_report, write_report
 
-CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium") or "") if p and os.path.exists(p)), None)
-
-
-class Chromium:
-    """A headless Chromium page driven over the DevTools pipe."""
-
-    def __init__(self, user_data_dir: Path) -> None:
-        cmd_r, cmd_w = os.pipe()  # we write commands; Chromium reads them on fd 3
-        res_r, res_w = os.pipe()  # Chromium writes replies on fd 4; we read them
-        # Park the child's ends above the low fds so dup2 onto 3/4 cannot clobber them.
-        high_r = fcntl.fcntl(cmd_r, fcntl.F_DUPFD, 50)
-        high_w = fcntl.fcntl(res_w, fcntl.F_DUPFD, 50)
-        os.close(cmd_r)
-        os.close(res_w)
-
-        def child_fds():
-            os.dup2(high_r, 3)
-            os.dup2(high_w, 4)
-
-        self.proc = subprocess.Popen(
-            [
-                CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={user_data_dir}",
-                "--remote-debugging-pipe", "about:blank",
-            ],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            preexec_fn=child_fds, pass_fds=(3, 4),
-        )
-        os.close(high_r)
-        os.close(high_w)
-        self._out = os.fdopen(cmd_w, "wb", buffering=0)
-        self._in = os.fdopen(res_r, "rb", buffering=0)
-        self._next_id = 0
-        self.events: list = []
-        self._replies: "queue.Queue" = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        buf = b""
-        while True:
-            try:
-                chunk = self._in.read(65536)
-            except (OSError, ValueError):
-                chunk = b""
-            if not chunk:
-                self._replies.put(None)
-                return
-            buf += chunk
-            while b"\0" in buf:
-                raw, buf = buf.split(b"\0", 1)
-                msg = json.loads(raw)
-                if "id" in msg:
-                    self._replies.put(msg)
-                else:
-                    self.events.append(msg)
-
-    def send(self, method: str, params=None, session=None, timeout: float = 60.0):
-        self._next_id += 1
-        msg = {"id": self._next_id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        self._out.write(json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self._replies.get(timeout=max(0.1, deadline - time.monotonic()))
-            if reply is None:
-                raise RuntimeError("Chromium closed the DevTools pipe: " + self.stderr())
-            if reply["id"] == self._next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply["result"]
-
-    def wait_event(self, method: str, session: str, timeout: float = 60.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for ev in list(self.events):
-                if ev.get("method") == method and ev.get("sessionId") == session:
-                    return ev
-            time.sleep(0.05)
-        raise TimeoutError(f"no {method} within {timeout}s")
-
-    def stderr(self) -> str:
-        return self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
-
-    def close(self) -> None:
-        try:
-            self.send("Browser.close", timeout=10)
-        except Exception:  # noqa: BLE001 - shutting down anyway
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._out.close()
-        self._reader.join(timeout=10)  # Chromium exited: its end of the pipe is closed
-        if not self._reader.is_alive():
-            self._in.close()
-        self.proc.stderr.close()
+from tests._chromium import CHROMIUM, Chromium, Page
 
 
 def load_in_chromium(path: Path, tmp_path: Path) -> dict:
     """Open ``path`` in headless Chromium; return errors, requested URLs and <img> states."""
     browser = Chromium(tmp_path / "chromium-profile")
     try:
-        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Runtime", "Log", "Page", "Network"):
-            browser.send(f"{domain}.enable", session=session)
-        browser.send("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
-        browser.wait_event("Page.loadEventFired", session)
-        images = browser.send(
-            "Runtime.evaluate",
-            {
-                "expression": "JSON.stringify(Array.from(document.images).map("
-                "i => ({complete: i.complete, w: i.naturalWidth, h: i.naturalHeight})))",
-                "returnByValue": True,
-            },
-            session=session,
-        )["result"]["value"]
-        title = browser.send(
-            "Runtime.evaluate", {"expression": "document.title", "returnByValue": True}, session=session
-        )["result"]["value"]
-        events = [e for e in browser.events if e.get("sessionId") == session]
+        page = Page(browser)
+        page.navigate(path.resolve().as_uri())
+        images = page.evaluate(
+            "JSON.stringify(Array.from(document.images).map("
+            "i => ({complete: i.complete, w: i.naturalWidth, h: i.naturalHeight})))")
+        title = page.evaluate("document.title")
     finally:
         browser.close()
-    errors = [
-        e for e in events
-        if e["method"] == "Runtime.exceptionThrown"
-        or (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
-        or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
-        or e["method"] == "Network.loadingFailed"
-    ]
-    urls = [e["params"]["request"]["url"] for e in events if e["method"] == "Network.requestWillBeSent"]
-    return {"errors": errors, "urls": urls, "images": json.loads(images), "title": title}
+    return {"errors": page.errors(), "urls": page.urls(), "images": json.loads(images), "title": title}
 
 
 # -- fixtures ----------------------------------------------------------------------------------

@@ -21,8 +21,7 @@ from firmware_host.tiles import (TiledModel, TileSpec, board_probabilities, cut_
                                  tile_origins)
 from toolkit import metrics as M
 from toolkit.datasets.boxes import LabelledBox, read_boxes, write_boxes
-from toolkit.datasets.crops import (box_fraction_inside, crop_label, group_holdout, load_crops, sample_crops,
-                                    write_crops)
+from toolkit.datasets.crops import box_fraction_inside, crop_label, load_crops, sample_crops, write_crops
 from toolkit.datasets.wood import CLASS_NAMES, generate_wood_dataset, render_board, wood_counts
 
 
@@ -143,7 +142,7 @@ def test_sampled_crops_follow_the_rule(seed, size, bx, by, bw, bh):
         assert sum(label == "knot" for _, label, _ in crops) >= 4
 
 
-def test_load_crops_and_group_holdout(tmp_path):
+def test_load_crops_labels_and_groups(tmp_path):
     data = generate_wood_dataset(tmp_path / "w", 12, size=96, seed=2, progress=False)
     crops = load_crops(data, 48, per_image=4, seed=0)
     x, y, names = crops
@@ -154,9 +153,11 @@ def test_load_crops_and_group_holdout(tmp_path):
         assert np.array_equal(x[i], _read(data / crops.groups[i])[oy:oy + 48, ox:ox + 48])
         expected = crop_label(boxes[crops.groups[i]], (oy, ox), 48, "sound")
         assert names[y[i]] == expected[0]
-    tr, te = group_holdout(y, crops.groups, 0.25, seed=0)
-    assert len(tr) + len(te) == len(y) and len(te) > 0
-    assert not set(crops.groups[tr]) & set(crops.groups[te])  # every board on one side
+    from toolkit.train import stratified_group_folds
+
+    folds = stratified_group_folds(y, crops.groups, 3, seed=0)
+    for board in set(crops.groups):  # train groups crops by board: every board in one fold
+        assert len(set(folds[crops.groups == board])) == 1
     out = write_crops(tmp_path / "c", crops)
     written = read_boxes(out / "boxes.json")
     assert len(written) == len(y)

@@ -49,23 +49,26 @@ FIGURE_METHODS = ("layer_visualization", "saliency", "gradcam")
 class WoodDemoConfig:
     """Sizes of one wood demo run."""
 
-    n_boards: int = 160
+    n_boards: int = 120
     n_device_boards: int = 24
-    board: int = 512
-    crop: int = 128
+    board: int = 256
+    crop: int = 64
     crops_per_board: int = 8
     holdout_crops_per_board: int = 4
     epochs: int = 10
+    batch_size: int = 16
+    # The random crops are the augmentation; the rotation/zoom layers would cost CPU time.
+    augment: bool = False
     calibration: int = 64
-    tile_stride: int = 64
+    tile_stride: int = 32
     figure_boards: int = 3
     min_pearson_int8: float = 0.95
 
 
 WOOD_DEFAULT = WoodDemoConfig()
 WOOD_QUICK = WoodDemoConfig(n_boards=16, n_device_boards=4, board=96, crop=48, crops_per_board=4,
-                            holdout_crops_per_board=2, epochs=1, calibration=8, tile_stride=24, figure_boards=1,
-                            min_pearson_int8=0.0)
+                            holdout_crops_per_board=2, epochs=1, batch_size=16, calibration=8, tile_stride=24,
+                            figure_boards=1, min_pearson_int8=0.0)
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,11 @@ def run_wood_demo(out_dir="edgecam-demo-wood", config: WoodDemoConfig = WOOD_DEF
     clock.start("train", f"Training the small CNN on {c.crop}-px crops ({c.crops_per_board} per board, "
                          f"{c.epochs} epochs), held-out boards")
     from toolkit import train as trainer
+    from toolkit.datasets.crops import load_crops
 
-    trained = trainer.train(data, out / "train", epochs=c.epochs, seed=seed, progress=progress, crop=c.crop,
-                            crops_per_image=c.crops_per_board)
+    crops = load_crops(data, c.crop, per_image=c.crops_per_board, seed=seed)
+    trained = trainer.train(crops, out / "train", epochs=c.epochs, batch_size=c.batch_size, seed=seed,
+                            progress=progress, augment=c.augment)
     clock.stop("train")
     echo(f"      held-out crop accuracy {trained.accuracy:.3f} ({trained.n_test} crops of unseen boards)")
 

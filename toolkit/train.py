@@ -41,6 +41,9 @@ __all__ = [
     "build_augmentation",
     "stratified_split",
     "stratified_folds",
+    "stratified_group_folds",
+    "ClassSupport",
+    "VideoAccuracy",
     "classification_report",
     "confusion_matrix",
     "save_confusion_figure",
@@ -195,6 +198,56 @@ def stratified_folds(y: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return folds
 
 
+def stratified_group_folds(y: np.ndarray, groups: Sequence, k: int, seed: int = 0) -> np.ndarray:
+    """Fold number ``(N,)`` in ``[0, k)`` per sample, every group (a source video) in one fold.
+
+    Stratified *grouped* K-fold: frames of one video are near-duplicates, so a video split across
+    folds leaks its held-out frames into training. Groups are dealt largest first (ties in a
+    seeded random order), each to the fold where it brings the per-class shares closest to
+    ``1/k``: the least increase of ``Σ_c (n_fc / n_c − 1/k)²``, ties to the smaller fold. A fold
+    is never left empty. A class found in fewer than ``k`` groups cannot be in every fold.
+
+    Args:
+        y: ``(N,)`` int class indices.
+        groups: ``(N,)`` group key per sample (any values; compared as strings).
+        k: number of folds.
+        seed: order of equal-sized groups.
+
+    Raises:
+        InputError: ``k < 2``, lengths differ, or fewer than ``k`` groups.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    keys = np.asarray([str(g) for g in groups])
+    if int(k) < 2:
+        raise InputError(f"K-fold needs k >= 2. Got {k}.")
+    if len(keys) != len(y):
+        raise InputError(f"groups must give one group per sample: {len(keys)} groups for {len(y)} labels.")
+    names, inverse = np.unique(keys, return_inverse=True)
+    k = int(k)
+    if len(names) < k:
+        raise InputError(
+            f"Grouped {k}-fold needs at least {k} source videos (groups); the data has {len(names)}. "
+            f"Lower --kfold to {max(len(names), 2)}, or extract frames from more videos."
+        )
+    counts = np.zeros((len(names), int(y.max()) + 1))
+    np.add.at(counts, (inverse, y), 1)
+    totals = np.maximum(counts.sum(axis=0), 1)
+    order = np.random.default_rng(seed).permutation(len(names))
+    order = order[np.argsort(-counts[order].sum(axis=1), kind="stable")]
+    fold_counts = np.zeros((k, counts.shape[1]))
+    group_fold = np.empty(len(names), dtype=np.int64)
+    for done, g in enumerate(order.tolist()):
+        before = ((fold_counts / totals - 1 / k) ** 2).sum(axis=1)
+        after = (((fold_counts + counts[g]) / totals - 1 / k) ** 2).sum(axis=1)
+        sizes = fold_counts.sum(axis=1)
+        empty = sizes == 0
+        candidates = np.flatnonzero(empty) if empty.sum() >= len(names) - done else np.arange(k)
+        best = candidates[np.lexsort((sizes[candidates], np.round(after - before, 12)[candidates]))[0]]
+        fold_counts[best] += counts[g]
+        group_fold[g] = best
+    return group_fold[inverse]
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """``(K, K)`` int64 counts, rows = true class, columns = predicted class."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -261,6 +314,25 @@ def save_confusion_figure(cm: np.ndarray, class_names: Sequence[str], path, titl
 
 
 @dataclass(frozen=True)
+class ClassSupport:
+    """How many images of a class the data holds, and in how many source videos (``None``: unknown)."""
+
+    name: str
+    images: int
+    videos: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class VideoAccuracy:
+    """Held-out accuracy on the frames of one source video."""
+
+    video: str
+    images: int
+    correct: int
+    accuracy: float
+
+
+@dataclass(frozen=True)
 class TrainResult:
     """What a training run produced.
 
@@ -277,6 +349,9 @@ class TrainResult:
         arch, input_size, epochs, n_train, n_test: settings and split sizes (K-fold: of the
             saved model's fold).
         seconds: wall time of the training (fits and evaluation, not data loading).
+        class_support: images (and source videos) per class in the whole data.
+        per_video: held-out accuracy per source video, worst first, when the videos are known.
+        grouping: one line saying how the split or folds were grouped by video.
     """
 
     accuracy: float
@@ -294,18 +369,23 @@ class TrainResult:
     n_train: int = 0
     n_test: int = 0
     seconds: float = 0.0
+    class_support: Tuple[ClassSupport, ...] = ()
+    per_video: Optional[Tuple[VideoAccuracy, ...]] = None
+    grouping: str = ""
 
 
 def _load_data(data, size):
-    """Return ``(x float32 0–255, y int64, class_names, (H, W))`` from a folder or arrays."""
+    """Return ``(x float32 0–255, y int64, class_names, (H, W), paths or None)`` from a folder or arrays."""
     from toolkit.datasets.folder import FolderDataset, load_folder_dataset, parse_size
 
+    paths = None
     if isinstance(data, (str, os.PathLike)):
         root = Path(data)
         if size is None:
             size = _manifest_size(root) or 64
         data = load_folder_dataset(root, size)
     if isinstance(data, FolderDataset):
+        paths = data.paths
         data = (data.x, data.y, data.class_names)
     try:
         x, y, class_names = data
@@ -331,7 +411,7 @@ def _load_data(data, size):
 
         h, w = parse_size(size)
         x = np.stack([cv2.resize(np.asarray(img), (w, h), interpolation=cv2.INTER_AREA) for img in x])
-    return x.astype(np.float32), y, class_names, tuple(int(v) for v in x.shape[1:3])
+    return x.astype(np.float32), y, class_names, tuple(int(v) for v in x.shape[1:3]), paths
 
 
 def _manifest_size(root: Path):
@@ -393,37 +473,55 @@ def _save_model(model, path: Path) -> Path:
     return path
 
 
+def _holdout(y, groups, test_fraction, seed):
+    """``(train, test)`` indices: stratified, and grouped by video when ``groups`` is given.
+
+    Grouped: the test part is one fold of ``round(1/test_fraction)`` grouped folds (fewer when
+    there are fewer videos), so no video has frames on both sides.
+    """
+    n_groups = 0 if groups is None else len(set(groups.tolist()))
+    if n_groups < 2:
+        return stratified_split(y, test_fraction, seed)
+    if not 0 < test_fraction < 1:
+        raise InputError(f"test_fraction must be in (0, 1). Got {test_fraction}.")
+    k = min(max(2, int(round(1 / test_fraction))), n_groups)
+    folds = stratified_group_folds(y, groups, k, seed)
+    return np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
+
+
 def _fit_and_evaluate(keras, tf, x, y, kfold, test_fraction, seed, progress, common, groups=None):
     """Fit on a stratified split (or K folds) and predict the held-out images.
 
+    ``groups`` (``(N,)`` source video per image, or ``None``) keeps each video on one side of
+    the split, or in one fold.
+
     Returns:
-        ``(model, y_eval, p_eval, fold_accuracies or None, n_train, n_test)``; with K folds the
-        model is the fold model with the best held-out accuracy and the evaluation is over the
+        ``(model, eval_indices, p_eval, fold_accuracies or None, n_train, n_test)``; with K folds
+        the model is the fold model with the best held-out accuracy and the evaluation is over the
         out-of-fold predictions of every image.
     """
     if not kfold:
-        if groups is None:
-            tr, te = stratified_split(y, test_fraction, seed)
-        else:  # crops: every board on one side (toolkit.datasets.crops)
-            from toolkit.datasets.crops import group_holdout
-
-            tr, te = group_holdout(y, groups, test_fraction, seed)
+        tr, te = _holdout(y, groups, test_fraction, seed)
         model, p_eval = _fit_one(keras, tf, x[tr], y[tr], x[te], seed=seed, **common)
-        return model, y[te], p_eval, None, len(tr), len(te)
-    folds = stratified_folds(y, int(kfold), seed)
+        return model, te, p_eval, None, len(tr), len(te)
+    if groups is None:
+        folds = stratified_folds(y, int(kfold), seed)
+    else:
+        folds = stratified_group_folds(y, groups, int(kfold), seed)
     predictions = np.empty_like(y)
     fold_acc, best = [], None
     for k in range(int(kfold)):
         tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
         if progress:
-            print(f"fold {k + 1}/{kfold}: train {len(tr)}, held out {len(te)}", flush=True)
+            videos = "" if groups is None else f" ({len(set(groups[te].tolist()))} videos)"
+            print(f"fold {k + 1}/{kfold}: train {len(tr)}, held out {len(te)}{videos}", flush=True)
         model, pred = _fit_one(keras, tf, x[tr], y[tr], x[te], seed=seed + k, **common)
         predictions[te] = pred
         fold_acc.append(float(np.mean(pred == y[te])))
         if best is None or fold_acc[-1] > best[0]:
             best = (fold_acc[-1], model, len(tr), len(te))
     _, model, n_train, n_test = best
-    return model, y, predictions, fold_acc, n_train, n_test
+    return model, np.arange(len(y)), predictions, fold_acc, n_train, n_test
 
 
 def _training_json(accuracy, cm, report, class_names, fold_acc, settings, n_images, n_train, n_test,
@@ -466,8 +564,7 @@ def train(
     augment: bool = True,
     width: int = 16,
     progress: bool = True,
-    crop: Optional[int] = None,
-    crops_per_image: int = 8,
+    groups: Optional[Sequence] = None,
 ) -> TrainResult:
     """Train the talk's classifier and write ``model.keras``, ``labels.txt``, ``confusion.png``
     and ``training.json`` to ``out_dir``.
@@ -478,9 +575,12 @@ def train(
     over the out-of-fold predictions of every image, and the saved model is the fold model with
     the best held-out accuracy (its own fold's number is in ``fold_accuracies``).
 
+    When each image's source video is known (``groups``, or the data folder's ``frames.json``), no
+    video is on both sides (:func:`stratified_group_folds`); the result has per-video accuracy.
     Args:
         data: a folder-per-class directory (read with
-            :func:`toolkit.datasets.folder.load_folder_dataset`), a ``FolderDataset``, or a tuple
+            :func:`toolkit.datasets.folder.load_folder_dataset`), a ``FolderDataset``, a ``CropSet``
+            (:func:`toolkit.datasets.crops.load_crops`, grouped by board), or a tuple
             ``(x, y, class_names)`` with x ``(N, H, W, 3)`` RGB 0–255.
         out_dir: output directory.
         epochs: training epochs per model.
@@ -496,10 +596,7 @@ def train(
         augment: apply :func:`build_augmentation` to training batches.
         width: filters of the small CNN's first block (see :func:`build_model`).
         progress: show Keras' per-epoch progress.
-        crop: train on ``crop``-px crops of the images instead (cropping data augmentation,
-            :func:`toolkit.datasets.crops.load_crops`: labels from the folder's ``boxes.json``,
-            a board's crops all on one side of the held-out split).
-        crops_per_image: crops cut from each image with ``crop``.
+        groups: ``(N,)`` source video of each image (overrides ``frames.json``).
 
     Returns:
         A :class:`TrainResult`.
@@ -513,15 +610,9 @@ def train(
     if int(epochs) < 1 or int(batch_size) < 1:
         raise InputError(f"epochs and batch_size must be >= 1. Got {epochs}, {batch_size}.")
     out = ensure_writable_dir(out_dir)
-    groups = None
-    if crop is not None:
-        if kfold:
-            raise InputError("--crop goes with the held-out split; K-fold over crops is not supported yet.")
-        from toolkit.datasets.crops import load_crops
-
-        crops = load_crops(data, int(crop), per_image=int(crops_per_image), seed=seed)
-        data, groups, size = (crops.x, crops.y, crops.class_names), crops.groups, None
-    x, y, class_names, input_size = _load_data(data, size)
+    x, y, class_names, input_size, paths = _load_data(data, size)
+    # Crops (toolkit.datasets.crops.CropSet) carry their board as group: no board on both sides.
+    grouping = _video_grouping(data, paths, getattr(data, "groups", groups), len(y), announce=progress, kfold=kfold)
     num_classes = len(class_names)
     keras, tf = _keras(), _tf()
     verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
@@ -529,22 +620,74 @@ def train(
                   batch_size=int(batch_size), learning_rate=learning_rate, balanced=balanced,
                   augment=augment, verbose=verbose)
     start = time.perf_counter()
-    fitted = _fit_and_evaluate(keras, tf, x, y, kfold, test_fraction, seed, progress, common, groups)
-    model, y_eval, p_eval, fold_acc, n_train, n_test = fitted
+    fitted = _fit_and_evaluate(keras, tf, x, y, kfold, test_fraction, seed, progress, common, grouping.groups)
+    model, eval_idx, p_eval, fold_acc, n_train, n_test = fitted
     seconds = time.perf_counter() - start
 
     settings = dict(arch=arch, width=int(width), input_size=list(input_size), epochs=int(epochs),
                     batch_size=int(batch_size), learning_rate=learning_rate, balanced_class_weights=balanced,
-                    augmentation=augment, seed=int(seed), kfold=kfold,
-                    crop=None if crop is None else {"size": int(crop), "per_image": int(crops_per_image)})
-    cm = confusion_matrix(y_eval, p_eval, num_classes)
+                    augmentation=augment, seed=int(seed), kfold=kfold)
+    cm = confusion_matrix(y[eval_idx], p_eval, num_classes)
+    figures = _video_figures(grouping, y, eval_idx, p_eval, class_names)
     return _write_outputs(out, model, cm, class_names, settings, fold_acc, (len(y), n_train, n_test), seconds,
-                          keras.__version__)
+                          keras.__version__, figures)
+
+
+def _video_grouping(data, paths, groups, n: int, announce: bool = False, kfold=None):
+    """The source video of each image: ``groups`` if given, else the data folder's ``frames.json``.
+
+    With fewer videos in ``frames.json`` than folds (``kfold``, or the held-out split's 5), videos
+    are cut into time blocks (:meth:`~toolkit.frames.VideoGroups.in_blocks`). ``announce`` prints
+    how folds are grouped (when there are folds, or videos to group by).
+    """
+    from toolkit.frames import VideoGroups, video_groups
+
+    if groups is not None:
+        keys = np.asarray([str(g) for g in groups], dtype=object)
+        if len(keys) != n:
+            raise InputError(f"groups must give one source video per image: {len(keys)} for {n} images.")
+        found = VideoGroups(keys, {k: k for k in keys.tolist()}, 0,
+                            f"Folds grouped by the given groups ({len(set(keys.tolist()))} videos).")
+    elif isinstance(data, (str, os.PathLike)) and paths:
+        found = video_groups(Path(data), paths).in_blocks(int(kfold) if kfold else 5)
+    else:
+        found = VideoGroups(None, {}, n, "No source videos known (no frames.json): folds are stratified but "
+                            "not grouped by video.")
+    if announce and (kfold or found.groups is not None):
+        print(found.note, flush=True)
+    return found
+
+
+def _video_figures(grouping, y, eval_idx, p_eval, class_names) -> dict:
+    """Per-class support of the whole data and held-out accuracy per source video (worst first)."""
+    known = grouping.groups is not None
+    # The video of each image ("" when unknown); time blocks of one video count as that video.
+    video = np.asarray([grouping.names.get(g, "") for g in grouping.groups.tolist()], dtype=object) if known else None
+    support = []
+    for c, name in enumerate(class_names):
+        videos = len(set(video[y == c].tolist()) - {""}) if known else None
+        support.append(ClassSupport(name, int(np.sum(y == c)), videos))
+    per_video = None
+    if known:
+        held = video[eval_idx]
+        correct = np.asarray(p_eval) == y[eval_idx]
+        rows = []
+        for name in sorted(set(held.tolist()) - {""}):
+            mask = held == name
+            hits = int(correct[mask].sum())
+            rows.append(VideoAccuracy(name, int(mask.sum()), hits, hits / int(mask.sum())))
+        per_video = tuple(sorted(rows, key=lambda r: (r.accuracy, r.video)))
+    return {"grouping": grouping.note, "class_support": tuple(support), "per_video": per_video}
 
 
 def _write_outputs(out: Path, model, cm: np.ndarray, class_names, settings: dict, fold_acc,
-                   counts: Tuple[int, int, int], seconds: float, keras_version: str) -> TrainResult:
-    """Write model.keras, labels.txt, confusion.png and training.json; return the result."""
+                   counts: Tuple[int, int, int], seconds: float, keras_version: str,
+                   figures: Optional[dict] = None) -> TrainResult:
+    """Write model.keras, labels.txt, confusion.png and training.json; return the result.
+
+    ``figures``: ``grouping``, ``class_support`` and ``per_video`` (see :func:`_video_figures`).
+    """
+    figures = figures or {}
     n_images, n_train, n_test = counts
     accuracy = float(np.trace(cm) / max(cm.sum(), 1))
     report = classification_report(cm, class_names)
@@ -556,6 +699,7 @@ def _write_outputs(out: Path, model, cm: np.ndarray, class_names, settings: dict
                                 f"{settings['arch']} CNN, {what} accuracy {accuracy:.1%}")
     metrics = _training_json(accuracy, cm, report, class_names, fold_acc, settings, n_images, n_train, n_test,
                              seconds, keras_version, (model_path, labels_path, png))
+    metrics.update({key: _as_json(value) for key, value in figures.items()})
     metrics_path = atomic_write_text(out / "training.json", json.dumps(metrics, indent=1) + "\n")
     return TrainResult(
         accuracy=accuracy,
@@ -573,4 +717,12 @@ def _write_outputs(out: Path, model, cm: np.ndarray, class_names, settings: dict
         n_train=int(n_train),
         n_test=int(n_test),
         seconds=seconds,
+        **figures,
     )
+
+
+def _as_json(value):
+    """Tuples of dataclasses as lists of dicts (for ``training.json``)."""
+    if isinstance(value, tuple):
+        return [v.__dict__ if hasattr(v, "__dict__") else v for v in value]
+    return value

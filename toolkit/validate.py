@@ -42,7 +42,7 @@ from firmware_host._io import atomic_open, atomic_write_text, ensure_writable_di
 from firmware_host._version import __version__
 from firmware_host.errors import InputError, MetadataError, SourceError
 from firmware_host.preprocess import preprocess
-from firmware_host.telemetry import BadRecord, TelemetryRecord, read_records
+from firmware_host.telemetry import BadRecord, RunHeader, TelemetryRecord, read_records
 from firmware_host.imageio import is_image_file, read_image, scan_images
 
 from . import metrics as M
@@ -57,6 +57,7 @@ __all__ = [
     "SourceItem",
     "ImageFolderSource",
     "RunLogSource",
+    "HostModel",
     "validate",
     "validate_log",
     "validate_source",
@@ -64,6 +65,7 @@ __all__ = [
     "read_rgb",
     "CSV_COLUMNS",
     "csv_cell",
+    "csv_text",
     "SCHEMA_VERSION",
 ]
 
@@ -203,7 +205,8 @@ class RunLogReader:
     not JSON objects (``malformed``), have no ``frame_path`` (``no_frame_path``: the device saves
     every Nth frame only), lack or break a required field, disagree with the model's shapes or
     name a frame outside the log's folder (``invalid``). A missing or unreadable frame image is
-    counted by the validator (``unreadable``).
+    counted by the validator (``unreadable``). The run header ``edgecam run`` writes first is
+    not a record: after iterating, :attr:`header` holds it (None for logs written before it).
 
     Args:
         path: the ``.jsonl`` file.
@@ -230,6 +233,7 @@ class RunLogReader:
         self.num_classes = num_classes
         self.skipped: Dict[str, int] = {"malformed": 0, "no_frame_path": 0, "invalid": 0}
         self.records = 0
+        self.header: Optional[RunHeader] = None
 
     def count_saved_frames(self) -> int:
         """Lines that mention ``frame_path``: a cheap upper bound of the frames to validate."""
@@ -240,8 +244,11 @@ class RunLogReader:
         # The one tolerant reader of run logs (firmware_host.telemetry): the same rules as
         # `edgecam run` and sinks.read_jsonl. Raises InputError only if the file cannot be read.
         records = read_records(self.path, num_classes=self.num_classes, cam_shape=self.feature_map_shape,
-                               require_finite=True)
+                               require_finite=True, headers=True)
         for record in records:
+            if isinstance(record, RunHeader):
+                self.header = self.header or record
+                continue
             self.records += 1
             frame = self._frame(record)
             if isinstance(frame, str):
@@ -273,7 +280,7 @@ class RunLogReader:
 
 
 # -- the host (Keras) side ---------------------------------------------------------------------
-class _HostModel:
+class HostModel:
     """The Keras model: probabilities and full Grad-CAM maps at the explanation layer."""
 
     def __init__(self, keras_model, method: str, target_layer: Optional[str], safe_mode: bool = True) -> None:
@@ -864,13 +871,21 @@ def csv_cell(v: Any) -> Any:
     """A per_image.csv cell: floats in full precision, text made inert for spreadsheets.
 
     Numbers stay numbers (``-0.5`` is written as is); only text that starts with ``= + - @``
-    (or a tab / carriage return) is prefixed with ``'``.
+    (or a tab / carriage return) is prefixed with ``'``, and so is text that starts with ``'``
+    itself, so that :func:`csv_text` can undo it exactly.
     """
     if isinstance(v, float):
         return "nan" if math.isnan(v) else repr(v)
-    if isinstance(v, str) and v.startswith(_FORMULA_START):
+    if isinstance(v, str) and v.startswith(_FORMULA_START + ("'",)):
         return "'" + v
     return v
+
+
+def csv_text(cell: str) -> str:
+    """The text :func:`csv_cell` was given, from the cell it wrote (for reading a CSV back)."""
+    if cell.startswith("'") and cell[1:].startswith(_FORMULA_START + ("'",)):
+        return cell[1:]
+    return cell
 
 
 def _p05_by_class(records: Sequence[Mapping[str, Any]]) -> Dict[str, float]:
@@ -918,7 +933,7 @@ def _open(edge_model_path, keras_model, method, target_layer, safe_mode: bool = 
         from converters.onnx_in.host import OnnxHostModel
 
         return edge, OnnxHostModel(keras_model, method, target_layer)
-    host = _HostModel(keras_model, method, target_layer, safe_mode)
+    host = HostModel(keras_model, method, target_layer, safe_mode)
     return edge, host
 
 

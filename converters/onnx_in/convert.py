@@ -50,7 +50,7 @@ def _require_onnx():
     except ImportError as exc:
         raise MissingDependencyError(
             f"Converting an ONNX model needs the onnx package ({exc}). Install it: pip install "
-            "'edgecam[onnx]' onnx"
+            "'edgecam[onnx]'"
         ) from exc
     from firmware_host.backends.onnx import load_onnxruntime
 

@@ -13,8 +13,9 @@ out). Images of the background class without boxes give background crops only.
 **The sampling.** Per image, ``per_image`` crops: for an image with boxes, half of them are
 placed so that a random box lies wholly inside (when it fits; else centred on it), the other
 half uniformly; images without boxes are cropped uniformly. Each image's crops draw from their
-own child of ``SeedSequence(seed)``. Every crop remembers its image (``groups``), so a held-out
-split can keep all crops of a board on one side.
+own child of ``SeedSequence(seed)``. Every crop remembers its image (``groups``), so the held-out
+split and the folds of ``edgecam train`` (grouped, :func:`toolkit.train.stratified_group_folds`)
+keep all crops of a board on one side.
 
 numpy + OpenCV only.
 """
@@ -34,7 +35,7 @@ from firmware_host.imageio import list_images, read_image
 from .boxes import LabelledBox, read_boxes, write_boxes
 
 __all__ = ["MIN_FRACTION", "CropSet", "box_fraction_inside", "crop_label", "sample_crops", "load_crops",
-           "write_crops", "group_holdout"]
+           "write_crops"]
 
 #: Share of a box's area a crop must hold to take the box's class.
 MIN_FRACTION = 0.5
@@ -226,34 +227,3 @@ def write_crops(out_dir: Union[str, Path], crops: CropSet) -> Path:
     atomic_write_text(out / "labels.txt", "\n".join(crops.class_names) + "\n")
     write_boxes(out / "boxes.json", boxes)
     return out
-
-
-def group_holdout(y: np.ndarray, groups: np.ndarray, test_fraction: float, seed: int = 0
-                  ) -> Tuple[np.ndarray, np.ndarray]:
-    """``(train, test)`` crop indices with every image's crops on one side.
-
-    Images are stratified by the largest class index among their crops (for the wood classes,
-    background first, that is the board's defect, or ``sound``), shuffled (seeded) within each
-    stratum, and ``test_fraction`` of each stratum goes to the test side (at least one image when
-    a stratum has two or more, and never all of them).
-
-    Raises:
-        InputError: ``test_fraction`` not in (0, 1), or fewer than 2 images.
-    """
-    if not 0 < test_fraction < 1:
-        raise InputError(f"test_fraction must be in (0, 1). Got {test_fraction}.")
-    names, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    if len(names) < 2:
-        raise InputError(f"A held-out split by image needs at least 2 images; the crops come from {len(names)}.")
-    stratum = np.zeros(len(names), np.int64)
-    np.maximum.at(stratum, inverse, np.asarray(y, np.int64))
-    rng = np.random.default_rng(seed)
-    test_images = []
-    for s in np.unique(stratum):
-        members = rng.permutation(np.flatnonzero(stratum == s))
-        k = int(round(test_fraction * len(members)))
-        if len(members) >= 2:
-            k = min(max(k, 1), len(members) - 1)
-        test_images.extend(members[:k].tolist())
-    is_test = np.isin(inverse, test_images)
-    return np.flatnonzero(~is_test), np.flatnonzero(is_test)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from firmware_host.errors import InputError, MissingDependencyError
+from firmware_host.errors import InputError
 
 __all__ = ["png_data_uri", "figure_data_uri", "metric_histograms", "metric_scatters"]
 
@@ -45,14 +46,18 @@ def png_data_uri(image: np.ndarray) -> str:
 
 
 def _figure(width: float, height: float):
+    """A matplotlib figure, or None without matplotlib: the report then has no charts.
+
+    ``edgecam validate ORIGINAL.onnx EXPLAINED.onnx`` runs with ``edgecam[onnx]`` alone, which
+    does not install matplotlib; its tables and map overlays need only OpenCV.
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
-        raise MissingDependencyError(
-            "The HTML report draws its figures with matplotlib, which is not installed. "
-            "Install the host extra: pip install 'edgecam[host]'."
-        ) from exc
+        logging.getLogger("edgecam.report").warning(
+            "report.html has no charts: matplotlib is not installed (%s); pip install matplotlib.", exc)
+        return None
     fig = Figure(figsize=(width, height), dpi=90)
     FigureCanvasAgg(fig)
     return fig
@@ -87,6 +92,8 @@ def metric_histograms(records: Sequence[Mapping], prefix: str = "") -> Optional[
     cols = 3
     rows = (len(present) + cols - 1) // cols
     fig = _figure(4.0 * cols, 2.8 * rows)
+    if fig is None:
+        return None
     for i, (key, label) in enumerate(present):
         ax = fig.add_subplot(rows, cols, i + 1)
         x = _column(records, key)
@@ -118,6 +125,8 @@ def metric_scatters(records: Sequence[Mapping]) -> Optional[str]:
     if not pairs:
         return None
     fig = _figure(4.2 * len(pairs), 3.8)
+    if fig is None:
+        return None
     for i, (xk, yk, title, diagonal, pts) in enumerate(pairs):
         ax = fig.add_subplot(1, len(pairs), i + 1)
         ax.scatter(pts[:, 0], pts[:, 1], s=10, alpha=0.6, color="#3b6ea5")

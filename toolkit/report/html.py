@@ -16,7 +16,7 @@ from firmware_host.errors import InputError
 
 from .figures import metric_histograms, metric_scatters, png_data_uri
 
-__all__ = ["ReportCase", "render_report", "write_report"]
+__all__ = ["CSS", "ReportCase", "case_html", "render_report", "write_report"]
 
 # Metrics shown under each case, in order (when the case has them).
 CASE_METRICS = ("pearson", "spearman", "ssim", "iou_top20", "peak_distance", "emd")
@@ -54,7 +54,7 @@ class ReportCase:
             )
 
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{font-size:1.5em;margin:0 0 12px} h2{font-size:1.2em;margin:28px 0 8px;border-bottom:1px solid #ddd}
 .banner{padding:14px 18px;border-radius:6px;color:#fff;font-size:1.1em;margin-bottom:16px}
@@ -161,7 +161,8 @@ def _stats_table(summary: Mapping) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def _case_html(case: ReportCase) -> str:
+def case_html(case: ReportCase) -> str:
+    """One case as HTML: its heading, the four panels (original, edge, full, |difference|), metrics."""
     image = np.asarray(case.image)
     size = image.shape[:2]
     edge = _cam.heatmap(case.edge_heat, size)
@@ -194,7 +195,7 @@ def _cases_html(cases: Iterable[ReportCase]) -> str:
     for case in cases:
         groups.setdefault(case.group, []).append(case)
     return "".join(
-        f"<h2>{html.escape(group)}</h2>" + "".join(_case_html(c) for c in items)
+        f"<h2>{html.escape(group)}</h2>" + "".join(case_html(c) for c in items)
         for group, items in groups.items()
     )
 
@@ -224,7 +225,7 @@ def render_report(
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         _banner(summary),
         _warnings(summary),
