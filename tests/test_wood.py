@@ -20,7 +20,7 @@ from firmware_host.model import Explanation
 from firmware_host.tiles import (TiledModel, TileSpec, board_probabilities, cut_tiles, parse_tiles, stitch,
                                  tile_origins)
 from toolkit import metrics as M
-from toolkit.datasets.boxes import LabelledBox, read_boxes, write_boxes
+from toolkit.datasets.boxes import LabelledBox, read_boxes
 from toolkit.datasets.crops import box_fraction_inside, crop_label, load_crops, sample_crops, write_crops
 from toolkit.datasets.wood import CLASS_NAMES, generate_wood_dataset, render_board, wood_counts
 
@@ -321,3 +321,41 @@ def test_scale_boxes_and_mask():
     np.testing.assert_allclose(M.scale_boxes([(10, 20, 30, 40)], (100, 200), (50, 50)), [[2.5, 10, 7.5, 20]])
     mask = M.boxes_mask((4, 4), [(1, 1, 3, 2)])
     assert mask.sum() == 2 and mask[1, 1] and mask[1, 2]
+
+
+def test_cli_train_crop_trains_on_crops_grouped_by_board(tmp_path):
+    pytest.importorskip("tensorflow")
+    from toolkit.cli import cli
+
+    data = generate_wood_dataset(tmp_path / "w", 8, size=96, seed=4, progress=False)
+    res = CliRunner().invoke(cli, ["train", str(data), "--out", str(tmp_path / "run"), "--crop", "48",
+                                   "--crops-per-image", "2", "--epochs", "1", "--batch-size", "8", "--no-augment",
+                                   "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "held-out (" in res.output and "crops)" in res.output
+    training = json.loads((tmp_path / "run" / "training.json").read_text())
+    assert training["input_size"] == [48, 48]
+    assert training["n_train"] + training["n_test"] == training["n_images"] <= 16
+    # The held-out crops come from boards without a crop in training.
+    held = {v["video"] for v in training["per_video"]}
+    assert held and held <= set(read_boxes(data / "boxes.json"))
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+                     max_leaves=20)
+
+
+@settings(max_examples=60, deadline=None)
+@given(images=st.dictionaries(st.text(max_size=12), _json, max_size=4))
+def test_read_boxes_takes_hostile_json_with_one_error(tmp_path_factory, images):
+    path = tmp_path_factory.mktemp("b") / "boxes.json"
+    path.write_text(json.dumps({"format": "edgecam-boxes", "version": 1, "images": images}))
+    try:
+        boxes = read_boxes(path)
+    except InputError as exc:
+        assert str(path) in str(exc) and "\n" not in str(exc)
+    else:
+        for entries in boxes.values():
+            for b in entries:
+                assert b.box[0] <= b.box[2] and b.box[1] <= b.box[3] and all(math.isfinite(v) for v in b.box)

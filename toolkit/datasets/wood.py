@@ -225,8 +225,8 @@ def _draw_crack(rng, image, h, w, scale):
 
 
 def _draw_resin(rng, image, xx, yy, h, w, scale):
-    rx = rng.uniform(12, 25) * scale
-    ry = rng.uniform(3.5, 6.5) * scale
+    rx = rng.uniform(16, 30) * scale
+    ry = rng.uniform(5.0, 9.0) * scale
     cx = rng.uniform(rx + 10 * scale, w - rx - 10 * scale)
     cy = rng.uniform(ry + 14 * scale, h - ry - 14 * scale)
     # A lens along the grain: |v| < 1 − u², pointed at both ends.
@@ -236,7 +236,7 @@ def _draw_resin(rng, image, xx, yy, h, w, scale):
     stain = np.exp(-0.5 * (_ellipse_distance(xx, yy, cx, cy, 1.7 * rx, 3.0 * ry) / 1.0) ** 4) * rng.uniform(0.25, 0.4)
     _blend(image, stain, image * np.array([0.75, 0.62, 0.45], np.float32))
     inside = np.clip((1.0 - d) / 0.12, 0.0, 1.0)
-    amber = np.array([0.42, 0.22, 0.06], np.float32) * rng.uniform(0.7, 1.1)
+    amber = np.array([0.38, 0.19, 0.05], np.float32) * rng.uniform(0.6, 1.0)
     gloss = np.exp(-0.5 * (((xx - cx + 0.3 * rx) / (0.35 * rx)) ** 2 + ((yy - cy + 0.35 * ry) / (0.3 * ry)) ** 2))
     _blend(image, inside, amber + (0.45 * gloss)[..., None] * np.array([1.0, 0.8, 0.5], np.float32))
     return cx - 1.7 * rx, cy - 1.6 * ry, cx + 1.7 * rx, cy + 1.6 * ry
