@@ -376,7 +376,10 @@ def _figures(trained, int8: Path, boards: Path, out: Path, c: WoodDemoConfig) ->
     keras_model = load_keras_model(trained.model_path)
     edge = TiledModel(ExplainableModel(int8), spec)
     boxes = read_boxes(boards / "boxes.json")
-    chosen = [rel for rel, b in sorted(boxes.items()) if b][: c.figure_boards]
+    # One board per defect class first (then more of them), so each kind of defect is shown.
+    defect = sorted((rel for rel, b in boxes.items() if b), key=lambda r: (r.split("/")[0], r))
+    firsts = {rel.split("/")[0]: rel for rel in reversed(defect)}
+    chosen = (sorted(firsts.values()) + [r for r in defect if r not in firsts.values()])[: c.figure_boards]
     folder = out / "figures"
     folder.mkdir(exist_ok=True)
     written = []
@@ -385,7 +388,7 @@ def _figures(trained, int8: Path, boards: Path, out: Path, c: WoodDemoConfig) ->
         exp = edge.explain(board)
         maps = _host_board_maps(keras_model, board, spec, exp.class_index)
         maps["edge int8 (device)"] = exp.heatmap(board.shape[:2])
-        fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.0 * (len(maps) + 1), 3.3), dpi=90)
+        fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.0 * (len(maps) + 1), 3.7), dpi=90)
         try:
             axes[0].imshow(board)
             for b in boxes[rel]:
