@@ -198,6 +198,7 @@ def test_worst_frames_use_the_validation_panels_and_skip_bad_files(tmp_path):
     assert "recorded dense fog · host dense fog · edge no fog · model aaaaaaaaaaaa" in page
     assert page.count("frame image not available") == 1
     assert 'href="#wf0"' in _section(page, "degraded") and 'id="wf0"' in page
+    assert page.count('<a href="#v0">↑ degraded</a>') == 3  # each worst frame links back to its vehicle
     # The damaged file and the path outside the folder are named, never fatal, never read.
     assert "worst frame worst/3.npz: not shown (not a readable .npz with image, edge and full" in page
     assert "worst frame ../outside.npz: not shown (the path leaves the output folder)" in page

@@ -766,11 +766,14 @@ def _vehicle_section(index: int, vehicle: Mapping, summary: Mapping, points: Opt
             + (f'<p class="meta">worst frames: {links}</p>' if links else "") + "</section>")
 
 
-def _worst_section(worst: Sequence[WorstFrame]) -> str:
+def _worst_section(worst: Sequence[WorstFrame], sections: Mapping[str, int]) -> str:
+    """The worst frames, each linking back to its vehicle's section (when that has one)."""
     if not worst:
         return ""
+    back = {w.anchor: (f'<p class="meta"><a href="#v{sections[w.vehicle]}">↑ {_e(w.vehicle)}</a></p>'
+                       if w.vehicle in sections else "") for w in worst}
     return ("<h2>Worst frames (lowest Pearson): frame, edge map, full Grad-CAM, difference</h2>"
-            + "".join(f'<div id="{w.anchor}">{case_html(w.case)}</div>' for w in worst))
+            + "".join(f'<div id="{w.anchor}">{case_html(w.case)}{back[w.anchor]}</div>' for w in worst))
 
 
 def render_fleet_report(summary: Mapping, points: Optional[Mapping[str, FramePoints]] = None,
@@ -812,7 +815,7 @@ def render_fleet_report(summary: Mapping, points: Optional[Mapping[str, FramePoi
         _models(summary),
         _vehicle_table(vehicles),
         f"<h2>Per vehicle: fidelity and class over time</h2>{_class_legend(names)}{sections}" if sections else "",
-        _worst_section(worst),
+        _worst_section(worst, {str(v.get("vehicle")): i for i, v in enumerate(vehicles[:MAX_VEHICLE_SECTIONS])}),
         _log_table(summary),
         "</body></html>",
     ]
