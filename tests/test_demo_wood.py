@@ -99,3 +99,14 @@ def test_predict_and_run_with_tiles_on_the_demo_model(wood_demo, tmp_path):
     np.testing.assert_allclose(seen[0].explanation.cam, expected.cam, rtol=1e-5, atol=1e-6)
     bad = CliRunner().invoke(cli, ["predict", str(out / "wood_int8.tflite"), str(board), "--tiles", "9x9"])
     assert bad.exit_code != 0 and "SIZE or SIZE:STRIDE" in bad.output
+
+
+@pytest.mark.slow
+def test_full_wood_demo_meets_the_acceptance_figures(tmp_path):
+    """The default demo (about 4–5 minutes on 2 busy cores): the figures docs/wood.md reports."""
+    from toolkit.demo_wood import WOOD_DEFAULT, run_wood_demo
+
+    summary = run_wood_demo(tmp_path / "demo", config=WOOD_DEFAULT, progress=False, echo=lambda _: None).summary
+    assert summary["crop_accuracy"] >= 0.90
+    assert summary["validation"]["int8"]["pearson_median"] >= 0.95
+    assert summary["boards"]["defect_boards"] > 0 and summary["boards"]["pointing_game"] >= 0.8

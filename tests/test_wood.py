@@ -359,3 +359,14 @@ def test_read_boxes_takes_hostile_json_with_one_error(tmp_path_factory, images):
         for entries in boxes.values():
             for b in entries:
                 assert b.box[0] <= b.box[2] and b.box[1] <= b.box[3] and all(math.isfinite(v) for v in b.box)
+
+
+def test_cli_validate_boxes_go_with_images(tmp_path):
+    from toolkit.cli import cli
+
+    for name in ("m.keras", "e.tflite", "run.jsonl", "boxes.json"):
+        (tmp_path / name).write_text("x")
+    res = CliRunner().invoke(cli, ["validate", str(tmp_path / "m.keras"), str(tmp_path / "e.tflite"), "--from-log",
+                                   str(tmp_path / "run.jsonl"), "--boxes", str(tmp_path / "boxes.json"),
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--boxes goes with --images" in res.output

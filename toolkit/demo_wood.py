@@ -229,8 +229,7 @@ def _convert(trained, data: Path, out: Path, c: WoodDemoConfig, seed: int, echo)
 
 def _device_run(model: Path, flat: Path, out: Path, tiles: str, echo) -> Dict[str, Any]:
     """``edgecam run --tiles`` over the board folder in a fresh interpreter without TensorFlow."""
-    for stale in ("run.jsonl",):
-        (out / stale).unlink(missing_ok=True)
+    (out / "run.jsonl").unlink(missing_ok=True)  # a rerun starts a fresh log
     args = ["run", str(model), "--source", str(flat), "--tiles", tiles, "--log", str(out / "run.jsonl"),
             "--save-frames", "1", "--frame-format", "png", "--out-video", str(out / "boards_explained.avi"),
             "--json"]

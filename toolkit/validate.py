@@ -506,8 +506,11 @@ class EdgeSource:
 class ImageFolderSource(EdgeSource):
     """A folder of images, run through the edge model on the host exactly as on the device.
 
+    ``boxes``: a ``boxes.json`` (``toolkit.datasets.boxes``) for the pointing game and energy in
+    box; by default ``root/boxes.json`` when there is one.
+
     Raises:
-        SourceError: ``root`` is not a directory.
+        SourceError: ``root`` is not a directory. InputError: the boxes file is malformed.
     """
 
     mode = "images"
