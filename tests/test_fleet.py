@@ -171,7 +171,7 @@ def test_per_frame_pearson_matches_an_independent_grad_cam(fleet, result):
         rec = records[row["log"]][row["line"]]
         x = preprocess(read_rgb(row["frame_path"]), pre)[None]
         with tf.GradientTape() as tape:
-            a = features(x)
+            a = features([x])
             tape.watch(a)
             score = (tf.matmul(tf.reduce_mean(a, axis=(1, 2)), dense.kernel) + dense.bias)[0, rec.class_index]
         grads = tape.gradient(score, a).numpy()[0]  # Grad-CAM, Eq. 1-2 of Selvaraju et al. 2017
