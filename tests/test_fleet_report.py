@@ -404,3 +404,15 @@ def test_binning_matches_a_per_bin_reference():
     # The class strip's bins take the most frequent class; what is not a class counts as unknown (-1).
     runs = fleet_report._coarse_runs(np.arange(10.0), np.array([0, 0, 0, 1, 1, 1, 1, 2, np.nan, 1e30]), 3)
     assert runs == [(0.0, 3.0, 0), (3.0, 6.0, 1), (6.0, 9.0, -1)]
+
+
+def test_a_vehicle_without_rows_in_the_parquet_has_no_chart_not_a_day_fallback(tmp_path):
+    summary = make_fleet(tmp_path)
+    summary["vehicles"].append(_vehicle("nothing-validated", [0.5], timeline=[(DAY0, 1, SHA_A)]))
+    summary["vehicles"][-1].update(validated=0, pearson_median=None, pearson_p05=None, days=[])
+    (tmp_path / "fleet_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    section = _section(page, "nothing-validated")
+    assert "No validated frames to chart." in section and "per day" not in section
+    assert 'class="chart strip"' in section  # its records' classes are still drawn
+    assert "Fidelity: 96 validated frames" in _section(page, "update")

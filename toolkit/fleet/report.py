@@ -105,6 +105,9 @@ class FramePoints:
     model: np.ndarray
 
 
+NO_POINTS = FramePoints(t=np.zeros(0), pearson=np.zeros(0), model=np.zeros(0, object))
+
+
 @dataclass(frozen=True)
 class WorstFrame:
     """One worst frame ready to draw: its anchor in the page, vehicle and validation-report case."""
@@ -498,7 +501,8 @@ def _time_grid(axis: _Axis, top: float, bottom: float, labels: bool) -> str:
         x, midnight = axis.x(float(t)), float(t) % 86400 == 0
         parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="{"#888" if midnight else "#e4e4e4"}"/>')
         if labels:
-            parts.append(f'<text x="{x:.1f}" y="{bottom + 13}" text-anchor="middle" fill="#555">'
+            anchor = "end" if x > CHART_W - RIGHT - 30 else "middle"  # the last label stays inside
+            parts.append(f'<text x="{x:.1f}" y="{bottom + 13}" text-anchor="{anchor}" fill="#555">'
                          f"{_utc(float(t), midnight or i == 0)}</text>")
     return "".join(parts)
 
@@ -728,9 +732,10 @@ def _vehicle_section(index: int, vehicle: Mapping, summary: Mapping, points: Opt
     if axis is None:
         charts = '<p class="note">No timestamps in these records: no charts over time.</p>'
     else:
-        fidelity = (_fidelity_svg(axis, series, _number(thresholds.get("min_pearson")), vehicle.get("model_changes"))
-                    if any(s[0].size for s in series) else '<p class="note">No validated frames to chart.</p>')
-        charts = f'{fidelity}<p class="note">Fidelity: {_e(how)}. Times are UTC.</p>{_strip_svg(axis, vehicle, summary["class_names"])}'
+        fidelity = (_fidelity_svg(axis, series, _number(thresholds.get("min_pearson")), vehicle["model_changes"])
+                    + f'<p class="note">Fidelity: {_e(how)}. Times are UTC.</p>' if any(s[0].size for s in series)
+                    else '<p class="note">No validated frames to chart.</p>')
+        charts = fidelity + _strip_svg(axis, vehicle, summary["class_names"])
     links = " ".join(f'<a href="#{w.anchor}">{_e(w.case.name)} (r {_num(w.case.metrics.get("pearson"))})</a>'
                      for w in worst)
     return (f'<section class="vehicle" id="v{index}"><h3>{_e(vehicle.get("vehicle"))} '
@@ -754,13 +759,14 @@ def render_fleet_report(summary: Mapping, points: Optional[Mapping[str, FramePoi
 
     Args:
         summary: the ``fleet_summary.json`` dict (see :func:`load_summary`).
-        points: per vehicle, its validated frames (:func:`read_frame_points`); ``None`` or a
-            vehicle missing from it: that vehicle's fidelity is charted per day.
+        points: per vehicle, its validated frames (:func:`read_frame_points`); ``None`` (or
+            empty: no per-frame file) charts each vehicle's fidelity per day instead.
         worst: the worst frames to draw (:func:`load_worst_frames`).
         notes: lines for the warnings box (what could not be read or shown).
         title: page title and heading.
     """
     summary = clean_summary(summary)
+    points = points or None  # no per-frame rows at all: every vehicle is charted per day
     vehicles = _vehicles(summary)
     notes = list(notes)
     if len(vehicles) > MAX_VEHICLE_SECTIONS:
@@ -768,7 +774,7 @@ def render_fleet_report(summary: Mapping, points: Optional[Mapping[str, FramePoi
                      f"{len(vehicles) - MAX_VEHICLE_SECTIONS} are in the table and fleet_summary.json.")
     names = summary["class_names"]
     sections = "".join(
-        _vehicle_section(i, v, summary, (points or {}).get(str(v.get("vehicle"))),
+        _vehicle_section(i, v, summary, None if points is None else points.get(str(v.get("vehicle")), NO_POINTS),
                          [w for w in worst if w.vehicle == str(v.get("vehicle"))])
         for i, v in enumerate(vehicles[:MAX_VEHICLE_SECTIONS])
     )
