@@ -343,7 +343,7 @@ class TelemetryLog:
 
     * ``run.jsonl`` — the current segment (what ``edgecam validate --from-log`` reads); when the
       run has a :class:`~firmware_host.telemetry.RunHeader` (``edgecam run`` always does), every
-      segment starts with it;
+      segment starts with it (written with the segment's first record);
     * ``run.<SEGMENT>.jsonl`` — older segments after rotation (or an earlier run's log found
       at start, which is never overwritten);
     * ``run_frames/<SEGMENT>/<frame>.jpg`` — frames saved for validation; ``frame_path`` in
@@ -438,20 +438,7 @@ class TelemetryLog:
         except OSError as exc:
             raise OutputError(f"Cannot create log '{self.path}': {exc}. Check the --log path.") from exc
         self._frames_dir = self.frames_root / self.sid
-        self._write_header()
-
-    def _write_header(self) -> None:
-        """The run's header as the segment's first line (durable before any record)."""
-        if self.header is None:
-            return
-        line = self.header.to_json() + "\n"
-        try:
-            self._fh.write(line)
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-        except OSError as exc:
-            raise OutputError(f"Writing log '{self.path}' failed: {exc}. Check free space.") from exc
-        self.segment_bytes += len(line.encode("utf-8"))
+        self._header_due = True  # the segment's first line, written with its first record
 
     def _rotate(self) -> None:
         self._sync()
@@ -478,7 +465,6 @@ class TelemetryLog:
         self.plan = context.plan
         if context.header is not None and self.header is None:
             self.header = context.header
-            self._write_header()
         return str(self.path)
 
     def on_frame(self, result: FrameResult) -> None:
@@ -558,6 +544,11 @@ class TelemetryLog:
                 atomic_write_bytes(self.dir / record.frame_path, data)
                 written = len(data)
             line = record.to_json() + "\n"
+            if self._header_due and self.header is not None:
+                # With the first record, not at open: a run that explains no frame leaves an empty
+                # log, which is what "no telemetry" means to the deploy health check.
+                line = self.header.to_json() + "\n" + line
+            self._header_due = False
             self._fh.write(line)
             self._fh.flush()
             self._pending += 1

@@ -419,7 +419,7 @@ def test_run_config_round_trip_and_errors(tmp_path):
                "log": 'a "quoted" päth.jsonl', "save_frames": 3, "frame_format": "png", "fsync_every": 2,
                "log_max_mb": 50, "snapshots": "snaps", "snapshot_every": 30.0, "snapshot_max_mb": 20,
                "preview": "0.0.0.0:8080", "smooth": 0.25, "hysteresis": "0.1:3", "realtime": True,
-               "loop": False, "reconnect_attempts": 4, "threads": 2, "max_frames": 10}
+               "loop": False, "reconnect_attempts": 4, "threads": 2, "max_frames": 10, "vehicle_id": "van-07"}
     assert set(options) == set(RUN_KEYS)
     text = dumps_run_config(options, "header")
     assert tomllib.loads(text)["run"] == options
@@ -661,13 +661,13 @@ def test_deploy_over_ssh_runs_second_deploy_and_rollback(sshd, two_bundles, whee
                 if (prefix / "data" / "edgecam.log").exists() and "frames 5" in (prefix / "data" / "edgecam.log").read_text():
                     break
                 time.sleep(0.2)
-            records = [json.loads(line) for line in telemetry.read_text().splitlines()]
+            records = [json.loads(line) for line in telemetry.read_text().splitlines()[1:]]  # after the header
             assert [r["frame"] for r in records] == list(range(5))
         elif RUN is not None:
             ran = _ssh(options, login, "sh", "-c", 'cd "$1" && "$2" run "$3" --source "$4" --log t.jsonl --max-frames 5',
                        "sh", str(prefix / "data"), str(installed), str(prefix / "current" / model_name(a)), str(test_video))
             assert ran.returncode == 0, ran.stdout + ran.stderr
-            records = [json.loads(line) for line in (prefix / "data" / "t.jsonl").read_text().splitlines()]
+            records = [json.loads(line) for line in (prefix / "data" / "t.jsonl").read_text().splitlines()[1:]]
             assert [r["frame"] for r in records] == list(range(5))
         if TINY_MODEL.is_file():
             doctor = _ssh(options, login, str(installed), "doctor", "--bundle", str(prefix / "current"))

@@ -153,7 +153,7 @@ def test_telemetry_records_carry_the_plan(bundle_dir, tmp_path, calib):
         cv2.imwrite(str(frames / f"{i}.png"), img[..., ::-1])
     log = tmp_path / "t.jsonl"
     run(bundle_dir / "models" / "model.float16.tflite", str(frames), log=str(log))
-    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    lines = [json.loads(x) for x in log.read_text().splitlines()][1:]  # after the run header
     assert len(lines) == 3 and all(x["plan"] == "float16" for x in lines)
     assert TelemetryRecord.from_dict(lines[0]).plan == "float16"
     # Logs written before the field existed still read (plan is optional).

@@ -13,6 +13,7 @@ import hashlib
 import json
 import pickle
 import random
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +214,13 @@ def test_a_second_run_reuses_finished_logs(fleet, tmp_path, monkeypatch):
     _write_log(copy / "d1.jsonl", 3, DAY1)
     again = api.fleet_validate([root / "van-1", copy], [KERAS], tmp_path, edges=[EDGE], progress=False)
     assert again.reused == 2 and again.summary["totals"]["logs"] == 3
+    # A damaged cache entry, or one whose rows are gone, is scored again (not trusted, not fatal).
+    entries = sorted((tmp_path / "cache").glob("*.json"))
+    entries[0].write_text("{not json")
+    for spool in (tmp_path / "cache").glob("rows-*.parquet"):
+        spool.unlink()
+    last = api.fleet_validate([root / "van-1", copy], [KERAS], tmp_path, edges=[EDGE], progress=False)
+    assert last.reused == 0 and strip(last.summary)["totals"] == strip(again.summary)["totals"]
 
 
 def test_sample_spreads_frames_evenly_per_vehicle_and_day(fleet, tmp_path):
@@ -373,3 +381,89 @@ def test_an_interrupted_run_keeps_the_logs_it_finished(fleet, tmp_path, monkeypa
     rows = sorted(pq.read_table(resumed.per_frame_path).to_pylist(), key=key)
     assert rows == sorted(pq.read_table(fresh.per_frame_path).to_pylist(), key=key)
     assert len(rows) == resumed.summary["totals"]["validated"] == 6 + 3 + 5 + 6
+
+
+def test_a_model_change_is_found_and_logs_are_matched_by_hash(tmp_path):
+    """Two Keras files (the same weights saved twice: two hashes); the second has no --edge."""
+    import keras
+
+    from toolkit.fleet import fleet_validate
+
+    second = tmp_path / "tiny_fog_v2.keras"
+    keras.models.load_model(KERAS).save(second)
+    sha2 = hashlib.sha256(second.read_bytes()).hexdigest()
+    assert sha2 != SHA
+    van = tmp_path / "logs" / "van-5"
+    _write_log(van / "d1.jsonl", 7, DAY1, header={"source_model_sha256": SHA})
+    _write_log(van / "d2.jsonl", 8, DAY2, header={"model_sha256": "cd" * 32, "source_model_sha256": sha2})
+    _write_log(van / "d0.jsonl", 9, DAY1 - 86400.0)  # no hash, and two models: cannot be matched
+    res = fleet_validate([van], [KERAS, second], tmp_path / "out", edges=[EDGE], progress=False)
+    v = res.summary["vehicles"][0]
+    assert v["model_changes"] == [{"t": DAY2, "from": SHA, "to": sha2}]
+    days = {(d["day"], d["model"]): d for d in v["days"]}
+    assert set(days) == {("2025-11-30", ""), ("2025-12-01", SHA), ("2025-12-02", sha2)}
+    assert days[("2025-11-30", "")]["skipped"]["no_model"] == 6 and days[("2025-11-30", "")]["validated"] == 0
+    # Without --edge the preprocessing is detected from the Keras model: the same as the converter chose.
+    assert days[("2025-12-01", SHA)]["validated"] == days[("2025-12-02", sha2)]["validated"] == 6
+    assert days[("2025-12-02", sha2)]["pearson_median"] > 0.999 and days[("2025-12-02", sha2)]["top1"] == 1.0
+    assert res.summary["models"][sha2]["edge"] is None and res.summary["models"][SHA]["edge"] == str(EDGE)
+    assert v["models"] == sorted([SHA, sha2])
+
+
+def test_fleet_help_does_not_import_tensorflow():
+    import subprocess
+
+    from tests._run_helpers import TF_BLOCKED_CLI, python, subprocess_env
+
+    proc = subprocess.run([python(), "-c", TF_BLOCKED_CLI, "fleet", "validate", "--help"], capture_output=True,
+                          text=True, env=subprocess_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--vehicle-from" in proc.stdout and "--sample" in proc.stdout and "--engine" in proc.stdout
+    assert "LEAKED: []" in proc.stderr
+
+
+# -- hostile logs: every line is counted once, nothing raises ------------------------------------
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_FINITE = st.floats(-1e3, 1e3, allow_nan=False)
+_RECORD = st.fixed_dictionaries(
+    {"class_index": st.integers(-1, 2), "probabilities": st.lists(_FINITE, min_size=1, max_size=3),
+     "cam": st.lists(st.lists(_FINITE, min_size=2, max_size=2), min_size=1, max_size=3)},
+    optional={"frame_path": st.sampled_from(["f.png", "../up.png", "/etc/passwd", "", "sub/f.png"]),
+              "model": st.sampled_from(["a" * 64, "b" * 64, "", 7]),
+              "timestamp": st.one_of(_FINITE, st.sampled_from(["2025-12-01T10:00:00Z", "noon", 1e300])),
+              "frame": st.integers(-5, 5), "vehicle": st.sampled_from(["van-1", 3])})
+_LINE = st.one_of(_RECORD.map(json.dumps), st.text(max_size=30), st.sampled_from(["[1, 2]", "{}", "null", "{\"a\":"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_LINE, max_size=12), sample=st.sampled_from([None, 1, 2]))
+def test_hostile_log_lines_are_counted_once_and_never_fatal(tmp_path_factory, lines, sample):
+    from firmware_host.metadata import Preprocessing
+    from toolkit.fleet import FleetPlan, LogRef
+    from toolkit.fleet.models import ModelSpec
+    from toolkit.fleet.plan import sample_picks
+
+    folder = tmp_path_factory.mktemp("hostile")
+    (folder / "f.png").write_bytes(b"x")
+    log = folder / "run.jsonl"
+    log.write_text(json.dumps({"header": "edgecam.run/1", "source_model_sha256": "a" * 64}) + "\n"
+                   + "\n".join(line.replace("\n", " ").replace("\r", " ") for line in lines) + "\n")
+    spec = ModelSpec("a" * 64, "m.keras", "m", Preprocessing(8, 8, "rgb", (1.0,), (0.0,)), ("x", "y"), (2, 2))
+    plan = FleetPlan(logs=(), models={spec.sha256: spec})
+    ref = LogRef(str(log), "van", "run", "0" * 64, model="a" * 64)
+    counts = plan.fleet_log(ref).candidates()
+    if sample is not None:
+        ref = LogRef(**{**ref.__dict__, "picks": sample_picks([(ref, counts)], sample)[ref.path]})
+    reader = plan.fleet_log(ref)
+    rows = list(reader.frames())
+    tally = reader.tally
+    reasons = Counter()
+    for (_, _, reason), n in tally.skipped.items():
+        reasons[reason] += n
+    non_blank = sum(1 for line in log.read_text().split("\n")[1:] if line.strip())
+    assert tally.records + reasons["malformed"] + reasons["invalid"] == non_blank
+    assert len(rows) + reasons["no_frame_path"] + reasons["no_model"] + reasons["sampled_out"] == tally.records
+    assert len(rows) == sum(counts.values()) if sample is None else len(rows) <= sample * len(counts)
+    for row in rows:
+        assert folder.resolve() in Path(row["frame_path"]).resolve().parents and row["edge_cam"].shape == (2, 2)

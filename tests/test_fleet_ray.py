@@ -79,7 +79,9 @@ def test_ray_engine_gives_the_local_summary(fleet, tmp_path):
     assert totals["logs"] == 7 and totals["validated"] > 20
     assert totals["skipped"]["malformed"] == 2  # the corrupt line and the cut one
     assert totals["skipped"]["unreadable"] > 0 and totals["skipped"]["no_model"] > 0
-    tables = {e: pq.read_table(tmp_path / e / "per_frame.parquet").to_pydict() for e in runs}
+    # Rows come in the order frames were scored: compare them sorted by log and line.
+    tables = {e: pq.read_table(tmp_path / e / "per_frame.parquet").sort_by([("log", "ascending"), ("line", "ascending")])
+              .to_pydict() for e in runs}
     assert tables["local"].keys() == tables["ray"].keys() and len(tables["local"]["pearson"]) == totals["validated"]
     _close(tables["local"], tables["ray"])
 

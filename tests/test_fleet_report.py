@@ -198,6 +198,7 @@ def test_worst_frames_use_the_validation_panels_and_skip_bad_files(tmp_path):
     assert "recorded dense fog · host dense fog · edge no fog · model aaaaaaaaaaaa" in page
     assert page.count("frame image not available") == 1
     assert 'href="#wf0"' in _section(page, "degraded") and 'id="wf0"' in page
+    assert page.count('<a href="#v0">↑ degraded</a>') == 3  # each worst frame links back to its vehicle
     # The damaged file and the path outside the folder are named, never fatal, never read.
     assert "worst frame worst/3.npz: not shown (not a readable .npz with image, edge and full" in page
     assert "worst frame ../outside.npz: not shown (the path leaves the output folder)" in page
@@ -416,3 +417,73 @@ def test_a_vehicle_without_rows_in_the_parquet_has_no_chart_not_a_day_fallback(t
     assert "No validated frames to chart." in section and "per day" not in section
     assert 'class="chart strip"' in section  # its records' classes are still drawn
     assert "Fidelity: 96 validated frames" in _section(page, "update")
+
+
+# -- with the real pipeline ------------------------------------------------------------------------
+def test_a_real_fleet_run_draws_its_model_change(tmp_path):
+    """``fleet_validate`` on run logs written by the run loop's telemetry sink; a vehicle switches model."""
+    pytest.importorskip("tensorflow")
+    import hashlib
+    import zipfile
+
+    from tests import test_fleet as tf_fleet
+    from toolkit.fleet import fleet_validate
+
+    v2 = tmp_path / "tiny_fog_v2.keras"  # the same network in other bytes: a second model version
+    with zipfile.ZipFile(tf_fleet.KERAS) as src, zipfile.ZipFile(v2, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item, src.read(item.filename))
+        dst.comment = b"v2"
+    sha2 = hashlib.sha256(v2.read_bytes()).hexdigest()
+
+    def header(sha):
+        return {"vehicle": None, "model_sha256": sha, "source_model_sha256": sha, "plan": "none"}
+
+    root = tmp_path / "logs"
+    for seed, (vehicle, day, start, sha) in enumerate((("van-up", "d1", tf_fleet.DAY1, tf_fleet.SHA),
+                                                       ("van-up", "d2", tf_fleet.DAY2, sha2),
+                                                       ("van-ok", "d1", tf_fleet.DAY1, tf_fleet.SHA))):
+        (root / vehicle).mkdir(parents=True, exist_ok=True)
+        tf_fleet._write_log(root / vehicle / f"{day}.jsonl", seed, start, frames=4, header=header(sha))
+    result = fleet_validate([root], [tf_fleet.KERAS, v2], tmp_path / "out", edges=[tf_fleet.EDGE], progress=False)
+    assert result.report_path == tmp_path / "out" / "fleet_report.html"
+    page = result.report_path.read_text(encoding="utf-8")
+    _assert_self_contained(page)
+    assert _section(page, "van-up").count('class="model-change"') == 2
+    assert 'class="model-change"' not in _section(page, "van-ok")
+    assert f"model {tf_fleet.SHA} → {sha2} at 12-02 00:00 UTC" in _section(page, "van-up")
+    shown = min(len(result.summary["worst_frames"]), fleet_report.MAX_WORST)
+    assert page.count('src="data:image/png;base64,') == 4 * shown > 0
+
+
+def test_pearson_axis_is_shared_by_healthy_vehicles_and_widened_for_drift(tmp_path):
+    make_fleet(tmp_path)
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+
+    def y_labels(name):
+        svg = _section(page, name).split('class="chart fidelity"')[1].split("</svg>")[0]
+        return [float(v) for v in re.findall(r'text-anchor="end" fill="#555">(-?[\d.]+)</text>', svg)]
+
+    assert y_labels("update") == y_labels(EVIL) == [1.0, 0.95, 0.9, 0.85, 0.8]
+    degraded = y_labels("degraded")  # its frames fall to ~0.4: the axis reaches below them
+    assert degraded[0] == 1.0 and degraded[-1] <= 0.4
+
+
+def test_implausible_clocks_are_counted_not_drawn(tmp_path):
+    summary = make_fleet(tmp_path, parquet=False)
+    t = _times(days=1)
+    bad = np.r_[t, 5.0, 60.0, 4e9 + 9e8]  # a clock reset to 1970 twice, and one from 2127
+    pq.write_table(pa.table({"vehicle": ["update"] * bad.size, "timestamp": bad,
+                             "pearson": np.full(bad.size, 0.97), "model": [SHA_A] * bad.size}),
+                   tmp_path / "per_frame.parquet")
+    summary["vehicles"][1]["timeline"] += [[5.0, 1, SHA_A], [None, 1, SHA_A]]
+    summary["vehicles"][0]["timeline"] = [[None, 0, SHA_A]]
+    (tmp_path / "fleet_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    update = _section(page, "update")
+    assert f"{t.size} validated frames; 3 without a plausible timestamp (2000–2100) are not drawn" in update
+    # The axis spans the two plausible days only (a 1970 point would stretch it over 56 years).
+    days = re.findall(r'fill="#555">(\d\d-\d\d) \d\d:\d\d</text>', update)
+    assert set(days) == {"11-30", "12-01"}
+    assert update.split('class="chart fidelity"')[1].count("<circle") == t.size
+    assert "No timestamps in these records: no charts over time." in _section(page, EVIL)

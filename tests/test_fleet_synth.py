@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -101,6 +102,19 @@ def test_every_rotated_segment_starts_with_the_header(tmp_path, model):
     for segment in segments:
         assert read_header(segment) == RunHeader(vehicle="bus_12", model_sha256="a" * 64, started=5.0, line=1)
         assert all(r.vehicle == "bus_12" and r.model == "a" * 64 for r in read_records(segment))
+
+
+def test_a_run_without_frames_leaves_an_empty_log(tmp_path, model):
+    """The header comes with the first record: an empty log still means "no telemetry" to the
+    deploy health check (install.sh's fresh_telemetry tests for a non-empty file)."""
+    log = TelemetryLog(tmp_path / "run.jsonl")
+    log.open(RunContext(classes=model.classes, header=RunHeader(vehicle="van-07", started=1.0)))
+    log.sync()
+    assert (tmp_path / "run.jsonl").stat().st_size == 0
+    log.write(frame=0, timestamp=2.0, explanation=model.explain(frame_pattern(0, (32, 32))))
+    log.close()
+    first, second = (tmp_path / "run.jsonl").read_text().splitlines()
+    assert json.loads(first)["header"] == HEADER_SCHEMA and json.loads(second)["vehicle"] == "van-07"
 
 
 def test_a_broken_header_is_an_invalid_line_not_a_crash(tmp_path):
@@ -337,3 +351,37 @@ def test_fleet_validate_flags_the_degraded_camera_and_the_model_change(fleet, tm
         entry = logs[run_.log.resolve()]
         assert entry["validated"] == one["images"]
         assert entry["pearson_median"] == pytest.approx(one["pearson"]["median"], abs=1e-4)
+
+
+# -- edgecam demo --fleet ----------------------------------------------------------------------------
+
+
+def test_demo_fleet_step_writes_a_fleet_and_its_report(fleet, tmp_path):
+    import shutil
+
+    out = tmp_path / "fleet"
+    (out / "models").mkdir(parents=True)
+    for suffix in (".keras", ".tflite"):  # model B of the fixture, reused as an earlier run's (no conversion)
+        shutil.copy(fleet.keras["b"].with_suffix(suffix), out / "models" / f"tiny_fog_b{suffix}")
+    messages = []
+    spec = synth.FleetSpec(vehicles=3, days=1, drives_per_day=2, frames=6)
+    info = synth.demo_fleet(out, DATA / "tiny_fog.keras", DATA / "tiny_fog.tflite", spec=spec, echo=messages.append)
+    assert info["runs"] == 6 and info["degraded_vehicle"] == "veh-03" and info["changing_vehicle"] == "veh-01"
+    assert len(list((out / "logs").rglob("*.jsonl"))) == 6
+    if importlib.util.find_spec("toolkit.fleet.api") is None:
+        pytest.skip("fleet validation has not landed")
+    assert Path(info["report"]).is_file() and info["failing_vehicles"] == ["veh-03"] and info["passed"] is False
+    assert any("failing vehicles veh-03" in m for m in messages)
+
+
+@pytest.mark.slow  # the quick demo (training, two conversions) plus the fleet: minutes on 2 busy cores
+def test_quick_demo_with_fleet_links_the_fleet_report(tmp_path):
+    from toolkit.demo import QUICK, run_demo
+
+    messages = []
+    result = run_demo(tmp_path / "demo", config=QUICK, progress=False, echo=messages.append, fleet=True)
+    assert [m for m in messages if m.startswith("[")][-2].startswith("[7/8] A fleet of 4 vehicles")
+    fleet = result.summary["fleet"]
+    assert fleet["runs"] == 16 and json.loads((tmp_path / "demo" / "summary.json").read_text())["fleet"] == fleet
+    page = result.index_html.read_text()
+    assert "fleet/fleet.json" in page and (not fleet.get("report") or "fleet/report/" in page)

@@ -343,7 +343,7 @@ def test_run_and_bench_take_onnx_unchanged(exported, tmp_path):
     log = tmp_path / "log.jsonl"
     ran = CliRunner().invoke(cli, ["run", str(onnx_result.path), "--source", str(video), "--log", str(log), "--json"])
     assert ran.exit_code == 0, ran.output
-    assert len(log.read_text().splitlines()) == 6
+    assert len(log.read_text().splitlines()) == 6 + 1  # the run header, then one record per frame
     benched = CliRunner().invoke(cli, ["bench", str(onnx_result.path), "--baseline", str(onnx_result.baseline_path),
                                        "--runs", "5", "--warmup", "1", "--threads", "1", "--json"])
     assert benched.exit_code == 0, benched.output

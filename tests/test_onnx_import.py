@@ -46,6 +46,7 @@ KINDS = {
     "max_pool_mlp": ("gradient", "selected"),
     "nhwc_input": ("linear", "all"),
     "layernorm_head": ("gradient", "selected"),
+    "silu_mlp": ("gradient", "selected"),  # nn.SiLU: Mul(x, Sigmoid(x))
 }
 
 
@@ -341,6 +342,26 @@ def test_tiny_helper_model_converts(tmp_path):
     assert result.metadata.cam_mode == "linear" and result.self_check.passed
 
 
+def test_a_gate_from_another_tensor_is_still_refused(tmp_path):
+    """Only x·sigmoid(x) is followed: a squeeze-excite style gate, x·sigmoid(W·x), is a real branch."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(size=(4, 4)).astype(np.float32), "se"),
+             numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "se"], ["s"], transB=1), helper.make_node("Sigmoid", ["s"], ["sg"]),
+             helper.make_node("Mul", ["f", "sg"], ["m"]), helper.make_node("Gemm", ["m", "fc"], ["z"], transB=1)]
+    graph = helper.make_graph(nodes, "se", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3])], inits)
+    src = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "se.onnx")
+    with pytest.raises(UnsupportedHeadError, match="combines 2 computed inputs") as info:
+        convert_onnx(src, tmp_path / "x.onnx")
+    _one_line(info)
+
+
 @pytest.mark.parametrize("case, error, match", [
     ("two_inputs", ConversionError, "2 inputs .*exactly one image input"),
     ("no_spatial", UnsupportedHeadError, "No spatial tensor found.*Conv"),
@@ -423,13 +444,16 @@ def test_live_pytorch_grad_cam(tmp_path):
 
 
 # -- int8 -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["gap_linear", "mlp", "many_classes"])
-def test_int8_qdq_keeps_the_head_float(tmp_path, name):
-    """int8 QDQ: the feature extractor is quantized, edgecam's head and the classifier head are not."""
+@pytest.mark.parametrize("name", sorted(KINDS))
+def test_int8_qdq_keeps_the_head_float_and_meets_the_keras_bounds(tmp_path, name):
+    """int8 QDQ: the feature extractor is quantized, edgecam's head and the classifier head are not,
+    and the maps meet the Keras path's int8 gate against pytorch-grad-cam (median, p05, top-1)."""
+    from converters.quant import GATES
+
     path, ref = _fixture(name)
     result = convert_onnx(path, tmp_path / "q.onnx", quantize="int8", calibration=list(ref["images"]),
-                          emit_baseline=True)
-    assert result.metadata.quantization == "int8" and result.self_check is not None
+                          cam_method=str(ref["method"]), emit_baseline=True)
+    assert result.metadata.quantization == "int8" and result.self_check.passed
     graph = onnx.load(str(result.path)).graph
     producers = {o: n for n in graph.node for o in n.output}
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)
@@ -439,9 +463,28 @@ def test_int8_qdq_keeps_the_head_float(tmp_path, name):
         assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in node.input[1:]), node.name
     assert any(n.op_type == "DequantizeLinear" for n in onnx.load(str(result.baseline_path)).graph.node)
     exps = _explain_all(ExplainableModel(result.path), ref["images"])
-    # Tiny random-weight nets with near-flat maps: looser than the float bound (docs/onnx-import.md).
-    assert np.mean([e.class_index == c for e, c in zip(exps, ref["classes"])]) >= 0.85
-    assert np.median([pearson(e.cam, c) for e, c in zip(exps, ref["cam"])]) >= 0.75
+    corr = [pearson(e.cam, c) for e, c in zip(exps, ref["cam"])]
+    gate = GATES["int8"]
+    assert np.mean([e.class_index == c for e, c in zip(exps, ref["classes"])]) >= gate.top1
+    assert np.median(corr) >= gate.pearson_median and np.percentile(corr, 5) >= gate.pearson_p05, corr
+
+
+def test_int8_weights_use_seven_bits():
+    """x86 without VNNI saturates int16 sums of u8×s8 products in ONNX Runtime's integer kernels
+    (the layernorm_head fixture's map fell to Pearson 0.63); 7-bit weights cannot saturate."""
+    path, ref = _fixture("layernorm_head")
+    from converters.onnx_in.quantize import quantize_int8
+
+    model = onnx.load(str(path))
+    x = ((ref["images"] / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(0, 3, 1, 2)
+    quantized = onnx.load_from_string(quantize_int8(model.SerializeToString(), x.astype(np.float32), {"image": "input"}))
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in quantized.graph.initializer}
+    convs = [n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and weights.get(n.input[0]) is not None
+             and weights[n.input[0]].dtype == np.int8 and weights[n.input[0]].ndim == 4]
+    assert convs
+    for node in convs:
+        # |w| ≤ 64: two products with a uint8 activation sum to at most 2·255·64 = 32640 < 2**15.
+        assert np.abs(weights[node.input[0]].astype(int)).max() <= 64, node.name
 
 
 # -- --approximate ---------------------------------------------------------------------------
@@ -540,6 +583,7 @@ def test_validate_against_the_original_onnx(tmp_path):
 ACTIVATIONS = {
     "Relu": {}, "LeakyRelu": {"alpha": 0.1}, "Sigmoid": {}, "Tanh": {}, "Elu": {"alpha": 0.7},
     "HardSigmoid": {"alpha": 0.3, "beta": 0.4}, "HardSwish": {}, "Softplus": {}, "Clip": {},
+    "Swish": {},  # not an ONNX operator: Mul(h, Sigmoid(h)), as torch exports nn.SiLU
 }
 COLLAPSES = ("GlobalAveragePool", "ReduceMean", "GlobalMaxPool", "ReduceMax", "Flatten")
 SCALARS = ("Mul", "Sub", "Div", "Add")
@@ -564,7 +608,11 @@ def _head_model(act: str, collapse: str, scalar: str, seed: int):
         nodes += [helper.make_node(collapse, ["a"], ["p4"]), helper.make_node("Flatten", ["p4"], ["p"])]
     nodes.append(helper.make_node("Gemm", ["p", "w1"], ["h"], transB=1))
     extra = ["lo", "hi"] if act == "Clip" else []
-    nodes.append(helper.make_node(act, ["h", *extra], ["r"], **ACTIVATIONS[act]))
+    if act == "Swish":  # both operand orders of the Mul
+        nodes += [helper.make_node("Sigmoid", ["h"], ["sg"]),
+                  helper.make_node("Mul", ["h", "sg"] if seed % 2 else ["sg", "h"], ["r"])]
+    else:
+        nodes.append(helper.make_node(act, ["h", *extra], ["r"], **ACTIVATIONS[act]))
     nodes.append(helper.make_node(scalar, ["r", "c"] if scalar != "Sub" else ["c", "r"], ["s"]))
     nodes += [helper.make_node("MatMul", ["s", "w2"], ["m"]), helper.make_node("Add", ["m", "b2"], ["z"])]
     graph = helper.make_graph(
@@ -592,6 +640,8 @@ def _finite_difference_gradcam(model, x: np.ndarray, cls: int) -> np.ndarray:
 @given(act=st.sampled_from(sorted(ACTIVATIONS)), collapse=st.sampled_from(COLLAPSES),
        scalar=st.sampled_from(SCALARS), seed=st.integers(0, 10_000))
 @example(act="Tanh", collapse="Flatten", scalar="Mul", seed=2343)  # once saturated, see _head_model
+@example(act="Swish", collapse="GlobalAveragePool", scalar="Add", seed=1)  # Mul(h, Sigmoid(h))
+@example(act="Swish", collapse="Flatten", scalar="Div", seed=2)  # Mul(Sigmoid(h), h)
 def test_head_operators_match_finite_differences(tmp_path, act, collapse, scalar, seed):
     """The in-graph gradient of every supported operator agrees with central differences of the original."""
     model = _head_model(act, collapse, scalar, seed)

@@ -123,7 +123,7 @@ def _host_run(video: Path, log: Path) -> list:
     proc = subprocess.run([sys.executable, "-m", "toolkit", "run", str(MODEL), "--source", str(video),
                            "--log", str(log)], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return [json.loads(line) for line in log.read_text().splitlines()]
+    return [json.loads(line) for line in log.read_text().splitlines()[1:]]  # after the run header
 
 
 def _guest_run(guest: Guest, prefix: str, log: str, *extra: str) -> subprocess.CompletedProcess:
@@ -153,7 +153,7 @@ def test_registry_install_runs_arm64_and_agrees_with_the_host(pi, tmp_path):
     ran = _guest_run(guest, "/root/registry", "/mnt/pi.jsonl")
     assert ran.returncode == 0, ran.stdout
     assert f"frames {FRAMES}  dropped 0" in ran.stdout
-    pi_records = [json.loads(line) for line in (share / "pi.jsonl").read_text().splitlines()]
+    pi_records = [json.loads(line) for line in (share / "pi.jsonl").read_text().splitlines()[1:]]
     host_records = _host_run(share / "road.avi", tmp_path / "host.jsonl")
     assert [r["frame"] for r in pi_records] == [r["frame"] for r in host_records] == list(range(FRAMES))
 
@@ -180,7 +180,7 @@ def test_offline_install_from_bundled_wheels(pi):
     assert "installing requirements.txt offline from wheels/" in out
     ran = _guest_run(guest, "/root/offline", "/mnt/offline.jsonl", "--max-frames", "3")
     assert ran.returncode == 0, ran.stdout
-    records = [json.loads(line) for line in (share / "offline.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (share / "offline.jsonl").read_text().splitlines()[1:]]
     assert [r["frame"] for r in records] == [0, 1, 2]
     assert all(np.asarray(r["cam"]).shape == (16, 16) for r in records)
     doctor = guest.run(["/root/offline/current/venv/bin/edgecam", "doctor", "--bundle", "/root/offline/current"])

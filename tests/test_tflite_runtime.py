@@ -171,7 +171,7 @@ def test_edgecam_run_log_matches_litert(venv, precision, tmp_path):
                            str(tmp_path / "litert.jsonl")], capture_output=True, text=True, cwd=REPO, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert host.returncode == 0, host.stdout + host.stderr
-    ours, ref = ([json.loads(line) for line in (tmp_path / f).read_text().splitlines()]
+    ours, ref = ([json.loads(line) for line in (tmp_path / f).read_text().splitlines()[1:]]  # after the header
                  for f in ("fallback.jsonl", "litert.jsonl"))
     assert [r["frame"] for r in ours] == [r["frame"] for r in ref] == list(range(8))
     for a, b in zip(ours, ref):

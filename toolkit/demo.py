@@ -107,7 +107,7 @@ def _device_run(model: Path, video: Path, out: Path, save_every: int, echo) -> D
 
 
 def run_demo(out_dir="edgecam-demo", config: DemoConfig = DEFAULT, seed: int = 0, progress: bool = True,
-             echo: Callable[[str], None] = print) -> DemoResult:
+             echo: Callable[[str], None] = print, fleet: bool = False) -> DemoResult:
     """Run the whole story and return where everything is.
 
     Args:
@@ -116,6 +116,8 @@ def run_demo(out_dir="edgecam-demo", config: DemoConfig = DEFAULT, seed: int = 0
         seed: every random choice derives from it.
         progress: progress bars for the long steps.
         echo: where step messages go.
+        fleet: one more step: a small synthetic fleet of this model's run logs and its fleet
+            validation report (``edgecam fleet synth`` + ``fleet validate``) in ``fleet/``.
     """
     # The output first: a read-only or full location fails at once, not after minutes of work.
     out = ensure_writable_dir(out_dir)
@@ -123,7 +125,7 @@ def run_demo(out_dir="edgecam-demo", config: DemoConfig = DEFAULT, seed: int = 0
     from toolkit.datasets import fog
 
     start = time.perf_counter()
-    clock = _StepClock(echo, total=7)
+    clock = _StepClock(echo, total=8 if fleet else 7)
 
     with clock.step("data", f"Rendering {config.n_train} + {config.n_holdout} foggy road scenes "
                             "(I = J·t + A(1−t), t = e^(−βd))"):
@@ -149,14 +151,27 @@ def run_demo(out_dir="edgecam-demo", config: DemoConfig = DEFAULT, seed: int = 0
                                 "and the device log"):
         validations = _validate_edge_maps(trained, models, holdout, out, config, progress)
     _echo_validations(validations, echo)
+    fleet_info = _fleet_step(clock, trained, models, out, seed, progress, echo) if fleet else None
 
     with clock.step("index", "Writing the index page"):
         summary = _demo_summary(seed, config, trained, checks, run_summary, validations, clock.seconds)
+        if fleet_info is not None:
+            summary["fleet"] = fleet_info
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
         index = _write_index(out, summary, trained, video)
     total = time.perf_counter() - start
     echo(f"Done in {total:.0f} s. Open {index}")
     return DemoResult(out_dir=out, index_html=index, summary=summary, seconds=total)
+
+
+def _fleet_step(clock: "_StepClock", trained, models: Dict[str, Path], out: Path, seed: int, progress: bool,
+                echo) -> Dict[str, Any]:
+    """``--fleet``: vehicles running this model for two days (one updated, one with a failing camera)."""
+    from toolkit.fleet.synth import DEMO_FLEET, demo_fleet
+
+    with clock.step("fleet", f"A fleet of {DEMO_FLEET.vehicles} vehicles × {DEMO_FLEET.days} days of "
+                             "`edgecam run` logs (a model update, a failing camera) and its validation"):
+        return demo_fleet(out / "fleet", trained.model_path, models["none"], seed=seed, progress=progress, echo=echo)
 
 
 class _StepClock:
@@ -273,7 +288,17 @@ Dataset: <a href="data/dataset.json">data/dataset.json</a>. Model: <a href="{rel
 latency p50 {run.get('latency_p50_ms', 0):.2f} ms, TensorFlow blocked.</p>
 <h2>4. Edge vs full Grad-CAM</h2>
 <table><tr><th>edge model</th><th>Pearson median</th><th>top-1 agreement</th><th>verdict</th><th></th></tr>{rows}</table>
-<p>Everything as JSON: <a href="summary.json">summary.json</a>.</p>
+{_fleet_html(summary.get("fleet"), rel)}<p>Everything as JSON: <a href="summary.json">summary.json</a>.</p>
 </body></html>
 """
     return atomic_write_text(out / "index.html", page)
+
+
+def _fleet_html(fleet: Any, rel: Callable[[Any], str]) -> str:
+    """The index's fleet section (``--fleet``), or nothing."""
+    if not fleet:
+        return ""
+    report = f"<a href='{rel(fleet['report'])}'>fleet report</a>" if fleet.get("report") else "no report"
+    failing = html.escape(", ".join(fleet.get("failing_vehicles", [])) or "none")
+    return (f"<h2>5. A fleet</h2><p>{fleet['runs']} run logs (<a href='{rel(fleet['truth'])}'>what was built in</a>): "
+            f"{report}; failing vehicles: {failing}.</p>\n")

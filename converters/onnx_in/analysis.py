@@ -19,7 +19,6 @@ import numpy as np
 from firmware_host.errors import ConversionError
 
 from .graph import HeadChain, Tables, label
-from .ops import RULES
 
 __all__ = ["Analysis", "Values", "analyze", "backward", "to_nhwc"]
 
@@ -72,8 +71,8 @@ def to_nhwc(tensor: np.ndarray, layout: str) -> np.ndarray:
 def backward(head: HeadChain, g: np.ndarray, ctx: Values) -> np.ndarray:
     """Pull ``g = ∂z/∂logits`` ``(B, K)`` back through the head: ``∂z/∂A`` in A's layout."""
     g = np.asarray(g, np.float64)
-    for node, slot in zip(reversed(head.nodes), reversed(head.slots)):
-        g = RULES[node.op_type].numpy(node, slot, g, ctx)
+    for node, slot, rule in zip(reversed(head.nodes), reversed(head.slots), reversed(head.rules)):
+        g = rule.numpy(node, slot, g, ctx)
     return g
 
 
@@ -99,7 +98,8 @@ def analyze(head: HeadChain, tables: Tables) -> Analysis:
     Raises:
         UnsupportedHeadError: an operator of the head cannot be handled (from its rule).
     """
-    nonlinear = [f"{label(n)} ({n.op_type})" for n in head.nodes if not RULES[n.op_type].linear]
+    kinds = head.kinds or [n.op_type for n in head.nodes]
+    nonlinear = [f"{label(n)} ({k})" for n, k, r in zip(head.nodes, kinds, head.rules) if not r.linear]
     if nonlinear:
         return Analysis(
             "gradient",

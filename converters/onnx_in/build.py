@@ -15,7 +15,6 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .graph import HeadChain, ImageInput, Tables
-from .ops import RULES
 
 __all__ = ["PREFIX", "RESERVED", "Emitter", "name_nodes", "rename_reserved", "build_explained", "build_plain"]
 
@@ -113,8 +112,8 @@ def _gradient_cam(em: Emitter, head: HeadChain, fmaps: str, method: str) -> str:
     chosen = em.op("Where", [em.op("Less", [wanted, em.const(np.int64(0))]), predicted, wanted])
     g = em.op("OneHot", [chosen, em.const(np.array([head.num_logits], np.int64)),
                          em.const(np.array([0.0, 1.0], np.float32))], axis=-1)
-    for node, slot in zip(reversed(head.nodes), reversed(head.slots)):
-        g = RULES[node.op_type].onnx(node, slot, g, em)
+    for node, slot, rule in zip(reversed(head.nodes), reversed(head.slots), reversed(head.rules)):
+        g = rule.onnx(node, slot, g, em)
     if head.layout == "NCHW":
         g = em.op("Transpose", [g], perm=[0, 2, 3, 1])
     if method == "hirescam":  # Draelos & Collins 2020: element-wise gradient × activation

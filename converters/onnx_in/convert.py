@@ -297,7 +297,7 @@ def _onnx_models(original, tables: Tables, image: ImageInput, head, analysis: An
     explained = type(original)()
     explained.CopyFrom(original)
     inputs = build_explained(explained, tables, image, head, analysis.mode, weights, resolved, method)
-    head_nodes = [n.name for n in head.nodes]
+    head_nodes = head.node_names
     content = _quantized(_checked(explained), opts.quantize, x, inputs, head_nodes)
     plain = None
     if opts.emit_baseline:

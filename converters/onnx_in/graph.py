@@ -5,7 +5,8 @@ through the head, the last 4-D spatial tensor before the spatial collapse
 (``GlobalAveragePool``/``GlobalMaxPool``, ``ReduceMean``/``ReduceMax`` over H and W, or a
 ``Flatten``/``Reshape`` of a 4-D tensor into a ``Gemm``/``MatMul``). The head between the two is
 a chain of nodes, each with one input on the path from the explanation tensor (the others are
-constants or shape computations): :class:`HeadChain`.
+constants or shape computations): :class:`HeadChain`. One branch is followed: ``Mul(x,
+Sigmoid(x))``, SiLU as PyTorch exports it, is one step of the chain whose gate is a side node.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from firmware_host.errors import ConversionError, LayerError, ModelFileError, UnsupportedHeadError
 
-from .ops import COLLAPSE_OPS, RULES, attribute, is_spatial_collapse
+from .ops import COLLAPSE_OPS, RULES, SWISH, attribute, is_spatial_collapse, swish_slot
 
 __all__ = ["MIN_OPSET", "ImageInput", "HeadChain", "Tables", "load_onnx", "image_input", "fix_input_size", "find_head",
            "candidates", "label", "classifier_output", "feature_layout", "dynamic_batch"]
@@ -61,6 +62,9 @@ class HeadChain:
         probabilities: the tensor holding the model's own softmax/sigmoid output, if any.
         activation: ``softmax`` or ``sigmoid``.
         num_logits: K.
+        kinds: for each node, its key in ``ops.RULES``: the op type, or ``ops.SWISH`` for a
+            ``Mul(x, Sigmoid(x))`` (empty: the op types).
+        gates: the ``Sigmoid`` nodes of those, off the path but part of the head (kept float).
     """
 
     target: str
@@ -73,6 +77,18 @@ class HeadChain:
     probabilities: Optional[str]
     activation: str
     num_logits: int
+    kinds: Tuple[str, ...] = ()
+    gates: Tuple[object, ...] = ()
+
+    @property
+    def rules(self) -> Tuple[object, ...]:
+        """The ``ops.Rule`` of each node, in order."""
+        return tuple(RULES[k] for k in (self.kinds or [n.op_type for n in self.nodes]))
+
+    @property
+    def node_names(self) -> List[str]:
+        """Names of every node of the head: the chain and its gates."""
+        return [n.name for n in (*self.nodes, *self.gates)]
 
     @property
     def collapse_kind(self) -> str:
@@ -276,7 +292,11 @@ def _spatial(shape) -> bool:
 
 
 def _path_slot(node, tables: Tables) -> int:
-    """The input of ``node`` on the path from the feature maps (the one that is not constant)."""
+    """The input of ``node`` on the path from the feature maps (the one that is not constant, or x of
+    ``Mul(x, Sigmoid(x))``)."""
+    swish = swish_slot(node, tables.producer)
+    if swish is not None:
+        return swish
     rule = RULES.get(node.op_type)
     if rule is None:
         raise UnsupportedHeadError(
@@ -312,7 +332,7 @@ def find_head(model, tables: Tables, target: Optional[str] = None) -> HeadChain:
             f"{', '.join(candidates(model, tables)[-8:])}."
         )
     logits, probs, activation = classifier_output(model, tables)
-    nodes, slots, name = [], [], logits
+    nodes, slots, kinds, gates, name = [], [], [], [], logits
     collapse = None
     while name != target:
         node = tables.producer.get(name)
@@ -333,6 +353,11 @@ def find_head(model, tables: Tables, target: Optional[str] = None) -> HeadChain:
             raise
         nodes.append(node)
         slots.append(slot)
+        if swish_slot(node, tables.producer) is not None:
+            kinds.append(SWISH)
+            gates.append(tables.producer[node.input[1 - slot]])
+        else:
+            kinds.append(node.op_type)
         if collapse is None and _collapses(node, tables, slot):
             collapse = len(nodes) - 1
         name = node.input[slot]
@@ -353,6 +378,7 @@ def find_head(model, tables: Tables, target: Optional[str] = None) -> HeadChain:
         )
     nodes.reverse()
     slots.reverse()
+    kinds.reverse()
     collapse = len(nodes) - 1 - collapse
     shape = tables.shape(name)
     layout = feature_layout(nodes[collapse], tables, name)
@@ -363,7 +389,7 @@ def find_head(model, tables: Tables, target: Optional[str] = None) -> HeadChain:
     if not k:
         raise ConversionError(f"The logits {logits!r} have an unknown class count {tables.shape(logits)}.")
     return HeadChain(name, layout, (int(h), int(w), int(c)), tuple(nodes), tuple(slots), collapse, logits, probs,
-                     activation, int(k))
+                     activation, int(k), tuple(kinds), tuple(gates))
 
 
 def feature_layout(node, tables: Tables, name: str) -> str:

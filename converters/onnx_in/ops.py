@@ -22,8 +22,11 @@ import numpy as np
 
 from firmware_host.errors import UnsupportedHeadError
 
-__all__ = ["Rule", "RULES", "COLLAPSE_OPS", "attribute", "reduce_axes", "is_spatial_collapse"]
+__all__ = ["Rule", "RULES", "SWISH", "COLLAPSE_OPS", "attribute", "reduce_axes", "is_spatial_collapse", "swish_slot"]
 
+# The RULES key of ``Mul(x, Sigmoid(x))``: SiLU/Swish as torch.onnx.export writes nn.SiLU, a branch
+# that rejoins at once, handled as one element-wise step of the chain.
+SWISH = "Mul(x, Sigmoid(x))"
 COLLAPSE_OPS = ("GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool", "ReduceMean", "ReduceMax", "Flatten",
                 "Reshape")
 
@@ -427,6 +430,35 @@ def _onnx_layernorm(node, slot, g, em):
     return em.op("Mul", [em.op("Sub", [em.op("Sub", [g, mean_g]), em.op("Mul", [xhat, mean_gx])]), inv])
 
 
+# -- SiLU / Swish written as x·sigmoid(x): the one branch edgecam follows --------------------------
+def swish_slot(node, producer) -> "int | None":
+    """The slot of x when ``node`` is ``Mul(x, Sigmoid(x))`` (either order), else None.
+
+    Args:
+        producer: tensor name → the node that computes it.
+    """
+    if node.op_type != "Mul" or len(node.input) != 2:
+        return None
+    for slot in (0, 1):
+        gate = producer.get(node.input[1 - slot])
+        if gate is not None and gate.op_type == "Sigmoid" and gate.input[0] == node.input[slot] != node.input[1 - slot]:
+            return slot
+    return None
+
+
+def _np_swish(node, slot, g, ctx):
+    # d/dx [x·σ(x)] = σ(x) + x·σ(x)(1 − σ(x)) = σ + y(1 − σ), with y = x·σ(x) the node's output.
+    x = np.asarray(ctx.value(_x(node, slot)), np.float64)
+    sigma = 0.5 * (1.0 + np.tanh(0.5 * x))  # σ(x) without overflow for large |x|
+    return g * (sigma + x * sigma * (1.0 - sigma))
+
+
+def _onnx_swish(node, slot, g, em):
+    sigma, y = node.input[1 - slot], node.output[0]  # the model's own Sigmoid output, and x·σ(x)
+    derivative = em.op("Add", [sigma, em.op("Mul", [y, em.op("Sub", [em.const(np.float32(1)), sigma])])])
+    return em.op("Mul", [g, derivative])
+
+
 def _activation(derivative, build) -> Rule:
     return Rule((0,), False, _np_act(derivative), _onnx_act(build))
 
@@ -465,4 +497,5 @@ RULES: Dict[str, Rule] = {
     "HardSwish": _activation(_d_hardswish, _o_hardswish),
     "Softplus": _activation(_d_softplus, _o_softplus),
     "LayerNormalization": Rule((0,), False, _np_layernorm, _onnx_layernorm),
+    SWISH: Rule((0, 1), False, _np_swish, _onnx_swish),
 }

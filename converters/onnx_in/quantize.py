@@ -1,8 +1,9 @@
 """int8 QDQ quantization of an explained ONNX graph, with the explanation head kept float32.
 
 ONNX Runtime's static quantization (``quantize_static``, with the Keras path's settings:
-per-channel symmetric int8 weights, symmetric int8 activations for TensorRT) calibrates
-activation ranges on the same images as the self-check. Excluded, so they stay
+per-channel symmetric int8 weights in 7 bits, asymmetric int8 activations, MinMax ranges; see
+:func:`converters.onnx_export.quantize_int8_qdq`) calibrates activation ranges on the same images
+as the self-check. Excluded, so they stay
 float32: every node edgecam added (under ``edgecam_head/``) and the classifier head from the
 explanation tensor to the logits — the gradient head multiplies ReLU masks and small gradients,
 which int8 would flip and round away, and the head is a few thousand multiply-adds.

@@ -192,9 +192,14 @@ class _PartCache:
         for ref in refs:
             path = self.path(ref)
             try:
-                aggregator.add_part(LogPart.from_json(path.read_text(encoding="utf-8")))
+                part = LogPart.from_json(path.read_text(encoding="utf-8"))
             except (OSError, ValueError, KeyError, TypeError, IndexError):  # absent or damaged: score again
                 todo.append(ref)
+                continue
+            if part.spool and not (self.folder / part.spool).is_file():  # its rows are gone: score again
+                todo.append(ref)
+                continue
+            aggregator.add_part(part)
         return todo
 
     def spool(self, refs: Sequence[LogRef]) -> str:

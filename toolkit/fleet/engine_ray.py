@@ -144,7 +144,8 @@ def run_ray(plan, address: Optional[str] = None, num_cpus: Optional[int] = None,
         progress: show Ray Data's progress bars on stderr.
 
     Returns:
-        A :class:`~toolkit.fleet.aggregate.FleetAggregator` with every log's tally and scored frames.
+        A :class:`~toolkit.fleet.aggregate.FleetAggregator` with every log's tally and scored frames
+        (rows streamed to the plan's spool, still open: ``close()`` it), as ``run_local``'s.
 
     Raises:
         MissingDependencyError: Ray Data is not installed (``pip install 'edgecam[fleet]'``).
@@ -153,7 +154,7 @@ def run_ray(plan, address: Optional[str] = None, num_cpus: Optional[int] = None,
     """
     from .aggregate import FleetAggregator
 
-    aggregator = FleetAggregator(plan.k_worst)
+    aggregator = FleetAggregator.for_plan(plan)
     if not plan.logs:
         return aggregator
     with ray_session(address, num_cpus) as cpus, _quiet_data(progress), _worker_errors():

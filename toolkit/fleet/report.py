@@ -74,6 +74,8 @@ ALWAYS_SHOWN = ("malformed", "no_model", "unreadable", "sampled_out")
 CLASS_COLOURS = ("#fde725", "#a0da39", "#4ac16d", "#1fa187", "#277f8e", "#365c8d", "#46327e", "#440154")
 MODEL_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 UNKNOWN_COLOUR = "#bbbbbb"
+# Timestamps drawn on time axes (unix seconds, 2000-01-01 to 2100-01-01 UTC); others are counted.
+CLOCK_RANGE = (946684800.0, 4102444800.0)
 # Tick spacings for time axes, in seconds (1 min … 1 week).
 TICK_STEPS = (60, 300, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800)
 CHART_W, FID_H, STRIP_H, LEFT, RIGHT = 900, 170, 46, 52, 12
@@ -481,9 +483,14 @@ class _Axis:
         return LEFT + (t - self.t0) / (self.t1 - self.t0) * (CHART_W - LEFT - RIGHT)
 
 
+def _clock_ok(t: np.ndarray) -> np.ndarray:
+    """Timestamps a device clock could have written: 2000 to 2100 (a clock reset to 1970 is not one)."""
+    return np.isfinite(t) & (t >= CLOCK_RANGE[0]) & (t <= CLOCK_RANGE[1])
+
+
 def _axis(*times: np.ndarray) -> Optional[_Axis]:
     t = np.concatenate([np.asarray(a, np.float64).ravel() for a in times] or [np.zeros(0)])
-    t = t[np.isfinite(t) & (np.abs(t) < 1e11)]  # beyond year 5000: not a timestamp
+    t = t[_clock_ok(t)]
     if not t.size:
         return None
     lo, hi = float(t.min()), float(t.max())
@@ -495,7 +502,8 @@ def _axis(*times: np.ndarray) -> Optional[_Axis]:
 
 def _time_grid(axis: _Axis, top: float, bottom: float, labels: bool) -> str:
     """Vertical grid lines with UTC labels; midnight lines are darker (one day ends, one begins)."""
-    step = next((s for s in TICK_STEPS if (axis.t1 - axis.t0) / s <= 8), TICK_STEPS[-1])
+    span = axis.t1 - axis.t0
+    step = next((s for s in TICK_STEPS if span / s <= 8), math.ceil(span / 8 / 86400) * 86400)
     parts = []
     for i, t in enumerate(np.arange(math.ceil(axis.t0 / step) * step, axis.t1, step)):
         x, midnight = axis.x(float(t)), float(t) % 86400 == 0
@@ -546,7 +554,7 @@ def _bin_index(t: np.ndarray, bins: int) -> np.ndarray:
 
 def _frame_series(points: FramePoints, summary: Mapping) -> Tuple[List[Tuple[np.ndarray, np.ndarray, str, str]], str]:
     """(t, pearson, colour, model) per model, binned to :data:`MAX_POINTS` in all; and a note."""
-    ok = np.isfinite(points.t) & np.isfinite(points.pearson)
+    ok = _clock_ok(points.t) & np.isfinite(points.pearson)
     total = int(ok.sum())
     series = []
     for model in dict.fromkeys(points.model[ok].tolist()):
@@ -556,8 +564,8 @@ def _frame_series(points: FramePoints, summary: Mapping) -> Tuple[List[Tuple[np.
         series.append((t, y, _model_colour(summary, model), str(model)))
     shown = sum(s[0].size for s in series)
     note = f"{total} validated frames" + (f", shown as {shown} medians over time bins" if shown < total else "")
-    untimed = int((~np.isfinite(points.t) & np.isfinite(points.pearson)).sum())
-    return series, note + (f"; {untimed} without a timestamp are not drawn" if untimed else "")
+    untimed = int((~_clock_ok(points.t) & np.isfinite(points.pearson)).sum())
+    return series, note + (f"; {untimed} without a plausible timestamp (2000–2100) are not drawn" if untimed else "")
 
 
 def _day_series(vehicle: Mapping, summary: Mapping) -> Tuple[List[Tuple[np.ndarray, np.ndarray, str, str]], str]:
@@ -586,16 +594,27 @@ def _timeline(vehicle: Mapping) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     t = np.array([_number(r[0]) for r in rows], np.float64)
     cls = np.array([_number(r[1]) for r in rows], np.float64)
     model = np.array([str(r[2]) if len(r) > 2 and r[2] is not None else "" for r in rows], object)
-    keep = np.isfinite(t)
+    keep = _clock_ok(t)
     return t[keep], cls[keep], model[keep]
 
 
-def _fidelity_svg(axis: _Axis, series: Sequence[Tuple], threshold: float, changes: Any) -> str:
-    """Pearson over time: one dot per frame (or bin), colour = model, dashed line = --min-pearson."""
+def _pearson_range(values: np.ndarray, gates: Mapping[str, float]) -> Tuple[float, float]:
+    """``(low, tick step)`` of the Pearson axis: [0.8, 1] unless a value or gate is lower.
+
+    One range for every healthy vehicle (so they compare at a glance), wide enough that a drift
+    from 0.99 to 0.89 spans half the chart; a vehicle far off gets the range it needs.
+    """
+    finite = [v for v in [*values.tolist(), *gates.values()] if math.isfinite(v)]
+    low = max(-1.0, min(0.8, math.floor(min(finite, default=1.0) * 10) / 10))
+    span = 1.0 - low
+    step = 0.05 if span <= 0.25 else 0.1 if span <= 0.6 else 0.25
+    return max(-1.0, math.floor(round(low / step, 9)) * step), step  # the bottom is a labelled tick
+
+
+def _fidelity_svg(axis: _Axis, series: Sequence[Tuple], gates: Mapping[str, float], changes: Any) -> str:
+    """Pearson over time: one dot per frame (or bin), colour = model, dashed lines = the gates."""
     top, bottom = 8.0, FID_H - 22.0
-    values = np.concatenate([s[1] for s in series] or [np.zeros(0)])
-    low = min(0.0, math.floor(float(values.min()) * 4) / 4) if values.size else 0.0
-    low = max(low, -1.0)
+    low, step = _pearson_range(np.concatenate([s[1] for s in series] or [np.zeros(0)]), gates)
 
     def y(v: float) -> float:
         return bottom - (min(max(v, low), 1.0) - low) / (1.0 - low) * (bottom - top)
@@ -604,13 +623,14 @@ def _fidelity_svg(axis: _Axis, series: Sequence[Tuple], threshold: float, change
              f'role="img" aria-label="Pearson over time">',
              f'<rect x="{LEFT}" y="{top}" width="{CHART_W - LEFT - RIGHT}" height="{bottom - top}" fill="#fafafa"/>',
              _time_grid(axis, top, bottom, labels=True)]
-    for v in np.arange(low, 1.0001, 0.25):
+    for v in np.arange(1.0, low - 1e-9, -step):
         parts.append(f'<line x1="{LEFT}" y1="{y(v):.1f}" x2="{CHART_W - RIGHT}" y2="{y(v):.1f}" stroke="#e4e4e4"/>'
                      f'<text x="{LEFT - 4}" y="{y(v) + 4:.1f}" text-anchor="end" fill="#555">{v:.2f}</text>')
-    if math.isfinite(threshold):
-        parts.append(f'<line class="threshold" x1="{LEFT}" y1="{y(threshold):.1f}" x2="{CHART_W - RIGHT}" '
-                     f'y2="{y(threshold):.1f}" stroke="#c62828" stroke-dasharray="2 2"><title>--min-pearson '
-                     f"{threshold:.3f}</title></line>")
+    for (flag, gate), dash in zip(gates.items(), ("2 2", "6 3")):
+        if math.isfinite(gate):
+            parts.append(f'<line class="threshold" x1="{LEFT}" y1="{y(gate):.1f}" x2="{CHART_W - RIGHT}" '
+                         f'y2="{y(gate):.1f}" stroke="#c62828" stroke-dasharray="{dash}"><title>{flag} '
+                         f"{gate:.3f}</title></line>")
     parts.append(_change_lines(axis, changes, top, bottom, label=True))
     for t, v, colour, model in series:
         dots = "".join(f'<circle cx="{axis.x(a):.1f}" cy="{y(b):.1f}" r="2.2"/>' for a, b in zip(t.tolist(), v.tolist()))
@@ -732,7 +752,8 @@ def _vehicle_section(index: int, vehicle: Mapping, summary: Mapping, points: Opt
     if axis is None:
         charts = '<p class="note">No timestamps in these records: no charts over time.</p>'
     else:
-        fidelity = (_fidelity_svg(axis, series, _number(thresholds.get("min_pearson")), vehicle["model_changes"])
+        gates = {"--min-pearson": _number(thresholds.get("min_pearson")), "--min-p05": _number(thresholds.get("min_p05"))}
+        fidelity = (_fidelity_svg(axis, series, gates, vehicle["model_changes"])
                     + f'<p class="note">Fidelity: {_e(how)}. Times are UTC.</p>' if any(s[0].size for s in series)
                     else '<p class="note">No validated frames to chart.</p>')
         charts = fidelity + _strip_svg(axis, vehicle, summary["class_names"])
@@ -745,11 +766,14 @@ def _vehicle_section(index: int, vehicle: Mapping, summary: Mapping, points: Opt
             + (f'<p class="meta">worst frames: {links}</p>' if links else "") + "</section>")
 
 
-def _worst_section(worst: Sequence[WorstFrame]) -> str:
+def _worst_section(worst: Sequence[WorstFrame], sections: Mapping[str, int]) -> str:
+    """The worst frames, each linking back to its vehicle's section (when that has one)."""
     if not worst:
         return ""
+    back = {w.anchor: (f'<p class="meta"><a href="#v{sections[w.vehicle]}">↑ {_e(w.vehicle)}</a></p>'
+                       if w.vehicle in sections else "") for w in worst}
     return ("<h2>Worst frames (lowest Pearson): frame, edge map, full Grad-CAM, difference</h2>"
-            + "".join(f'<div id="{w.anchor}">{case_html(w.case)}</div>' for w in worst))
+            + "".join(f'<div id="{w.anchor}">{case_html(w.case)}{back[w.anchor]}</div>' for w in worst))
 
 
 def render_fleet_report(summary: Mapping, points: Optional[Mapping[str, FramePoints]] = None,
@@ -791,7 +815,7 @@ def render_fleet_report(summary: Mapping, points: Optional[Mapping[str, FramePoi
         _models(summary),
         _vehicle_table(vehicles),
         f"<h2>Per vehicle: fidelity and class over time</h2>{_class_legend(names)}{sections}" if sections else "",
-        _worst_section(worst),
+        _worst_section(worst, {str(v.get("vehicle")): i for i, v in enumerate(vehicles[:MAX_VEHICLE_SECTIONS])}),
         _log_table(summary),
         "</body></html>",
     ]

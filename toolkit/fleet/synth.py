@@ -45,7 +45,7 @@ from firmware_host._io import atomic_write_text, ensure_writable_dir
 from firmware_host.errors import InputError
 
 __all__ = ["FleetSpec", "SynthRun", "Fault", "SynthFleet", "synthesize_fleet", "degrade_frame", "perturb_model",
-           "FAULT_KINDS"]
+           "demo_fleet", "DEMO_FLEET", "FAULT_KINDS"]
 
 PathLike = Union[str, Path]
 
@@ -260,11 +260,11 @@ def _converted_from(edge: Path, sha: str) -> bool:
         return False
 
 
-def _edge_model(keras: Path, models_dir: Path, labels: Optional[Sequence[str]]) -> Path:
-    """The float32 conversion of ``keras``: one beside it or in ``models_dir`` made from these
-    exact bytes is reused, else it is converted into ``models_dir``."""
+def _edge_model(keras: Path, models_dir: Path, labels: Optional[Sequence[str]], given: Optional[Path] = None) -> Path:
+    """The conversion of ``keras``: ``given``, one beside it or one in ``models_dir`` made from these
+    exact bytes is reused, else it is converted (float32) into ``models_dir``."""
     sha = _sha256(keras)
-    for candidate in (keras.with_suffix(".tflite"), models_dir / f"{keras.stem}.tflite"):
+    for candidate in (*([given] if given else []), keras.with_suffix(".tflite"), models_dir / f"{keras.stem}.tflite"):
         if _converted_from(candidate, sha):
             return candidate
     from converters import convert
@@ -275,13 +275,13 @@ def _edge_model(keras: Path, models_dir: Path, labels: Optional[Sequence[str]]) 
     return Path(result.path)
 
 
-def _prepare_models(model_a: PathLike, model_b: Optional[PathLike], models_dir: Path,
-                    seed: int, echo: Callable[[str], None]) -> Tuple[Dict[str, Path], Dict[str, Path]]:
+def _prepare_models(model_a: PathLike, model_b: Optional[PathLike], models_dir: Path, seed: int,
+                    echo: Callable[[str], None], edge_a: Optional[PathLike] = None) -> Tuple[Dict[str, Path], Dict[str, Path]]:
     """``({"a", "b"} → Keras path, {"a", "b"} → converted path)``; B is made from A when not given."""
     keras_a = Path(model_a)
     if not keras_a.is_file():
         raise InputError(f"--model '{keras_a}' is not a file. Pass the Keras model (.keras) the fleet runs.")
-    edge_a = _edge_model(keras_a, models_dir, None)
+    edge_a = _edge_model(keras_a, models_dir, None, None if edge_a is None else Path(edge_a))
     if model_b is None:
         keras_b = models_dir / f"{keras_a.stem}_b.keras"
         if not keras_b.is_file():  # made once per output folder, then reused with its conversion
@@ -437,7 +437,7 @@ def _inject_faults(runs: Sequence[SynthRun], spec: FleetSpec) -> List[Fault]:
 # -- the fleet ---------------------------------------------------------------------------------
 def synthesize_fleet(out_dir: PathLike, model_a: PathLike, model_b: Optional[PathLike] = None,
                      spec: Optional[FleetSpec] = None, echo: Callable[[str], None] = lambda message: None,
-                     **overrides: Any) -> SynthFleet:
+                     edge_a: Optional[PathLike] = None, **overrides: Any) -> SynthFleet:
     """Write a synthetic fleet (see the module docstring) into ``out_dir``.
 
     Args:
@@ -448,6 +448,7 @@ def synthesize_fleet(out_dir: PathLike, model_a: PathLike, model_b: Optional[Pat
             perturbed weights, written to ``models/`` once and reused by later calls).
         spec: a :class:`FleetSpec`; ``overrides`` are its fields by name.
         echo: progress messages.
+        edge_a: a conversion of ``model_a`` to run (used when converted from these bytes).
 
     Returns:
         A :class:`SynthFleet`; the same truth is in ``out_dir/fleet.json``.
@@ -459,7 +460,7 @@ def synthesize_fleet(out_dir: PathLike, model_a: PathLike, model_b: Optional[Pat
     spec = replace(spec or FleetSpec(), **overrides)
     start = time.perf_counter()
     out = ensure_writable_dir(out_dir)
-    keras, edge = _prepare_models(model_a, model_b, ensure_writable_dir(out / "models"), spec.seed, echo)
+    keras, edge = _prepare_models(model_a, model_b, ensure_writable_dir(out / "models"), spec.seed, echo, edge_a)
     from firmware_host import ExplainableModel
 
     loaded = {key: ExplainableModel(path) for key, path in edge.items()}
@@ -498,3 +499,36 @@ def _truth(fleet: SynthFleet, spec: FleetSpec) -> Dict[str, Any]:
         "faults": [{"kind": f.kind, "log": rel(f.log), "line": f.line,
                     **({"frame": rel(f.frame)} if f.frame is not None else {})} for f in fleet.faults],
     }
+
+
+# -- the demo's optional step ------------------------------------------------------------------
+#: ``edgecam demo --fleet``: 4 vehicles × 2 days × 2 drives of 12 frames.
+DEMO_FLEET = FleetSpec(vehicles=4, days=2, drives_per_day=2, frames=12, size=(72, 96))
+
+
+def demo_fleet(out_dir: PathLike, keras: PathLike, edge: PathLike, seed: int = 0, progress: bool = False,
+               echo: Callable[[str], None] = print, spec: FleetSpec = DEMO_FLEET) -> Dict[str, Any]:
+    """Write a small fleet of the demo's model and validate it with ``edgecam fleet validate``.
+
+    Returns:
+        What the demo's summary records: the fleet folder, its truth, and (when fleet validation
+        is installed: pyarrow) the report, the verdict and the failing vehicles.
+    """
+    from firmware_host.errors import MissingDependencyError
+
+    fleet = synthesize_fleet(out_dir, keras, spec=replace(spec, seed=seed), echo=echo, edge_a=edge)
+    info: Dict[str, Any] = {"logs": str(fleet.logs_dir), "truth": str(fleet.truth), "runs": len(fleet.runs),
+                            "degraded_vehicle": fleet.degraded_vehicle, "changing_vehicle": fleet.changing_vehicle}
+    try:
+        from toolkit.fleet.api import fleet_validate
+
+        result = fleet_validate([fleet.logs_dir], [fleet.keras["a"], fleet.keras["b"]], fleet.out_dir / "report",
+                                [fleet.edge["a"], fleet.edge["b"]], min_p05=0.98, progress=progress)
+    except (ImportError, MissingDependencyError) as exc:
+        echo(f"      fleet validation skipped: {exc}")
+        return info
+    verdict = result.summary["verdict"]
+    report = result.report_path or result.summary_path
+    echo(f"      fleet: {len(fleet.runs)} logs, failing vehicles {', '.join(verdict['failing_vehicles']) or 'none'} "
+         f"→ {report}")
+    return {**info, "report": str(report), "passed": verdict["pass"], "failing_vehicles": list(verdict["failing_vehicles"])}

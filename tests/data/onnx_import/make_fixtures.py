@@ -114,6 +114,8 @@ def _models():
         # ConvNeXt's head: pooling, LayerNorm over the channels (a permute around nn.LayerNorm), Linear.
         "layernorm_head": (Net(nn.Sequential(nn.AdaptiveAvgPool2d(1), ChannelsLastNorm(16), nn.Flatten(),
                                              nn.Linear(16, 5))), False, "gradcam"),
+        # nn.SiLU exports as x·Sigmoid(x): a Mul whose two inputs branch from one tensor.
+        "silu_mlp": (Net(_gap(nn.Linear(16, 24), nn.SiLU(), nn.Linear(24, 5))), False, "gradcam"),
     }
 
 
