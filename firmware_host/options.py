@@ -200,6 +200,12 @@ def _parse_hysteresis(value: Any) -> Tuple[float, int]:
     return parse_hysteresis(":".join(str(v) for v in value)) if isinstance(value, (tuple, list)) else parse_hysteresis(str(value))
 
 
+def _parse_tiles(value: Any):
+    from .tiles import parse_tiles
+
+    return parse_tiles(value)
+
+
 def _parse_preview(value: Any) -> Tuple[str, int]:
     from .preview import parse_bind
 
@@ -294,6 +300,10 @@ class RunOptions:
         "--vehicle-id", "text",
         "Vehicle id written into the log's header and every record (letters, digits, . _ : -; up to 64).",
         metavar="ID", parse=_parse_vehicle_id)
+    tiles: Optional[Any] = _opt(
+        "--tiles", "text", "Explain each frame as SIZE-px tiles every STRIDE px (default SIZE/2) and stitch "
+        "their maps into one heatmap, overlaps averaged (whole wood boards; docs/wood.md).",
+        metavar="SIZE[:STRIDE]", parse=_parse_tiles)
 
     def __post_init__(self) -> None:
         for option in OPTIONS:

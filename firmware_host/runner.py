@@ -329,6 +329,10 @@ def run(
     notify = notify or _print
     stop = stop_event or threading.Event()
     model = _load_model(model, options.threads)
+    if options.tiles is not None:
+        from .tiles import TiledModel
+
+        model = TiledModel(model, options.tiles)
     with contextlib.ExitStack() as stack:
         if handle_signals:
             stack.enter_context(_stop_on_signals(stop))

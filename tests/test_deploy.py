@@ -419,7 +419,8 @@ def test_run_config_round_trip_and_errors(tmp_path):
                "log": 'a "quoted" päth.jsonl', "save_frames": 3, "frame_format": "png", "fsync_every": 2,
                "log_max_mb": 50, "snapshots": "snaps", "snapshot_every": 30.0, "snapshot_max_mb": 20,
                "preview": "0.0.0.0:8080", "smooth": 0.25, "hysteresis": "0.1:3", "realtime": True,
-               "loop": False, "reconnect_attempts": 4, "threads": 2, "max_frames": 10, "vehicle_id": "van-07"}
+               "loop": False, "reconnect_attempts": 4, "threads": 2, "max_frames": 10, "vehicle_id": "van-07",
+               "tiles": "128:64"}
     assert set(options) == set(RUN_KEYS)
     text = dumps_run_config(options, "header")
     assert tomllib.loads(text)["run"] == options

@@ -467,3 +467,27 @@ def test_hostile_log_lines_are_counted_once_and_never_fatal(tmp_path_factory, li
     assert len(rows) == sum(counts.values()) if sample is None else len(rows) <= sample * len(counts)
     for row in rows:
         assert folder.resolve() in Path(row["frame_path"]).resolve().parents and row["edge_cam"].shape == (2, 2)
+
+
+def test_every_option_is_one_field_spelled_once(monkeypatch, tmp_path):
+    """The CLI options come from FleetOptions: each flag sets its field, the defaults are the fields'."""
+    from dataclasses import fields
+
+    from click.testing import CliRunner
+
+    from toolkit.cli import cli
+    from toolkit.fleet import api
+
+    seen = []
+    monkeypatch.setattr(api, "fleet_validate", lambda logs, keras, out, edges, options: seen.append(options) or 1 / 0)
+    log = tmp_path / "a.jsonl"
+    log.write_text("")
+    base = ["fleet", "validate", str(log), "--keras", str(KERAS), "--out", str(tmp_path / "o")]
+    CliRunner().invoke(cli, base)
+    assert seen[-1] == api.FleetOptions()
+    CliRunner().invoke(cli, base + ["--unsafe", "--quiet", "--no-resume", "--worst", "3", "--sample", "5",
+                                    "--engine", "ray", "--min-p05", "0.5", "--vehicle-from", "(x)"])
+    assert seen[-1] == api.FleetOptions(safe_mode=False, progress=False, resume=False, k_worst=3, sample=5,
+                                        engine="ray", min_p05=0.5, vehicle_from="(x)")
+    help_text = CliRunner().invoke(cli, ["fleet", "validate", "--help"]).output
+    assert all(f.metadata["flag"] in help_text for f in fields(api.FleetOptions))

@@ -118,3 +118,20 @@ def test_ray_is_only_in_the_fleet_and_dev_extras():
     mentions_ray = lambda deps: any(d.split("[")[0].split(">")[0].strip() == "ray" for d in deps)  # noqa: E731
     assert not mentions_ray(project["dependencies"]) and not mentions_ray(extras["host"])
     assert mentions_ray(extras["fleet"]) and any("fleet" in d for d in extras["dev"] if d.startswith("edgecam["))
+
+
+def test_an_edgecam_error_on_a_worker_is_raised_as_itself():
+    pytest.importorskip("ray.data")
+    from ray.exceptions import RayTaskError
+
+    from firmware_host.errors import InputError
+    from toolkit.fleet.engine_ray import _worker_errors
+
+    cause = InputError("Cannot read log 'van-00/day0.jsonl': No such file or directory.")
+    with pytest.raises(InputError) as info:
+        with _worker_errors():
+            raise RayTaskError("_frames_of", "Traceback (most recent call last): ...", cause)
+    assert info.value is cause and str(info.value).startswith("Cannot read log")
+    with pytest.raises(ValueError, match="not ours"):  # anything else goes through untouched
+        with _worker_errors():
+            raise ValueError("not ours")

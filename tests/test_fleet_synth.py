@@ -127,6 +127,34 @@ def test_a_broken_header_is_an_invalid_line_not_a_crash(tmp_path):
         read_jsonl(path)
 
 
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(["vehicle", "model_sha256", "source_model_sha256", "model_name", "plan",
+                                        "started", "frame", "cam"]), _json, max_size=6),
+       st.sampled_from(["edgecam.run/1", "edgecam.run/9", "edgecam.run/", "other/1"]), st.booleans())
+def test_hostile_headers_never_crash_the_readers(tmp_path_factory, fields, schema, cut):
+    """A header line with any field values: a RunHeader with string fields, or one invalid line."""
+    path = tmp_path_factory.mktemp("log") / "run.jsonl"
+    text = json.dumps({"header": schema, **fields}) + "\n"
+    path.write_text(text[: len(text) // 2] if cut else text)
+    items = list(read_records(path, headers=True))
+    assert len(items) == 1
+    (item,) = items
+    if isinstance(item, RunHeader):
+        assert schema.startswith("edgecam.run/") and not cut
+        assert all(v is None or isinstance(v, str) for v in (item.vehicle, item.model_sha256, item.model_name))
+        assert item.started is None or np.isfinite(item.started)
+        assert read_header(path) == item and list(read_records(path)) == []
+    else:
+        assert isinstance(item, BadRecord) and read_header(path) is None
+
+
 @pytest.mark.parametrize("good", ["van-07", "bus_12", "fleet:0042", "A", "x" * 64, "v1.2"])
 def test_vehicle_ids_accepted(good):
     assert RunOptions(vehicle_id=good).vehicle_id == good == check_vehicle_id(good)

@@ -11,6 +11,9 @@ Two families:
 * **Faithfulness** (:func:`faithfulness`): deletion and insertion AUC (Petsiuk, Das & Saenko,
   "RISE", BMVC 2018) of a heatmap, scored with any ``predict_fn``, so both maps of an image are
   judged by the *same* model.
+* **Against ground-truth boxes** (:func:`pointing_game`, :func:`energy_in_box`, bundled by
+  :func:`box_scores`): does the map point at the defect, and how much of its mass lies on it.
+  The fog case has no ground truth for where the evidence is; the wood boards do.
 
 :func:`summarize` aggregates per-image values (median, p05, min, ...), ignoring NaN.
 
@@ -47,6 +50,14 @@ __all__ = [
     "blur",
     "faithfulness",
     "auc",
+    "Box",
+    "BoxScores",
+    "POINTING_TOLERANCE_PX",
+    "boxes_mask",
+    "scale_boxes",
+    "pointing_game",
+    "energy_in_box",
+    "box_scores",
 ]
 
 Scale = Tuple[float, float]
@@ -537,3 +548,109 @@ def faithfulness(
         deletion_curves=curves[0],
         insertion_curves=curves[1],
     )
+
+
+# -- against ground-truth boxes -----------------------------------------------------------------
+#: A box ``(x0, y0, x1, y1)`` in pixels: columns x0 ≤ x < x1, rows y0 ≤ y < y1.
+Box = Tuple[float, float, float, float]
+#: The pointing game's tolerance (Zhang et al. 2018, Sec. 5.1: 15 pixels).
+POINTING_TOLERANCE_PX = 15.0
+
+
+def _boxes(boxes: Sequence[Box]) -> np.ndarray:
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if len(boxes) else np.zeros((0, 4))
+    if not np.all(np.isfinite(b)) or np.any(b[:, 2] < b[:, 0]) or np.any(b[:, 3] < b[:, 1]):
+        raise InputError(f"Boxes must be finite (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1. Got {b.tolist()[:4]}.")
+    return b
+
+
+def scale_boxes(boxes: Sequence[Box], from_size: Tuple[int, int], to_size: Tuple[int, int]) -> np.ndarray:
+    """``(n, 4)`` boxes moved from an image of ``(height, width)`` ``from_size`` to ``to_size``."""
+    b = _boxes(boxes).copy()
+    sy, sx = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    b[:, [0, 2]] *= sx
+    b[:, [1, 3]] *= sy
+    return b
+
+
+def boxes_mask(shape: Tuple[int, int], boxes: Sequence[Box]) -> np.ndarray:
+    """``(h, w)`` bool: pixels whose centre ``(c + 0.5, r + 0.5)`` lies in any box."""
+    b = _boxes(boxes)
+    rows = np.arange(shape[0]) + 0.5
+    cols = np.arange(shape[1]) + 0.5
+    mask = np.zeros(tuple(shape), dtype=bool)
+    for x0, y0, x1, y1 in b:
+        mask |= ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
+    return mask
+
+
+def pointing_game(heat: np.ndarray, boxes: Sequence[Box], tolerance: float = POINTING_TOLERANCE_PX) -> float:
+    """1.0 when the map's maximum lies within ``tolerance`` pixels of a box, else 0.0.
+
+    The pointing game of Zhang, Bargal, Lin, Brandt, Shen & Sclaroff ("Top-down neural attention
+    by excitation backprop", IJCV 2018, Sec. 5.1): the peak (first maximum in raster order, as
+    ``firmware_host.cam.peak``) is a hit when the distance from its pixel centre to the nearest
+    box is at most ``tolerance``.
+
+    Args:
+        heat: ``(h, w)`` map at the resolution of the boxes' pixels.
+        boxes: the ground-truth boxes ``(x0, y0, x1, y1)``.
+        tolerance: pixels (15 in the paper).
+
+    Returns:
+        1.0 (hit) or 0.0 (miss); NaN when there is no box (nothing to point at). A constant map
+        has no peak: a miss.
+    """
+    h = np.asarray(heat, dtype=np.float64)
+    if h.ndim != 2 or not np.all(np.isfinite(h)):
+        raise InputError(f"pointing_game needs a finite (h, w) map. Got shape {h.shape}.")
+    b = _boxes(boxes)
+    if len(b) == 0:
+        return float("nan")
+    if h.max() == h.min():
+        return 0.0
+    r, c = np.unravel_index(int(np.argmax(h)), h.shape)
+    py, px = r + 0.5, c + 0.5
+    dx = np.maximum(np.maximum(b[:, 0] - px, 0.0), px - b[:, 2])
+    dy = np.maximum(np.maximum(b[:, 1] - py, 0.0), py - b[:, 3])
+    return float(np.min(np.hypot(dx, dy)) <= tolerance)
+
+
+def energy_in_box(heat: np.ndarray, boxes: Sequence[Box]) -> float:
+    """Share of the map's mass inside the boxes (their union), in [0, 1].
+
+    The energy-based pointing game of Wang et al. ("Score-CAM", CVPR-W 2020, Sec. 4.2):
+    ``Σ_{inside} heat / Σ heat`` of a non-negative map. A uniform map scores the boxes' area
+    share (the chance level); an all-zero map scores 0; NaN when there is no box.
+    """
+    h = np.asarray(heat, dtype=np.float64)
+    if h.ndim != 2 or not np.all(np.isfinite(h)) or np.any(h < 0):
+        raise InputError(f"energy_in_box needs a finite, non-negative (h, w) map. Got shape {h.shape}.")
+    if len(_boxes(boxes)) == 0:
+        return float("nan")
+    total = h.sum()
+    if total <= 0:
+        return 0.0
+    return float(h[boxes_mask(h.shape, boxes)].sum() / total)
+
+
+@dataclass(frozen=True)
+class BoxScores:
+    """A map against the ground-truth boxes of its image.
+
+    Attributes:
+        pointing: 1.0 hit / 0.0 miss (:func:`pointing_game`).
+        energy: mass share inside the boxes (:func:`energy_in_box`).
+        area: the boxes' share of the map's pixels (the chance level of ``energy``).
+    """
+
+    pointing: float
+    energy: float
+    area: float
+
+
+def box_scores(heat: np.ndarray, boxes: Sequence[Box], tolerance: float = POINTING_TOLERANCE_PX) -> BoxScores:
+    """:func:`pointing_game`, :func:`energy_in_box` and the boxes' area share of one map."""
+    h = np.asarray(heat)
+    area = float(boxes_mask(h.shape[:2], boxes).mean()) if len(boxes) else float("nan")
+    return BoxScores(pointing_game(h, boxes, tolerance), energy_in_box(h, boxes), area)

@@ -578,9 +578,9 @@ def train(
     When each image's source video is known (``groups``, or the data folder's ``frames.json``), no
     video is on both sides (:func:`stratified_group_folds`); the result has per-video accuracy.
     Args:
-        data: a folder-per-class directory (read with
-            :func:`toolkit.datasets.folder.load_folder_dataset`), a ``FolderDataset``, or a tuple
-            ``(x, y, class_names)`` with x ``(N, H, W, 3)`` RGB 0–255.
+        data: a folder-per-class directory (:func:`toolkit.datasets.folder.load_folder_dataset`), a
+            ``FolderDataset``, a ``CropSet`` (:func:`toolkit.datasets.crops.load_crops`, grouped by
+            board), or a tuple ``(x, y, class_names)`` with x ``(N, H, W, 3)`` RGB 0–255.
         out_dir: output directory.
         epochs: training epochs per model.
         batch_size: mini-batch size.
@@ -610,7 +610,7 @@ def train(
         raise InputError(f"epochs and batch_size must be >= 1. Got {epochs}, {batch_size}.")
     out = ensure_writable_dir(out_dir)
     x, y, class_names, input_size, paths = _load_data(data, size)
-    grouping = _video_grouping(data, paths, groups, len(y), announce=progress, kfold=kfold)
+    grouping = _video_grouping(data, paths, getattr(data, "groups", groups), len(y), announce=progress, kfold=kfold)
     num_classes = len(class_names)
     keras, tf = _keras(), _tf()
     verbose = (1 if sys.stdout.isatty() else 2) if progress else 0

@@ -78,6 +78,7 @@ CSV_COLUMNS = (
     + MAP_METRICS
     + tuple("in_" + m for m in MAP_METRICS)
     + ("deletion_auc_edge", "deletion_auc_full", "insertion_auc_edge", "insertion_auc_full")
+    + ("pointing_edge", "pointing_full", "energy_in_box_edge", "energy_in_box_full", "box_area")
 )
 _THUMB = 192  # longest side of the images kept for the report's best/worst cases
 
@@ -115,6 +116,13 @@ class ValidationResult:
                  f"top-20% IoU median {_fmt_stat(s['iou_top20'], 'median')}"]
         if s.get("pearson_p05_by_class"):
             lines.append("  Pearson p05 by class: " + ", ".join(f"{k} {v:.4f}" for k, v in s["pearson_p05_by_class"].items()))
+        if s.get("boxes") and s["boxes"]["images"]:
+            b = s["boxes"]
+            lines.append(f"  boxes ({b['images']} images): pointing game edge {b['pointing_game']['edge']:.3f}, "
+                         f"full {b['pointing_game']['full']:.3f}; energy in box median edge "
+                         f"{_fmt_stat(b['energy_in_box']['edge'], 'median')}, full "
+                         f"{_fmt_stat(b['energy_in_box']['full'], 'median')} (box area "
+                         f"{_fmt_stat(b['box_area'], 'median')})")
         for c in s["checks"]:
             mark = "ok  " if c["passed"] else "FAIL"
             lines.append(f"  [{mark}] {c['name']} = {c['value']:.4f} (needs >= {c['threshold']})")
@@ -355,6 +363,8 @@ class ValidationOptions:
         faithfulness_images: score faithfulness on at most this many images, spread evenly
             over the run (every ceil(total / n)-th image); ``None`` scores every image.
         cases: how many worst and best images the report shows.
+        pointing_tolerance: the pointing game's tolerance in pixels of the original image, when
+            the source has ground-truth boxes (``boxes.json``).
         safe_mode: load a Keras model file with Keras' safe_mode (refuses Lambda layers that
             carry Python code); ``edgecam validate --unsafe`` turns it off.
 
@@ -374,6 +384,7 @@ class ValidationOptions:
     cases: int = 4
     safe_mode: bool = True
     min_p05: Optional[float] = None
+    pointing_tolerance: float = M.POINTING_TOLERANCE_PX
 
     def __post_init__(self) -> None:
         import toolkit.explain as explainers
@@ -465,6 +476,8 @@ class EdgeSource:
     mode: str = ""
     location: Path
     total: int = 0
+    #: item name → its ground-truth boxes (``toolkit.datasets.boxes``), or None when unknown.
+    boxes: Optional[Mapping[str, Sequence[Any]]] = None
     empty_hint: str = "Pass a folder of JPEG/PNG images."
     class_mismatch_warning: Optional[str] = None
 
@@ -493,8 +506,11 @@ class EdgeSource:
 class ImageFolderSource(EdgeSource):
     """A folder of images, run through the edge model on the host exactly as on the device.
 
+    ``boxes``: a ``boxes.json`` (``toolkit.datasets.boxes``) for the pointing game and energy in
+    box; by default ``root/boxes.json`` when there is one.
+
     Raises:
-        SourceError: ``root`` is not a directory.
+        SourceError: ``root`` is not a directory. InputError: the boxes file is malformed.
     """
 
     mode = "images"
@@ -503,10 +519,15 @@ class ImageFolderSource(EdgeSource):
         "weights); their maps compare the edge's predicted class"
     )
 
-    def __init__(self, root: Union[str, Path]) -> None:
+    def __init__(self, root: Union[str, Path], boxes: Union[str, Path, None] = None) -> None:
+        from toolkit.datasets.boxes import read_boxes
+
         self.location = Path(root)
         self.files = iter_image_files(self.location)
         self.total = len(self.files)
+        # Ground truth for the pointing game: --boxes, else the folder's own boxes.json.
+        found = self.location / "boxes.json" if boxes is None else Path(boxes)
+        self.boxes = read_boxes(found) if boxes is not None or found.is_file() else None
 
     def items(self, read):
         for path in self.files:
@@ -702,6 +723,7 @@ class _Run:
             **fm.as_dict(),
             **inr.as_dict("in_"),
             **faith,
+            **self._box_scores(it, maps, i),
         }
         self.records.append(rec)
         self.writer.writerow({k: csv_cell(rec.get(k, "")) for k in CSV_COLUMNS})
@@ -715,6 +737,21 @@ class _Run:
                         f"{rec['edge_label']} {rec['edge_confidence']:.2f}"
                         + ("" if rec["cam_class"] == kc else f" · maps of class {rec['cam_class']}")),
         })
+
+    def _box_scores(self, it: SourceItem, maps, i: int) -> Dict[str, float]:
+        """Pointing game and energy in box of both maps at input resolution (images with boxes)."""
+        boxes = (self.source.boxes or {}).get(it.name)
+        if not boxes:
+            return {}
+        scaled = M.scale_boxes([b.box for b in boxes], it.image.shape[:2], self.in_size)
+        # The tolerance is in the image's pixels: the same share of the image at input size.
+        tolerance = self.options.pointing_tolerance * self.in_size[1] / it.image.shape[1]
+        out: Dict[str, float] = {}
+        for side in ("edge", "full"):
+            scores = M.box_scores(maps[f"{side}_in"][i], scaled, tolerance)
+            out[f"pointing_{side}"], out[f"energy_in_box_{side}"] = scores.pointing, scores.energy
+            out["box_area"] = scores.area
+        return out
 
     def _faithfulness(self, x, edge_in, full_in, classes) -> Dict[int, Dict[str, float]]:
         """Deletion/insertion AUC of both maps for this batch's sampled images, by position."""
@@ -794,6 +831,15 @@ class _Run:
             out[name] = M.summarize(col(name))
         out["input_resolution"] = {name: M.summarize(col("in_" + name)) for name in MAP_METRICS}
         out["pearson_p05_by_class"] = _p05_by_class(self.records)
+        out["boxes"] = None
+        if self.source.boxes is not None:
+            out["boxes"] = {
+                "images": len(col("pointing_edge")),
+                "tolerance_px": self.options.pointing_tolerance,
+                "pointing_game": {side: M.summarize(col(f"pointing_{side}"))["mean"] for side in ("edge", "full")},
+                "energy_in_box": {side: M.summarize(col(f"energy_in_box_{side}")) for side in ("edge", "full")},
+                "box_area": M.summarize(col("box_area")),
+            }
         out["faithfulness"] = None
         if self.faithfulness:
             out["faithfulness"] = {

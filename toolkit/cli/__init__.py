@@ -17,7 +17,7 @@ from firmware_host import __version__
 # name → ("module:function", one-line help shown by `edgecam --help` without importing it)
 COMMANDS = {
     "convert": ("toolkit.cli.convert:convert", "Export a Keras CNN to LiteRT/ONNX with an explanation head."),
-    "dataset": ("toolkit.cli.dataset:dataset", "Generate a dataset (fog levels) without downloading."),
+    "dataset": ("toolkit.cli.dataset:dataset", "Generate a dataset (fog levels, wood defects) without downloading."),
     "label": ("toolkit.cli.label:label", "Label frames by keyboard in a local web page; export a dataset."),
     "explain": ("toolkit.cli.explain:explain_cmd", "Explain images with a Keras model on the host (all methods)."),
     "inspect": ("toolkit.cli.inspect:inspect_cmd", "Show a converted model's edgecam metadata."),

@@ -39,3 +39,28 @@ def fog(out_dir, n, size, seed, imbalance, images_dir, quiet):
         counts = ", ".join(f"{k} {v}" for k, v in class_counts(n, imbalance).items())
     click.echo(f"Wrote {n} images ({counts}) to {out}")
     click.echo(f"Labels: {out / 'labels.txt'}; per-image physics: {out / 'dataset.json'}")
+
+
+@dataset.command("wood")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder (one sub-folder per class, boxes.json).")
+@click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Number of boards (split evenly over the classes).")
+@click.option("--size", type=click.IntRange(min=64), default=512, show_default=True,
+              help="Square board size in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def wood(out_dir, n, size, seed, quiet):
+    """Wood boards with small defects: sound, knot, crack, resin (pocket).
+
+    Growth rings of varying width and curvature, grain noise and a colour that changes from
+    board to board; each defect's box is in boxes.json. Train on crops with
+    `edgecam train DIR --crop 128`. See docs/wood.md.
+    """
+    from toolkit.datasets.wood import BOXES_FILE, generate_wood_dataset, wood_counts
+
+    with cli_errors():
+        out = generate_wood_dataset(out_dir, n, size=(size, size), seed=seed, progress=not quiet)
+        counts = ", ".join(f"{k} {v}" for k, v in wood_counts(n).items())
+    click.echo(f"Wrote {n} boards ({counts}) to {out}")
+    click.echo(f"Defect boxes: {out / BOXES_FILE}; per-board details: {out / 'dataset.json'}")

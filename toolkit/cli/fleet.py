@@ -1,6 +1,13 @@
-"""``edgecam fleet``: fleet-wide commands (``validate``: many vehicles' run logs vs full Grad-CAM)."""
+"""``edgecam fleet``: fleet-wide commands (``validate``: many vehicles' run logs vs full Grad-CAM).
+
+The options of ``fleet validate`` are generated from the fields of
+:class:`toolkit.fleet.api.FleetOptions` (flag, help, bounds in each field's metadata); importing
+it does not import TensorFlow.
+"""
 
 from __future__ import annotations
+
+from dataclasses import fields
 
 import click
 
@@ -12,6 +19,30 @@ def fleet():
     """Validate a fleet's run logs: many vehicles, one summary and report."""
 
 
+def _click_option(f):
+    """The click option of one :class:`FleetOptions` field."""
+    meta = f.metadata
+    if meta.get("invert"):
+        return click.option(meta["flag"], f.name, flag_value=not f.default, default=f.default, help=meta["help"])
+    if "choices" in meta:
+        kind = click.Choice(list(meta["choices"]))
+    elif f.type in ("Optional[int]", "int"):
+        kind = click.IntRange(min=meta.get("low"))
+    else:
+        kind = {"Optional[float]": float}.get(f.type, str)
+    return click.option(meta["flag"], f.name, type=kind, default=f.default, help=meta["help"],
+                        metavar=meta.get("metavar"), show_default=f.default is not None)
+
+
+def fleet_options(command):
+    """Decorate ``command`` with every :class:`FleetOptions` option, in field order."""
+    from toolkit.fleet.api import FleetOptions
+
+    for f in reversed(fields(FleetOptions)):
+        command = _click_option(f)(command)
+    return command
+
+
 @fleet.command("validate")
 @click.argument("logs", nargs=-1, required=True)
 @click.option("--keras", "keras", multiple=True, required=True, type=click.Path(exists=True),
@@ -20,25 +51,8 @@ def fleet():
               help="Its converted model (repeatable, optional): preprocessing and class names from its metadata.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder: fleet_summary.json, per_frame.parquet, worst/, fleet_report.html, cache/.")
-@click.option("--vehicle-from", default=None, metavar="REGEX",
-              help="Regex over each log's path; its 'vehicle' (else first) group names the vehicle, an optional "
-                   "'run' group the run. Default: the records' vehicle field, else the log's folder name.")
-@click.option("--sample", type=click.IntRange(min=1), default=None, help="Frames per vehicle and day, spread evenly.")
-@click.option("--min-pearson", type=float, default=None, help="Fail (exit 1) a vehicle whose median Pearson is below this.")
-@click.option("--min-p05", type=float, default=None, help="Fail (exit 1) a vehicle whose 5th-percentile Pearson is below this.")
-@click.option("--min-top1", type=float, default=None, help="Fail (exit 1) a vehicle whose top-1 agreement is below this.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: this process; ray: a Ray Data pipeline (pip install 'edgecam[fleet]').")
-@click.option("--ray-address", default=None, help="Join this Ray cluster (default: start a local Ray).")
-@click.option("--num-cpus", type=click.IntRange(min=1), default=None, help="CPUs of the local Ray instance.")
-@click.option("--method", default="gradcam", show_default=True, help="Host explainer to compare with.")
-@click.option("--target-layer", default=None, help="Layer of the full Grad-CAM (default: as `edgecam convert`).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--no-resume", is_flag=True, help="Score every log again (ignore OUT/cache).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--unsafe", is_flag=True, help="Load Keras models with safe_mode off (trusted files only).")
-def validate_cmd(logs, keras, edges, out_dir, vehicle_from, sample, min_pearson, min_p05, min_top1, engine,
-                 ray_address, num_cpus, method, target_layer, batch_size, no_resume, quiet, unsafe):
+@fleet_options
+def validate_cmd(logs, keras, edges, out_dir, **values):
     """Compare the CAMs a fleet's devices logged with full Grad-CAM, per vehicle, day and model.
 
     LOGS are run logs (.jsonl), folders searched for them, or globs. Exits with code 1 when a
@@ -48,11 +62,7 @@ def validate_cmd(logs, keras, edges, out_dir, vehicle_from, sample, min_pearson,
     from toolkit.fleet.api import FleetOptions, fleet_validate
 
     with cli_errors():
-        options = FleetOptions(
-            vehicle_from=vehicle_from, sample=sample, min_pearson=min_pearson, min_p05=min_p05, min_top1=min_top1,
-            method=method, target_layer=target_layer, safe_mode=not unsafe, batch_size=batch_size, engine=engine,
-            ray_address=ray_address, num_cpus=num_cpus, progress=not quiet, resume=not no_resume)
-        result = fleet_validate(logs, keras, out_dir, edges, options)
+        result = fleet_validate(logs, keras, out_dir, edges, FleetOptions(**values))
     click.echo(result.describe())
     if not result.passed:
         failing = ", ".join(result.summary["verdict"]["failing_vehicles"])

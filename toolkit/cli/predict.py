@@ -34,10 +34,13 @@ def overlay_names(images: Sequence[str]) -> Dict[int, str]:
 @click.option("--out", type=click.Path(file_okay=False), help="Write <name>.overlay.png here.")
 @click.option("--class-index", type=int, help="Explain this class instead of the prediction.")
 @click.option("--threads", type=int, help="Interpreter threads.")
+@click.option("--tiles", metavar="SIZE[:STRIDE]",
+              help="Explain each image as SIZE-px tiles every STRIDE px (default SIZE/2), stitched into one "
+                   "heatmap (whole wood boards; docs/wood.md).")
 @click.option("--max-image-pixels", type=click.IntRange(1, 2**40),
               help="Refuse images whose header claims more pixels than this (default 8847360 = 4096x2160, "
                    "or $EDGECAM_MAX_IMAGE_PIXELS).")
-def predict(model, images, out, class_index, threads, max_image_pixels):
+def predict(model, images, out, class_index, threads, tiles, max_image_pixels):
     """Classify and explain IMAGES with MODEL (.tflite or .onnx); print label, confidence and CAM peak."""
     import cv2
 
@@ -49,6 +52,10 @@ def predict(model, images, out, class_index, threads, max_image_pixels):
     with cli_errors():
         limit = imageio.max_image_pixels() if max_image_pixels is None else max_image_pixels
         explainer = ExplainableModel(model, num_threads=threads)
+        if tiles is not None:
+            from firmware_host.tiles import TiledModel, parse_tiles
+
+            explainer = TiledModel(explainer, parse_tiles(tiles))
         out_dir = ensure_writable_dir(out) if out else None
         names = overlay_names(images)
         skipped = 0

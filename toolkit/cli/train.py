@@ -21,18 +21,28 @@ from toolkit.cli._common import cli_errors, quiet_tensorflow
 @click.option("--size", type=click.IntRange(min=32), default=None,
               help="Square input size; default the dataset's size (dataset.json) or 64.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--crop", type=click.IntRange(min=32), default=None,
+              help="Train on SIZE-px random crops, labelled by the boxes.json defects they hold (>= 50% of a "
+                   "box); a board's crops stay on one side of the split or folds (docs/wood.md).")
+@click.option("--crops-per-image", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Crops cut from each image with --crop.")
 @click.option("--no-augment", is_flag=True, help="Train without the rotation/flip/zoom augmentation.")
 @click.option("--quiet", is_flag=True, help="No per-epoch progress.")
-def train(data_dir, out_dir, epochs, batch_size, arch, kfold, size, seed, no_augment, quiet):
+def train(data_dir, out_dir, epochs, batch_size, arch, kfold, size, seed, crop, crops_per_image, no_augment, quiet):
     """Train a fog-level (or any folder-per-class) classifier ready for `edgecam convert`."""
     quiet_tensorflow()
     from toolkit.train import train as run_training
 
     with cli_errors():
-        result = run_training(data_dir, out_dir, epochs=epochs, batch_size=batch_size, arch=arch,
+        data = data_dir
+        if crop is not None:  # cropping data augmentation: labelled crops, grouped by board
+            from toolkit.datasets.crops import load_crops
+
+            data = load_crops(data_dir, crop, per_image=crops_per_image, seed=seed)
+        result = run_training(data, out_dir, epochs=epochs, batch_size=batch_size, arch=arch,
                               seed=seed, kfold=kfold, size=size, augment=not no_augment,
                               progress=not quiet)
-    how = f"{kfold}-fold out-of-fold" if kfold else f"held-out ({result.n_test} images)"
+    how = f"{kfold}-fold out-of-fold" if kfold else f"held-out ({result.n_test} {'crops' if crop else 'images'})"
     click.echo(f"{how} accuracy: {result.accuracy:.1%} in {result.seconds:.0f} s")
     if result.fold_accuracies:
         click.echo("per fold: " + ", ".join(f"{a:.1%}" for a in result.fold_accuracies))

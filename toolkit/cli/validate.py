@@ -14,6 +14,11 @@ from ._common import cli_errors, quiet_tensorflow
               help="Folder of images to validate on (searched recursively).")
 @click.option("--from-log", "from_log", type=click.Path(exists=True, dir_okay=False),
               help="Validate what a device produced: the JSONL written by `edgecam run`.")
+@click.option("--boxes", "boxes", type=click.Path(exists=True, dir_okay=False),
+              help="Ground-truth boxes (boxes.json) for the pointing game and energy in box; default "
+                   "DIR/boxes.json when --images DIR has one.")
+@click.option("--pointing-tolerance", type=click.FloatRange(0, 1e6), default=15.0, show_default=True,
+              help="Pointing-game tolerance in image pixels (Zhang et al. 2018).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Output folder for summary.json, per_image.csv and report.html.")
 @click.option("--method", default="gradcam", show_default=True, help="Host explainer to compare with.")
@@ -33,7 +38,7 @@ from ._common import cli_errors, quiet_tensorflow
 @click.option("--no-faithfulness", is_flag=True, help="Skip deletion/insertion AUC (much faster).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--unsafe", is_flag=True, help="Load the Keras model with safe_mode off (trusted files only).")
-def validate_cmd(keras_model, edge_model, images_dir, from_log, out_dir, method, target_layer,
+def validate_cmd(keras_model, edge_model, images_dir, from_log, boxes, pointing_tolerance, out_dir, method, target_layer,
                  min_pearson, min_p05, min_top1, batch_size, faithfulness_steps, faithfulness_images,
                  no_faithfulness, quiet, unsafe):
     """Compare EDGE_MODEL's heatmaps with full Grad-CAM of KERAS_MODEL.
@@ -51,8 +56,10 @@ def validate_cmd(keras_model, edge_model, images_dir, from_log, out_dir, method,
             method=method, min_pearson=min_pearson, min_p05=min_p05, min_top1=min_top1, batch_size=batch_size,
             faithfulness=not no_faithfulness, progress=not quiet, target_layer=target_layer,
             faithfulness_steps=faithfulness_steps, faithfulness_images=faithfulness_images or None,
-            safe_mode=not unsafe)
-        source = RunLogSource(from_log) if from_log is not None else ImageFolderSource(images_dir)
+            safe_mode=not unsafe, pointing_tolerance=pointing_tolerance)
+        if boxes is not None and from_log is not None:
+            raise click.UsageError("--boxes goes with --images (the frames of a log have no boxes).")
+        source = RunLogSource(from_log) if from_log is not None else ImageFolderSource(images_dir, boxes)
         result = validate_source(keras_model, edge_model, source, out_dir, options)
     click.echo(result.describe())
     if not result.passed:

@@ -18,7 +18,7 @@ from .physics import (CLASS_NAMES, CLASS_VISIBILITY_RANGES_M, DEFAULT_MARGIN, IM
                       VISIBILITY_THRESHOLDS_M)
 from .scene import sample
 
-__all__ = ["class_counts", "generate_dataset"]
+__all__ = ["class_counts", "generate_dataset", "prepare_dataset_dir"]
 
 
 def class_counts(n: int, imbalance: bool = False) -> Dict[str, int]:
@@ -41,8 +41,14 @@ def class_counts(n: int, imbalance: bool = False) -> Dict[str, int]:
     return dict(zip(CLASS_NAMES, (int(c) for c in counts)))
 
 
-def _prepare_out(out: Path) -> None:
-    """Refuse to mix a new dataset with unknown files; remove the images of a previous run."""
+def prepare_dataset_dir(out: Path, class_names=CLASS_NAMES, kind: str = "fog") -> None:
+    """Refuse to mix a new dataset with unknown files; remove the images of a previous run.
+
+    Args:
+        out: the dataset root (created).
+        class_names: the class folders that must be empty unless ``dataset.json`` lists their files.
+        kind: the dataset's name in the error message (``fog``, ``wood``).
+    """
     ensure_writable_dir(out)
     manifest = out / "dataset.json"
     if manifest.is_file():
@@ -57,11 +63,11 @@ def _prepare_out(out: Path) -> None:
                 f"'{manifest}' exists but cannot be read ({exc}). Delete '{out}' or choose "
                 "another --out."
             ) from exc
-    for name in CLASS_NAMES:
+    for name in class_names:
         folder = out / name
         if folder.is_dir() and any(folder.iterdir()):
             raise OutputError(
-                f"'{folder}' already contains files that are not from an edgecam fog dataset. "
+                f"'{folder}' already contains files that are not from an edgecam {kind} dataset. "
                 "Choose an empty --out directory."
             )
 
@@ -106,7 +112,7 @@ def generate_dataset(
     photos = None
     if images_dir is not None:
         photos = load_photos(Path(images_dir))
-    _prepare_out(out)
+    prepare_dataset_dir(out)
     for name in CLASS_NAMES:
         (out / name).mkdir(exist_ok=True)
     entries = _write_images(out, counts, seed, (h, w), photos, margin, progress)

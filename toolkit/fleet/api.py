@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -65,9 +65,18 @@ def engine_names() -> Tuple[str, ...]:
 
 
 # -- options and result ------------------------------------------------------------------------
+def _option(default: Any, flag: str, help: str, **more: Any) -> Any:
+    """A :class:`FleetOptions` field and its command-line spelling (``toolkit/cli/fleet.py`` reads it).
+
+    ``more``: ``low`` (an integer's minimum), ``choices``, ``metavar``, ``invert`` (a boolean whose
+    flag sets it to False: ``--quiet``, ``--no-resume``, ``--unsafe``).
+    """
+    return field(default=default, metadata={"flag": flag, "help": help, **more})
+
+
 @dataclass(frozen=True)
 class FleetOptions:
-    """How a fleet validation runs (``edgecam fleet validate``'s options).
+    """How a fleet validation runs: the one definition of ``edgecam fleet validate``'s options.
 
     Attributes:
         vehicle_from: regular expression over a log's path whose ``vehicle`` (else first) group
@@ -84,21 +93,25 @@ class FleetOptions:
         InputError: an unknown engine or method, a threshold out of range, a batch size < 1.
     """
 
-    vehicle_from: Optional[str] = None
-    sample: Optional[int] = None
-    min_pearson: Optional[float] = None
-    min_p05: Optional[float] = None
-    min_top1: Optional[float] = None
-    method: str = "gradcam"
-    target_layer: Optional[str] = None
-    safe_mode: bool = True
-    batch_size: int = 32
-    k_worst: int = 12
-    engine: str = "local"
-    ray_address: Optional[str] = None
-    num_cpus: Optional[int] = None
-    progress: bool = True
-    resume: bool = True
+    vehicle_from: Optional[str] = _option(
+        None, "--vehicle-from", "Regex over each log's path; its 'vehicle' (else first) group names the vehicle, an "
+        "optional 'run' group the run. Default: the records' vehicle field, else the log's folder name.",
+        metavar="REGEX")
+    sample: Optional[int] = _option(None, "--sample", "Frames per vehicle and day, spread evenly.", low=1, metavar="N")
+    min_pearson: Optional[float] = _option(None, "--min-pearson", "Fail (exit 1) a vehicle whose median Pearson is below this.")
+    min_p05: Optional[float] = _option(None, "--min-p05", "Fail (exit 1) a vehicle whose 5th-percentile Pearson is below this.")
+    min_top1: Optional[float] = _option(None, "--min-top1", "Fail (exit 1) a vehicle whose top-1 agreement is below this.")
+    method: str = _option("gradcam", "--method", "Host explainer to compare with.")
+    target_layer: Optional[str] = _option(None, "--target-layer", "Layer of the full Grad-CAM (default: as `edgecam convert`).")
+    safe_mode: bool = _option(True, "--unsafe", "Load Keras models with safe_mode off (trusted files only).", invert=True)
+    batch_size: int = _option(32, "--batch-size", "Frames per Grad-CAM pass.", low=1)
+    k_worst: int = _option(12, "--worst", "Worst frames kept for the report (worst/*.npz).", low=0, metavar="K")
+    engine: str = _option("local", "--engine", "local: this process; ray: a Ray Data pipeline (pip install "
+                          "'edgecam[fleet]').", choices=("local", "ray"))
+    ray_address: Optional[str] = _option(None, "--ray-address", "Join this Ray cluster (default: start a local Ray).")
+    num_cpus: Optional[int] = _option(None, "--num-cpus", "CPUs of the local Ray instance.", low=1)
+    progress: bool = _option(True, "--quiet", "No progress bar.", invert=True)
+    resume: bool = _option(True, "--no-resume", "Score every log again (ignore OUT/cache).", invert=True)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:

@@ -357,12 +357,12 @@ def _source_for(drive: _Drive, spec: FleetSpec, work: Path) -> Path:
 
     from toolkit.datasets.drive import render_drive_video
 
-    video = render_drive_video(work / f"{drive.vehicle}-{drive.index}.avi", frames=spec.frames, fps=10.0,
+    video = render_drive_video(work / "drive.avi", frames=spec.frames, fps=10.0,
                                size=spec.size, seed=drive.seed, dense_visibility=drive.dense_visibility,
                                progress=False).path
     if drive.severity <= 0:
         return video
-    folder = ensure_writable_dir(work / f"{drive.vehicle}-{drive.index}")
+    folder = ensure_writable_dir(work / "camera")
     rng = np.random.default_rng(drive.seed)
     capture = cv2.VideoCapture(str(video))
     try:
@@ -384,11 +384,14 @@ def _drive(drive: _Drive, spec: FleetSpec, model, sha: str, logs_dir: Path, work
 
     stamp = _dt.datetime.fromtimestamp(drive.start, _dt.timezone.utc).strftime("%Y%m%d-%H%M")
     log = ensure_writable_dir(logs_dir / drive.vehicle) / f"run-{stamp}.jsonl"
-    source = _source_for(drive, spec, work)
-    summary = run(model, source, log=log, save_frames=spec.save_every, vehicle_id=drive.vehicle,
-                  fsync_every=10**6, notify=lambda message: None,
-                  source_options={"clock": lambda i, t0=drive.start: t0 + i * spec.frame_interval_s})
-    shutil.rmtree(source, ignore_errors=True) if source.is_dir() else source.unlink(missing_ok=True)
+    scratch = ensure_writable_dir(work / f"{drive.vehicle}-{drive.index}")
+    try:
+        summary = run(model, _source_for(drive, spec, scratch), log=log, save_frames=spec.save_every,
+                      vehicle_id=drive.vehicle, fsync_every=10**6,  # no power cut to survive: close() syncs
+                      notify=lambda message: None,
+                      source_options={"clock": lambda i, t0=drive.start: t0 + i * spec.frame_interval_s})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # the video (and degraded frames) are not kept
     saved = -(-summary.frames // spec.save_every)
     return SynthRun(drive.vehicle, drive.day, log, drive.start, drive.model, sha, summary.frames, saved,
                     round(drive.severity, 4), round(drive.dense_visibility, 2))
