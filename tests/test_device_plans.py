@@ -125,8 +125,10 @@ def test_choose_plan_picks_the_fastest_and_run_toml_follows(bundle_dir, tmp_path
     result = _device("doctor", "--bundle", release, "--choose-plan", "--repeats", "1")
     assert result.returncode == 0, result.stdout + result.stderr
     choice = json.loads((release / "plan.json").read_text())
-    fastest = min(choice["table"], key=lambda row: row["latency_ms"])
-    assert choice["plan"] == fastest["plan"] and {r["plan"] for r in choice["table"]} == {"float16", "none"}
+    # The table is rounded to 3 decimals, so two plans may tie in it: compare times, not names.
+    chosen = next(row for row in choice["table"] if row["plan"] == choice["plan"])
+    assert chosen["latency_ms"] == min(row["latency_ms"] for row in choice["table"])
+    assert {r["plan"] for r in choice["table"]} == {"float16", "none"}
     assert load_run_config(release / "run.toml")["model"] == str((release / choice["file"]).resolve())
     assert f"chose {choice['plan']}" in result.stdout and choice["file"].split("/")[-1] in result.stdout
     verify_manifest(release, strict=False)  # the rewritten run.toml is vouched for by plan.json

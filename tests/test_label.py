@@ -482,3 +482,20 @@ def test_drive_videos_to_frames_to_labels_to_grouped_kfold(browser, tmp_path):
     per_video = json.loads((tmp_path / "run" / "training.json").read_text())["per_video"]
     assert {r["video"]: r["images"] for r in per_video} == {
         v: sum(1 for e in index.values() if e["video"] == v) for v in drives}
+
+
+def test_labelling_needs_no_tensorflow(frames, tmp_path, tiny_fog_model):
+    """A labelling laptop has the base install: serving with --model and exporting never import TF."""
+    code = (
+        "import json, sys\n"
+        "for name in ('tensorflow', 'keras', 'tf_keras'):\n"
+        "    sys.modules[name] = None\n"
+        "from toolkit.label import LabelServer, export_labels\n"
+        f"with LabelServer({str(frames)!r}, {list(CLASSES)!r}, model={str(tiny_fog_model)!r}) as server:\n"
+        "    server.set_label(0, server.guesses[0].label)\n"
+        f"print(json.dumps(export_labels({str(frames)!r}, {str(tmp_path / 'out')!r}).counts))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sum(json.loads(done.stdout.strip().splitlines()[-1]).values()) == 1
