@@ -23,10 +23,11 @@ import numpy as np
 
 from firmware_host import cam as _cam
 from firmware_host.errors import InputError
-from firmware_host.telemetry import BadRecord, LogLine, TelemetryRecord, read_objects, read_records
+from firmware_host.telemetry import (BadRecord, LogLine, RunHeader, TelemetryRecord, read_header, read_objects,
+                                     read_records)
 
 __all__ = [
-    "LogRef", "LogTally", "FleetLog", "discover_logs", "read_header", "vehicle_and_run", "day_of",
+    "LogRef", "LogTally", "FleetLog", "discover_logs", "vehicle_and_run", "day_of",
     "SKIP_REASONS", "TIMELINE_POINTS",
 ]
 
@@ -94,32 +95,19 @@ def _logs_under(path: Path) -> List[Path]:
     return [path.resolve()] if path.is_file() else []
 
 
-def read_header(path: Union[str, Path]) -> Optional[Dict[str, Any]]:
-    """The run header (``{"header": "edgecam.run/1", ...}``) on the log's first line, or None."""
-    for item in read_objects(path):
-        if isinstance(item, LogLine) and _is_header(item.value):
-            return dict(item.value, line=item.line)
-        return None
-    return None
-
-
-def _is_header(value: Mapping[str, Any]) -> bool:
-    return isinstance(value.get("header"), str) and value["header"].startswith("edgecam.run/")
-
-
-def _first_vehicle_field(path: Union[str, Path], header: Optional[Mapping[str, Any]]) -> Optional[str]:
+def _first_vehicle_field(path: Union[str, Path], header: Optional[RunHeader]) -> Optional[str]:
     """The ``vehicle`` the header or the first record carries (``edgecam run --vehicle-id``)."""
-    if header is not None and isinstance(header.get("vehicle"), str) and header["vehicle"]:
-        return header["vehicle"]
+    if header is not None and header.vehicle:
+        return header.vehicle
     for item in read_objects(path):
-        if isinstance(item, LogLine) and not _is_header(item.value):
+        if isinstance(item, LogLine) and not RunHeader.is_header(item.value):
             value = item.value.get("vehicle")
             return value if isinstance(value, str) and value else None
     return None
 
 
 def vehicle_and_run(path: Union[str, Path], pattern: Optional[str] = None,
-                    header: Optional[Mapping[str, Any]] = None) -> Tuple[str, str]:
+                    header: Optional[RunHeader] = None) -> Tuple[str, str]:
     """The vehicle and run of a log.
 
     With ``pattern`` (``--vehicle-from``): a regular expression searched in the log's POSIX path;
@@ -257,11 +245,9 @@ class FleetLog:
 
     def frames(self) -> Iterator[Dict[str, Any]]:
         """The rows to score (``docs/fleet.md``: the per-frame columns), in file order."""
-        header_line = (read_header(self.path) or {}).get("line")
-        for record in read_records(self.path, require_finite=True):
+        for record in read_records(self.path, require_finite=True):  # a good run header is not a record
             if isinstance(record, BadRecord):
-                if record.line != header_line:  # logs before the header-aware reader
-                    self.tally.skip("unknown", self.ref.model, "invalid" if record.reason == "invalid" else "malformed")
+                self.tally.skip("unknown", self.ref.model, "invalid" if record.reason == "invalid" else "malformed")
             elif isinstance(record, TelemetryRecord):
                 row = self._row(record)
                 if row is not None:

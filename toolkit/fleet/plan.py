@@ -16,8 +16,9 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 
 from firmware_host.errors import InputError
+from firmware_host.telemetry import read_header
 
-from .logs import FleetLog, LogRef, discover_logs, read_header, vehicle_and_run
+from .logs import FleetLog, LogRef, discover_logs, vehicle_and_run
 from .models import ModelSpec, file_sha256, load_specs
 
 __all__ = ["FleetPlan", "build_plan", "frames_of", "sample_picks", "to_columns", "model_batches"]
@@ -93,10 +94,10 @@ def frames_of(ref: LogRef) -> int:
 
 
 def _ref(path: Path, vehicle_from: Optional[str]) -> LogRef:
-    header = read_header(path) or {}
+    header = read_header(path)
     vehicle, run = vehicle_and_run(path, vehicle_from, header)
-    model = header.get("source_model_sha256") or header.get("model_sha256") or ""
-    plan = header.get("plan") or ""
+    model = (header.source_model_sha256 or header.model_sha256 or "") if header else ""
+    plan = (header.plan or "") if header else ""
     return LogRef(str(path), str(vehicle), str(run), file_sha256(path), str(model), str(plan))
 
 
