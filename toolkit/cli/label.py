@@ -58,7 +58,7 @@ def _export(folder, out, copy, classes) -> None:
 
 
 def _serve(folder, classes, bind, model, order, open_browser, quiet) -> None:
-    import threading
+    import time
     import webbrowser
 
     from firmware_host.preview import parse_bind
@@ -75,7 +75,8 @@ def _serve(folder, classes, bind, model, order, open_browser, quiet) -> None:
         if open_browser:
             webbrowser.open(server.url)
         try:
-            threading.Event().wait()
+            while True:  # short sleeps: a SIGINT the OS hands to a server thread is seen within 0.5 s
+                time.sleep(0.5)
         except KeyboardInterrupt:
             pass
         counts = ", ".join(f"{name} {n}" for name, n in server.store.counts().items())
