@@ -336,8 +336,14 @@ class GuardedServer(ThreadingHTTPServer):
         pass  # a client that broke the connection: nothing to report on stderr
 
     def stop(self, thread: threading.Thread) -> None:
-        """Stop serving, close every connection and the socket, and join the serving thread."""
-        self.shutdown()
+        """Stop serving, close every connection and the socket, and join the serving thread.
+
+        Bounded: ``shutdown()`` waits for the serving loop's next poll, so it runs in a helper
+        thread that is given 2 s; the serving thread is a daemon and cannot keep the process alive.
+        """
+        stopper = threading.Thread(target=self.shutdown, name=f"{self.what}-stop", daemon=True)
+        stopper.start()
+        stopper.join(timeout=2.0)
         self.connections.close_all()
         self.server_close()
         thread.join(timeout=2.0)

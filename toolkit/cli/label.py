@@ -58,6 +58,7 @@ def _export(folder, out, copy, classes) -> None:
 
 
 def _serve(folder, classes, bind, model, order, open_browser, quiet) -> None:
+    import signal
     import time
     import webbrowser
 
@@ -74,8 +75,12 @@ def _serve(folder, classes, bind, model, order, open_browser, quiet) -> None:
         click.echo(f"Labelling {total} frame(s) in {folder} ({done} done): open {server.url}  (Ctrl-C to stop)")
         if open_browser:
             webbrowser.open(server.url)
+        # Ctrl-C (and SIGTERM) stop the page even when this process was started with SIGINT ignored
+        # (a parent that ignores it passes that on across exec).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.default_int_handler)
         try:
-            while True:  # short sleeps: a SIGINT the OS hands to a server thread is seen within 0.5 s
+            while True:  # short sleeps: the handler runs within 0.5 s whichever thread the OS signalled
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
