@@ -185,7 +185,9 @@ def _reader(url: str, tmp_path: Path, *extra: str) -> subprocess.Popen:
 def _records(log: Path) -> list:
     if not log.exists():
         return []
-    return [json.loads(line) for line in log.read_text().splitlines() if not line.startswith('{"header"')]
+    # The run is still writing: only lines that end in a newline are complete records.
+    complete = log.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in complete if line and not line.startswith('{"header"')]
 
 
 def _wait_records(log: Path, n: int, proc: subprocess.Popen, timeout: float = 90) -> None:
